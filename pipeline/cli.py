@@ -1,0 +1,53 @@
+"""The ``campipe`` command line (typer + rich).
+
+Exit codes: 0 all done, 1 some inputs failed, 2 usage error, 130 interrupted.
+
+Commands live in small modules that each define ``register(app)``; this file only assembles them, so that the
+segmentation, training, comparison and simulator commands are owned by their own modules.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+app = typer.Typer(
+    name="campipe",
+    help="Camera-pipeline simulator: RAW -> linear RGB -> semantic masks -> camera effects -> colour-managed output.",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+#: Modules contributing commands (each has ``register(app)``). A module not written yet is skipped.
+COMMAND_MODULES = (
+    "campipe.cmd_process",    # process, batch, info, styles
+    "campipe.cmd_compare",    # compare
+    "campipe.cmd_simulate",   # simulate
+    "campipe.cmd_segment",    # segment
+    "campipe.cmd_train",      # train, eval
+)
+
+for _mod in COMMAND_MODULES:
+    try:
+        importlib.import_module(_mod).register(app)
+    except ModuleNotFoundError as _e:
+        if _e.name != _mod:
+            raise
+
+
+def main() -> None:
+    """Console-script entry point: maps Ctrl-C to exit code 130 and usage errors to 2 (click's default)."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("campipe: interrupted\n")
+        sys.exit(EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    main()

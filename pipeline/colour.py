@@ -1,0 +1,112 @@
+"""Colour spaces used by campipe, with matrices computed by colour-science and applied with numpy.
+
+Working space: **linear Rec.2020 primaries, D65 white** ("linear Rec.2020"). Chosen over ProPhoto because it is
+D65-native (no chromatic adaptation to the sRGB/P3 output spaces, which are D65 too), wide enough for camera gamuts
+of real scenes, and its primaries are real colours (ProPhoto's blue and green are imaginary, which makes per-channel
+operations such as tone curves produce odd hues).
+
+Output spaces: sRGB (IEC 61966-2-1) and Display P3 (P3 primaries, D65, sRGB transfer function).
+
+All functions take/return float32 arrays of shape (..., 3); linear values are scene- or display-linear, encoded
+values are in [0, 1] after clipping.
+
+References: colour-science (RGB_COLOURSPACES, matrix_RGB_to_RGB), IEC 61966-2-1, ITU-R BT.2020, SMPTE EG 432-1.
+"""
+from __future__ import annotations
+
+import warnings
+from functools import lru_cache
+
+import numpy as np
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import colour  # noqa: E402  (colour-science warns about matplotlib at import)
+
+WORKING_SPACE = "ITU-R BT.2020"
+OUTPUT_SPACES = {"srgb": "sRGB", "display-p3": "Display P3"}
+
+
+@lru_cache(maxsize=None)
+def _rgb_space(name: str):
+    return colour.RGB_COLOURSPACES[name]
+
+
+@lru_cache(maxsize=None)
+def xyz_to_working() -> np.ndarray:
+    """3x3 matrix XYZ (D65) -> linear working RGB."""
+    return np.asarray(_rgb_space(WORKING_SPACE).matrix_XYZ_to_RGB, dtype=np.float64)
+
+
+@lru_cache(maxsize=None)
+def working_to_xyz() -> np.ndarray:
+    """3x3 matrix linear working RGB -> XYZ (D65)."""
+    return np.asarray(_rgb_space(WORKING_SPACE).matrix_RGB_to_XYZ, dtype=np.float64)
+
+
+@lru_cache(maxsize=None)
+def working_to_output(space: str) -> np.ndarray:
+    """3x3 matrix linear working RGB -> linear output RGB ('srgb' or 'display-p3'); both D65, so no adaptation."""
+    out = _rgb_space(OUTPUT_SPACES[space])
+    return np.asarray(colour.matrix_RGB_to_RGB(_rgb_space(WORKING_SPACE), out, chromatic_adaptation_transform=None),
+                      dtype=np.float64)
+
+
+@lru_cache(maxsize=None)
+def output_to_working(space: str) -> np.ndarray:
+    return np.linalg.inv(working_to_output(space))
+
+
+#: Luminance weights (Y row of working->XYZ).
+def luminance_weights() -> np.ndarray:
+    return working_to_xyz()[1].astype(np.float32)
+
+
+def apply_matrix(img: np.ndarray, m: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Apply a 3x3 matrix to (..., 3) float32 pixels; ``out`` may alias ``img``."""
+    m = np.asarray(m, dtype=np.float32)
+    flat = img.reshape(-1, 3)
+    res = flat @ m.T
+    if out is None:
+        return res.reshape(img.shape).astype(np.float32, copy=False)
+    out.reshape(-1, 3)[...] = res
+    return out
+
+
+def luminance(img: np.ndarray) -> np.ndarray:
+    """Relative luminance Y of linear working RGB, float32 (H, W)."""
+    return img @ luminance_weights()
+
+
+def srgb_encode(lin: np.ndarray) -> np.ndarray:
+    """sRGB transfer function (OETF as used for display encoding); input clipped to [0, 1]."""
+    x = np.clip(lin, 0.0, 1.0).astype(np.float32, copy=False)
+    return np.where(x <= 0.0031308, x * 12.92, 1.055 * np.power(x, 1 / 2.4, dtype=np.float32) - 0.055).astype(np.float32)
+
+
+def srgb_decode(enc: np.ndarray) -> np.ndarray:
+    """Inverse sRGB transfer function; input in [0, 1]."""
+    x = np.clip(enc, 0.0, 1.0).astype(np.float32, copy=False)
+    return np.where(x <= 0.04045, x / 12.92, np.power((x + 0.055) / 1.055, 2.4, dtype=np.float32)).astype(np.float32)
+
+
+def working_to_display(img: np.ndarray, space: str = "srgb") -> np.ndarray:
+    """Linear working RGB (display-referred, 1.0 = white) -> encoded output RGB in [0, 1]."""
+    return srgb_encode(apply_matrix(img, working_to_output(space)))
+
+
+def display_to_working(enc: np.ndarray, space: str = "srgb") -> np.ndarray:
+    """Encoded sRGB / Display P3 in [0, 1] -> linear working RGB."""
+    return apply_matrix(srgb_decode(enc), output_to_working(space))
+
+
+def working_to_lab(img: np.ndarray) -> np.ndarray:
+    """Linear working RGB -> CIE L*a*b* (D65 reference white), float32 (..., 3)."""
+    xyz = apply_matrix(np.maximum(img, 0), working_to_xyz())
+    wp = colour.CCS_ILLUMINANTS["CIE 1931 2 Degree Standard Observer"]["D65"]
+    return np.asarray(colour.XYZ_to_Lab(xyz, wp), dtype=np.float32)
+
+
+def delta_e_2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
+    """CIEDE2000 colour difference between two L*a*b* arrays (..., 3)."""
+    return np.asarray(colour.delta_E(lab1, lab2, method="CIE 2000"), dtype=np.float32)
