@@ -1,0 +1,73 @@
+"""Soft-mask helpers shared by the semantic effects.
+
+Every mask here is float32 (H, W) in [0, 1] at the image's resolution (the :class:`campipe.frame.Frame` contract).
+A mask that the segmentation stage did not produce (no trained weights, class not detected) is treated as all
+zeros, which by construction means "effect not applied there".
+
+References: Porter & Duff, "Compositing Digital Images" (SIGGRAPH 1984) for soft-alpha compositing; Knutsson &
+Westin, "Normalized and differential convolution" (CVPR 1993) for the masked (normalised) blurs used by callers.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import cv2
+import numpy as np
+
+
+def mask_or_zeros(masks: Mapping[str, np.ndarray] | None, key: str, shape: tuple[int, int]) -> np.ndarray:
+    """Return ``masks[key]`` as float32 (H, W) clipped to [0, 1], or zeros of ``shape`` when absent.
+
+    Raises ValueError naming the key when the mask has another size than ``shape`` (a stage bug, not a user error
+    that could be silently fixed by resizing).
+    """
+    m = None if masks is None else masks.get(key)
+    if m is None:
+        return np.zeros(shape, np.float32)
+    return check_mask(m, shape, key)
+
+
+def check_mask(m: np.ndarray, shape: tuple[int, int], name: str = "mask") -> np.ndarray:
+    """Validate a soft mask against an image size; return it float32 in [0, 1] (copy only when needed)."""
+    m = np.asarray(m)
+    if m.shape != tuple(shape):
+        raise ValueError(f"{name} mask has shape {m.shape}, expected {tuple(shape)} (the image's H, W)")
+    m = m.astype(np.float32, copy=False)
+    if m.size and (m.min() < 0.0 or m.max() > 1.0):
+        m = np.clip(m, 0.0, 1.0)
+    return m
+
+
+def union(*masks: np.ndarray) -> np.ndarray:
+    """Soft union (per-pixel maximum) of masks of the same shape."""
+    out = np.zeros_like(masks[0], dtype=np.float32)
+    for m in masks:
+        np.maximum(out, m, out=out)
+    return out
+
+
+def feather(mask: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Gaussian-feathered copy of ``mask`` (sigma in pixels; 0 returns a copy)."""
+    m = np.ascontiguousarray(mask, dtype=np.float32)
+    if sigma_px <= 0:
+        return m.copy()
+    return cv2.GaussianBlur(m, (0, 0), float(sigma_px), borderType=cv2.BORDER_REFLECT)
+
+
+def grow(mask: np.ndarray, radius_px: int) -> np.ndarray:
+    """Grey-level dilation of a soft mask by a disc of ``radius_px`` pixels (0 returns a copy)."""
+    m = np.ascontiguousarray(mask, dtype=np.float32)
+    r = int(round(radius_px))
+    if r <= 0:
+        return m.copy()
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    return cv2.dilate(m, k, borderType=cv2.BORDER_REPLICATE)
+
+
+def bbox(mask: np.ndarray, thresh: float = 0.5) -> tuple[int, int, int, int] | None:
+    """(y0, x0, y1, x1) half-open bounding box of ``mask > thresh``; None when empty."""
+    ys = np.flatnonzero((mask > thresh).any(axis=1))
+    if ys.size == 0:
+        return None
+    xs = np.flatnonzero((mask > thresh).any(axis=0))
+    return int(ys[0]), int(xs[0]), int(ys[-1]) + 1, int(xs[-1]) + 1
