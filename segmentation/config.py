@@ -1,0 +1,96 @@
+"""HyperDETR configuration: one dataclass shared by the model, the checkpoint format, training and inference.
+
+The config is stored verbatim in every checkpoint (``to_dict``), so a checkpoint can rebuild its model with nothing
+else. ``keep_dec_layers`` is a *load-time* option: it prunes the transformer decoder to its first ``k`` layers
+(trained with per-layer supervision, every layer is a valid predictor), so 6 -> 2 needs no retraining.
+
+References: DETR (Carion et al. 2020, facebookresearch/detr ``main.py`` arguments), MobileNetV3 (Howard et al. 2019).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+#: Static (scene) channels predicted by the convolutional decoder, in output order.
+DEFAULT_SEMANTIC_CLASSES = ("sky", "person", "hair", "skin", "teeth", "glasses")
+
+
+@dataclass
+class HyperDETRConfig:
+    """Architecture hyper-parameters of :class:`campipe.segmentation.model.HyperDETR`.
+
+    Attributes:
+        width_mult: MobileNetV3-Large width multiplier (channels rounded to multiples of 8, as torchvision).
+        num_queries: N learned object queries (person instances).
+        hidden_dim: transformer width (also the channel count of the projected stride-32 feature map).
+        nheads: attention heads (``hidden_dim`` must be divisible by it).
+        dim_feedforward: transformer FFN width.
+        enc_layers: transformer encoder layers over the stride-32 tokens.
+        dec_layers: transformer decoder layers (every layer can produce outputs).
+        keep_dec_layers: if set, only the first k decoder layers are built/used (pruning at load time).
+        mask_dim: channels of the mask-feature map (= weights of each query's dynamic 1x1 conv).
+        input_size: (H, W) network input; both divisible by 32.
+        mask_stride: 1 or 2; masks are produced at ``input_size / mask_stride``.
+        semantic_classes: names of the static channels (``sem_logits`` order).
+        aux_loss: return per-layer outputs of the earlier kept decoder layers in ``aux_outputs``.
+        dropout: transformer dropout (training only).
+        decoder_dims: channels of the U-Net decoder stages at strides 16, 8, 4, 2 (stride 1 uses ``mask_dim``).
+    """
+
+    width_mult: float = 1.5
+    num_queries: int = 4
+    hidden_dim: int = 128
+    nheads: int = 4
+    dim_feedforward: int = 512
+    enc_layers: int = 3
+    dec_layers: int = 6
+    keep_dec_layers: int | None = None
+    mask_dim: int = 16
+    input_size: tuple[int, int] = (384, 512)
+    mask_stride: int = 1
+    semantic_classes: tuple[str, ...] = DEFAULT_SEMANTIC_CLASSES
+    aux_loss: bool = False
+    dropout: float = 0.0
+    decoder_dims: tuple[int, int, int, int] = (96, 64, 48, 32)
+
+    def __post_init__(self) -> None:
+        self.input_size = tuple(int(v) for v in self.input_size)  # type: ignore[assignment]
+        self.semantic_classes = tuple(self.semantic_classes)
+        self.decoder_dims = tuple(int(v) for v in self.decoder_dims)  # type: ignore[assignment]
+        if len(self.input_size) != 2 or any(v <= 0 or v % 32 for v in self.input_size):
+            raise ValueError(f"input_size must be (H, W) with both divisible by 32, got {self.input_size}")
+        if self.mask_stride not in (1, 2):
+            raise ValueError(f"mask_stride must be 1 or 2, got {self.mask_stride}")
+        if self.hidden_dim % self.nheads:
+            raise ValueError(f"hidden_dim={self.hidden_dim} is not divisible by nheads={self.nheads}")
+        if self.num_queries < 1 or self.dec_layers < 1:
+            raise ValueError("num_queries and dec_layers must be >= 1")
+        if self.keep_dec_layers is not None and not 1 <= self.keep_dec_layers <= self.dec_layers:
+            raise ValueError(f"keep_dec_layers must be in 1..{self.dec_layers}, got {self.keep_dec_layers}")
+        if len(self.decoder_dims) != 4:
+            raise ValueError("decoder_dims needs 4 values (strides 16, 8, 4, 2)")
+
+    @property
+    def active_dec_layers(self) -> int:
+        """Number of decoder layers actually built and run."""
+        return self.keep_dec_layers if self.keep_dec_layers is not None else self.dec_layers
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """(H, W) of ``sem_logits`` / ``pred_masks``."""
+        return self.input_size[0] // self.mask_stride, self.input_size[1] // self.mask_stride
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["semantic_classes"] = list(self.semantic_classes)
+        d["decoder_dims"] = list(self.decoder_dims)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "HyperDETRConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown HyperDETRConfig keys: {', '.join(unknown)}")
+        return cls(**d)

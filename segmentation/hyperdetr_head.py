@@ -1,0 +1,57 @@
+"""HyperDETR head: each query embedding -> the weights and bias of a dynamic 1x1 conv over the mask-feature map.
+
+For N queries and a D-channel mask-feature map F (B, D, H, W), the hyper-network (an MLP) maps each query
+embedding q_n (C) to (w_n, b_n) with w_n in R^D, b_n in R; instance-mask logits are
+``m_n = sum_d w_n[d] * F[:, d] + b_n`` — a single batched matrix product, so the convolutional path runs once per
+image whatever N is (the DETR panoptic head instead runs a conv decoder per query). A linear class head gives
+[person, no-object] logits per query.
+
+References: Carion et al. (DETR, 2020) §4.4 panoptic head; Ha et al., "HyperNetworks" (2016); Tian et al.,
+"Conditional Convolutions for Instance Segmentation" (CondInst, 2020) for query-conditioned dynamic convolutions.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class MLP(nn.Module):
+    """Simple multi-layer perceptron with ReLU between layers (DETR ``MLP``)."""
+
+    def __init__(self, din: int, dhid: int, dout: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [din] + [dhid] * (num_layers - 1) + [dout]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+class HyperMaskHead(nn.Module):
+    """Per-query class logits and dynamic-1x1-conv instance masks.
+
+    ``forward(hs, mask_features)``:
+        hs: (B, N, C) decoder outputs of one layer
+        mask_features: (B, D, H, W) float32
+    returns ``pred_logits`` (B, N, 2) [person, no-object] logits and ``pred_masks`` (B, N, H, W) mask logits
+    (unbounded; sigmoid gives soft masks in [0, 1]).
+    """
+
+    def __init__(self, hidden_dim: int, mask_dim: int, num_classes: int = 1) -> None:
+        super().__init__()
+        self.mask_dim = mask_dim
+        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.hyper = MLP(hidden_dim, hidden_dim, mask_dim + 1, 3)
+
+    def forward(self, hs: torch.Tensor, mask_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.class_embed(hs)
+        params = self.hyper(hs)  # (B, N, D + 1)
+        w, b = params[..., : self.mask_dim], params[..., self.mask_dim:]
+        bsz, d, h, wd = mask_features.shape
+        masks = torch.bmm(w, mask_features.reshape(bsz, d, h * wd)) + b  # (B, N, HW)
+        return logits, masks.reshape(bsz, -1, h, wd)

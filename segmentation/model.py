@@ -1,0 +1,151 @@
+"""HyperDETR: MobileNetV3-Large backbone + DETR transformer + U-Net conv decoder + hyper-network mask head.
+
+Data flow for an input x (B, 3, H, W), float32 RGB normalised with the checkpoint's mean/std:
+
+1. backbone -> features at strides 2, 4, 8, 16, 32;
+2. ``input_proj`` (1x1 conv) -> stride-32 map P (B, hidden_dim, H/32, W/32);
+3. convolutional decoder (U-Net: upsample x2, add 1x1-projected skip, residual depthwise-separable block) from P down
+   to the output resolution (H/s, W/s), ending in the 16-channel mask-feature map F and the static semantic logits
+   (one 1x1 conv on F); it never depends on the transformer, so ``scene_only`` outputs are identical;
+4. transformer (skipped with ``scene_only=True``): encoder over P's tokens, decoder with N learned queries;
+5. HyperDETR head per kept decoder layer: class logits + dynamic 1x1 conv of F (see :mod:`.hyperdetr_head`).
+
+``forward(x, scene_only=False)`` returns a dict:
+    ``"sem_logits"``  (B, len(semantic_classes), H/s, W/s) float32 logits of the static channels (sigmoid -> [0, 1]);
+    ``"pred_logits"`` (B, N, 2) logits [person, no-object] of the last kept decoder layer (absent if scene_only);
+    ``"pred_masks"``  (B, N, H/s, W/s) instance-mask logits (absent if scene_only);
+    ``"aux_outputs"`` list of {"pred_logits", "pred_masks"} of the earlier kept layers, when ``cfg.aux_loss``.
+
+References: Carion et al. (DETR, 2020); Ronneberger et al. (U-Net, 2015); Howard et al. (MobileNetV3, 2019);
+facebookresearch/detr ``models/detr.py`` / ``models/segmentation.py``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .backbone import MobileNetV3Backbone
+from .config import HyperDETRConfig
+from .hyperdetr_head import HyperMaskHead
+from .transformer import PositionEmbeddingSine, Transformer
+
+
+class ResidualDWBlock(nn.Module):
+    """x + BN(pw(ReLU(BN(pw(dw3x3(x)))))) — cheap residual block (two pointwise convs around a depthwise conv)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 3, 1, 1, groups=c, bias=False)
+        self.pw1 = nn.Conv2d(c, c, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.pw2 = nn.Conv2d(c, c, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.pw1(self.dw(x))))
+        return F.relu(x + self.bn2(self.pw2(y)))
+
+
+class UpStage(nn.Module):
+    """Upsample x2 (bilinear), 1x1 projection to ``cout``, add the 1x1-projected skip feature, residual block."""
+
+    def __init__(self, cin: int, cskip: int, cout: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(cin, cout, 1, bias=False)
+        self.skip = nn.Sequential(nn.Conv2d(cskip, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.block = ResidualDWBlock(cout)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.block(self.proj(x) + self.skip(skip))
+
+
+class ConvDecoder(nn.Module):
+    """U-Net-like decoder from the stride-32 projection to the output resolution.
+
+    ``forward(p32, feats, image)`` -> mask features (B, mask_dim, H/s, W/s) float32 and semantic logits
+    (B, n_sem, H/s, W/s). With ``mask_stride == 1`` the last stage uses a full-resolution skip computed from the
+    input image itself (one 3x3 conv), so edges can follow the photo.
+    """
+
+    def __init__(self, cfg: HyperDETRConfig, chans: dict[str, int]) -> None:
+        super().__init__()
+        d16, d8, d4, d2 = cfg.decoder_dims
+        self.mask_stride = cfg.mask_stride
+        self.up16 = UpStage(cfg.hidden_dim, chans["s16"], d16)
+        self.up8 = UpStage(d16, chans["s8"], d8)
+        self.up4 = UpStage(d8, chans["s4"], d4)
+        self.up2 = UpStage(d4, chans["s2"], d2)
+        if cfg.mask_stride == 1:
+            self.image_skip = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+            self.up1 = UpStage(d2, 8, cfg.mask_dim)
+        else:
+            self.out_proj = nn.Sequential(nn.Conv2d(d2, cfg.mask_dim, 1, bias=False), nn.BatchNorm2d(cfg.mask_dim),
+                                          nn.ReLU(), ResidualDWBlock(cfg.mask_dim))
+        self.sem_head = nn.Conv2d(cfg.mask_dim, len(cfg.semantic_classes), 1)
+
+    def forward(self, p32: torch.Tensor, feats: dict[str, torch.Tensor], image: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.up16(p32, feats["s16"])
+        x = self.up8(x, feats["s8"])
+        x = self.up4(x, feats["s4"])
+        x = self.up2(x, feats["s2"])
+        if self.mask_stride == 1:
+            x = self.up1(x, self.image_skip(image))
+        else:
+            x = self.out_proj(x)
+        return x, self.sem_head(x)
+
+
+class HyperDETR(nn.Module):
+    """The full model; see the module docstring for inputs and outputs."""
+
+    def __init__(self, cfg: HyperDETRConfig) -> None:
+        super().__init__()
+        self.cfg = cfg = HyperDETRConfig.from_dict(cfg.to_dict())  # own copy: pruning updates it
+        self.backbone = MobileNetV3Backbone(cfg.width_mult)
+        chans = self.backbone.channels
+        self.input_proj = nn.Conv2d(chans["s32"], cfg.hidden_dim, 1)
+        self.position = PositionEmbeddingSine(cfg.hidden_dim // 2)
+        self.transformer = Transformer(cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.active_dec_layers,
+                                       cfg.dim_feedforward, cfg.dropout)
+        self.query_embed = nn.Embedding(cfg.num_queries, cfg.hidden_dim)
+        self.decoder = ConvDecoder(cfg, chans)
+        self.head = HyperMaskHead(cfg.hidden_dim, cfg.mask_dim)
+
+    @property
+    def num_dec_layers(self) -> int:
+        return len(self.transformer.decoder)
+
+    def prune_decoder(self, k: int) -> "HyperDETR":
+        """Keep only the first ``k`` decoder layers (in place); outputs of those layers are unchanged."""
+        if not 1 <= k <= self.num_dec_layers:
+            raise ValueError(f"cannot keep {k} decoder layers of {self.num_dec_layers}")
+        self.transformer.decoder = nn.ModuleList(list(self.transformer.decoder)[:k])
+        self.cfg.keep_dec_layers = k
+        return self
+
+    def forward(self, x: torch.Tensor, scene_only: bool = False) -> dict[str, torch.Tensor | list]:
+        feats = self.backbone(x)
+        p32 = self.input_proj(feats["s32"])
+        mask_features, sem_logits = self.decoder(p32, feats, x)
+        out: dict[str, torch.Tensor | list] = {"sem_logits": sem_logits}
+        if scene_only:
+            return out
+        pos = self.position(p32)
+        hs, _ = self.transformer(p32, pos, self.query_embed.weight)  # (L, B, N, C)
+        if self.cfg.aux_loss:
+            layers = range(hs.shape[0])
+        else:
+            layers = range(hs.shape[0] - 1, hs.shape[0])
+        preds = [self.head(hs[i], mask_features) for i in layers]
+        out["pred_logits"], out["pred_masks"] = preds[-1]
+        if self.cfg.aux_loss:
+            out["aux_outputs"] = [{"pred_logits": lg, "pred_masks": m} for lg, m in preds[:-1]]
+        return out
+
+
+def build_model(cfg: HyperDETRConfig | None = None) -> HyperDETR:
+    """Build a randomly initialised HyperDETR (``cfg.keep_dec_layers`` decides how many decoder layers exist)."""
+    return HyperDETR(cfg or HyperDETRConfig())
