@@ -159,6 +159,9 @@ def write_dng(path: str | os.PathLike, sim: SimulatedRaw, orientation: int = 1, 
             tw.write(raw, photometric=32803, subfiletype=0, software="campipe simulate", metadata=None,
                      resolution=None, extratags=dng_tags(sim, orientation))
         _patch_exif(Path(tmp), sim)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
