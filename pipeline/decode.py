@@ -1,0 +1,400 @@
+"""Decode: any supported file -> :class:`~campipe.frame.Frame` (float32 linear Rec.2020, HWC).
+
+RAW (DNG and every format LibRaw reads) goes through rawpy with the as-shot white balance, no auto-brightening,
+linear 16-bit output **in camera RGB** (``output_color=raw``), demosaiced (AHD by default) and oriented; campipe then
+applies its own camera RGB -> XYZ (D65) -> working-space matrix, computed from the camera's XYZ->camera matrix
+(LibRaw's ``rgb_xyz_matrix``, or the DNG ``ColorMatrix1/2`` tags read with tifffile where LibRaw leaves it empty).
+
+Encoded images (JPEG, PNG, TIFF 8/16-bit, HEIC/HEIF, AVIF, WebP) are linearised from their embedded ICC profile
+(via Pillow ImageCms, to sRGB first) or assumed sRGB, oriented by EXIF, and converted to the working space. They are
+display-referred: ``meta['scene_referred'] = False`` tells the tone stage not to apply the filmic base curve again.
+
+Safety: the pixel count is checked against ``max_megapixels`` from the header, before any decoding; Pillow's
+decompression-bomb warning is an error here; NaN/inf or all-zero data is rejected.
+
+References: LibRaw docs (output_color, use_camera_wb, no_auto_bright), dcraw ``convert_to_rgb`` (row-normalised
+camera matrices), Adobe DNG Specification 1.6 chapter 6 (mapping camera to XYZ).
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import colour as cc
+from .errors import DecodeError, UnsupportedFormatError
+from .frame import Frame
+from .metadata import ILLUMINANTS, read_dng_tags, read_exif
+
+log = logging.getLogger("campipe")
+
+DEFAULT_MAX_MEGAPIXELS = 200.0
+RAW_EXTENSIONS = {".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".orf", ".rw2",
+                  ".rwl", ".pef", ".srw", ".3fr", ".fff", ".iiq", ".erf", ".kdc", ".dcr", ".mos", ".mrw", ".x3f",
+                  ".raw", ".mef", ".gpr"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".heic", ".heif", ".avif", ".webp"}
+SUPPORTED_EXTENSIONS = RAW_EXTENSIONS | IMAGE_EXTENSIONS
+
+# D65 white point in XYZ (Y = 1)
+_D65_XYZ = np.array([0.95047, 1.0, 1.08883])
+
+
+def sniff(path: str | Path) -> str:
+    """Guess the container from magic bytes: 'jpeg', 'png', 'tiff', 'heif', 'webp', or 'raw' (anything else)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        raise DecodeError(f"{path}: empty file (0 bytes)")
+    if head[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"crx ",):
+            return "raw"  # Canon CR3 is ISO-BMFF
+        return "heif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    return "raw"
+
+
+def _check_budget(path, w: int, h: int, max_megapixels: float) -> None:
+    if w <= 0 or h <= 0:
+        raise DecodeError(f"{path}: image has no pixels ({w}x{h})")
+    mp = w * h / 1e6
+    if max_megapixels and mp > max_megapixels:
+        raise DecodeError(f"{path}: {w}x{h} = {mp:.0f} MP exceeds the pixel budget of {max_megapixels:g} MP "
+                          f"(raise it with --max-megapixels)")
+
+
+def _check_pixels(path, img: np.ndarray) -> None:
+    if img.shape[0] < 1 or img.shape[1] < 1:
+        raise DecodeError(f"{path}: decoded image is empty")
+    if not np.isfinite(img).all():
+        raise DecodeError(f"{path}: decoded data contains NaN or infinite values")
+    if not img.any():
+        raise DecodeError(f"{path}: decoded data is all zero (no image content)")
+
+
+# ----------------------------------------------------------------------------------------------------------- RAW ---
+
+def camera_to_xyz_matrix(xyz_to_cam: np.ndarray) -> np.ndarray:
+    """3x3 white-balanced camera RGB -> XYZ (D65) from an XYZ->camera matrix.
+
+    Rows of ``xyz_to_cam`` are scaled so that D65 white maps to camera (1, 1, 1) (the white-balanced neutral), as in
+    dcraw's ``convert_to_rgb``; the result is its inverse. So ``camera_to_xyz_matrix(M) @ [1, 1, 1] == D65 white``.
+    """
+    m = np.asarray(xyz_to_cam, dtype=np.float64).reshape(3, 3)
+    neutral = m @ _D65_XYZ
+    if np.any(np.abs(neutral) < 1e-9):
+        raise DecodeError("colour matrix maps white to zero")
+    a = m / neutral[:, None]
+    return np.linalg.inv(a)
+
+
+def _pick_dng_matrix(tags: dict[str, Any]) -> np.ndarray | None:
+    cands = []
+    for i in (1, 2):
+        cm = tags.get(f"ColorMatrix{i}")
+        if cm is not None and len(cm) >= 9:
+            ill = int(tags.get(f"CalibrationIlluminant{i}", 0) or 0)
+            cands.append((0 if ILLUMINANTS.get(ill) in ("D65", "D55", "D75", "Daylight") else 1,
+                          np.asarray(cm[:9], dtype=np.float64).reshape(3, 3)))
+    if not cands:
+        return None
+    cands.sort(key=lambda c: c[0])
+    return cands[0][1]
+
+
+def _raw_open(path, max_megapixels: float):
+    import rawpy
+
+    raw = rawpy.RawPy()
+    try:
+        raw.open_file(str(path))
+    except rawpy.LibRawFileUnsupportedError:
+        raw.close()
+        raise UnsupportedFormatError(f"{path}: not a RAW or image format campipe can read") from None
+    except (rawpy.LibRawError, OSError) as e:
+        raw.close()
+        raise DecodeError(f"{path}: cannot open RAW file ({type(e).__name__}: {e})") from None
+    s = raw.sizes
+    _check_budget(path, int(s.raw_width), int(s.raw_height), max_megapixels)
+    return raw
+
+
+def load_raw(path: str | Path, *, half_size: bool = False, demosaic: str = "AHD",
+             max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, strict: bool = False) -> Frame:
+    """Decode a RAW file into a linear working-space Frame.
+
+    Args:
+        path: DNG or any LibRaw-supported RAW.
+        half_size: 2x2 binning instead of demosaicing (fast previews).
+        demosaic: LibRaw demosaic algorithm name ('AHD', 'LINEAR', 'VNG', 'PPG', 'DHT', 'AAHD').
+        max_megapixels: refuse larger images before decoding.
+        strict: fail (instead of warn and fall back) on a missing colour matrix.
+
+    Returns: Frame with image float32 (H, W, 3) linear Rec.2020, 1.0 = sensor clipping of the least-amplified
+    channel; meta with camera/exposure EXIF, CFA pattern, levels, matrices, white balance and noise information.
+    """
+    import rawpy
+
+    raw = _raw_open(path, max_megapixels)
+    with raw:
+        try:
+            raw.unpack()
+        except (rawpy.LibRawError, OSError) as e:
+            raise DecodeError(f"{path}: RAW data is truncated or corrupt ({type(e).__name__}: {e})") from None
+        meta: dict[str, Any] = {"source": str(path), "format": "raw", "scene_referred": True}
+        try:
+            meta["cfa_pattern"] = "".join(chr(raw.color_desc[i]) for i in np.asarray(raw.raw_pattern).ravel())
+        except (TypeError, ValueError, AttributeError):
+            meta["cfa_pattern"] = None
+        if raw.raw_pattern is None or raw.num_colors < 3:
+            # monochrome or linear DNG: LibRaw can still postprocess it when it has 3 colours
+            meta["cfa_pattern"] = None
+        meta["raw_type"] = str(raw.raw_type).split(".")[-1]
+        meta["black_level"] = [int(x) for x in raw.black_level_per_channel]
+        meta["white_level"] = int(raw.white_level)
+        cam_wb = [float(x) for x in raw.camera_whitebalance]
+        meta["camera_wb"] = cam_wb
+        meta["daylight_wb"] = [float(x) for x in raw.daylight_whitebalance]
+        xyz_to_cam = np.asarray(raw.rgb_xyz_matrix, dtype=np.float64)[:3, :3]
+        dng = read_dng_tags(path) if sniff(path) == "tiff" else {}
+        meta["matrix_source"] = "libraw"
+        if not np.any(xyz_to_cam):
+            m = _pick_dng_matrix(dng)
+            if m is not None:
+                xyz_to_cam, meta["matrix_source"] = m, "dng-tags"
+            else:
+                msg = f"{path}: no colour matrix for this camera"
+                if strict:
+                    raise DecodeError(msg + " (--strict)")
+                log.warning("%s; assuming camera RGB = sRGB primaries (colours will be approximate)", msg)
+                xyz_to_cam = np.asarray(cc.colour.RGB_COLOURSPACES["sRGB"].matrix_XYZ_to_RGB)
+                meta["matrix_source"] = "default-srgb"
+        meta["xyz_to_cam"] = xyz_to_cam.tolist()
+        if "AsShotNeutral" in dng:
+            meta["as_shot_neutral"] = [float(x) for x in dng["AsShotNeutral"][:3]]
+        elif cam_wb[1] > 0 and all(x > 0 for x in cam_wb[:3]):
+            meta["as_shot_neutral"] = [cam_wb[1] / x for x in cam_wb[:3]]
+        if not all(x > 0 for x in cam_wb[:3]):
+            msg = f"{path}: implausible as-shot white balance {cam_wb[:3]}"
+            if strict:
+                raise DecodeError(msg + " (--strict)")
+            log.warning("%s; using the camera's daylight balance", msg)
+        else:
+            ratio = max(cam_wb[:3]) / max(min(cam_wb[:3]), 1e-9)
+            if ratio > 16:
+                log.warning("%s: implausible white balance multipliers %s", path, [round(x, 3) for x in cam_wb[:3]])
+        if dng.get("NoiseProfile"):
+            meta["noise_profile"] = dng["NoiseProfile"]
+        if dng.get("BaselineExposure"):
+            meta["baseline_exposure"] = float(dng["BaselineExposure"][0])
+        if dng.get("UniqueCameraModel"):
+            meta["unique_camera_model"] = dng["UniqueCameraModel"]
+        try:
+            algo = getattr(rawpy.DemosaicAlgorithm, demosaic.upper())
+        except AttributeError:
+            raise DecodeError(f"unknown demosaic algorithm {demosaic!r}") from None
+        try:
+            rgb16 = raw.postprocess(
+                demosaic_algorithm=algo, half_size=half_size, use_camera_wb=all(x > 0 for x in cam_wb[:3]),
+                no_auto_bright=True, output_bps=16, gamma=(1, 1), output_color=rawpy.ColorSpace.raw,
+                user_flip=None,
+            )
+        except (rawpy.LibRawError, OSError, MemoryError) as e:
+            raise DecodeError(f"{path}: RAW decode failed ({type(e).__name__}: {e})") from None
+        meta["flip"] = int(raw.sizes.flip)
+    meta.update(read_exif(path))
+    meta["orientation_applied"] = True
+    cam = rgb16.astype(np.float32)
+    cam *= np.float32(1.0 / 65535.0)
+    cam_to_working = (cc.xyz_to_working() @ camera_to_xyz_matrix(xyz_to_cam)).astype(np.float32)
+    meta["cam_to_working"] = cam_to_working.tolist()
+    # highlight weight: how close the most-exposed camera channel is to clipping (used by the highlights stage)
+    img = cc.apply_matrix(cam, cam_to_working)
+    cmax = cam.max(axis=2)
+    meta["clip_fraction"] = float(np.mean(cmax >= 0.999))
+    if meta["clip_fraction"] > 0:
+        # internal (not serialised): 0 below 90 % of clipping, 1 at clipping; read by the highlights stage
+        w = cmax - np.float32(0.9)
+        w *= np.float32(10.0)
+        meta["_highlight_weight"] = np.clip(w, 0.0, 1.0, out=w)
+    del cmax
+    np.maximum(img, 0.0, out=img)  # negative values from the matrix are out-of-gamut noise
+    _check_pixels(path, img)
+    meta["noise"] = {"iso": meta.get("iso"), "black_level": meta["black_level"], "white_level": meta["white_level"],
+                     "profile": meta.get("noise_profile")}
+    meta["width"], meta["height"] = int(img.shape[1]), int(img.shape[0])
+    return Frame(image=img, meta=meta)
+
+
+# ------------------------------------------------------------------------------------------------------ images ---
+
+def _pil_open(path, max_megapixels: float):
+    from PIL import Image
+
+    if "heif" == sniff(path):
+        try:
+            import pillow_heif
+            pillow_heif.register_heif_opener()
+        except ImportError:
+            raise UnsupportedFormatError(f"{path}: HEIC/HEIF needs pillow-heif (pip install pillow-heif)") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(path)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            raise DecodeError(f"{path}: refused as a decompression bomb ({e})") from None
+        except Exception as e:  # PIL.UnidentifiedImageError, OSError, SyntaxError from plugins...
+            raise DecodeError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+    _check_budget(path, im.width, im.height, max_megapixels)
+    return im
+
+
+def load_image(path: str | Path, *, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, strict: bool = False) -> Frame:
+    """Decode JPEG/PNG/TIFF(8/16-bit)/HEIC/AVIF/WebP into a linear working-space Frame (display-referred)."""
+    from PIL import Image, ImageCms, ImageOps
+
+    kind = sniff(path)
+    meta: dict[str, Any] = {"source": str(path), "format": kind, "scene_referred": False}
+    meta.update(read_exif(path))
+    if kind == "tiff":
+        arr, icc = _read_tiff(path, max_megapixels)
+        enc, space = _to_encoded_float(path, arr, icc)
+    else:
+        im = _pil_open(path, max_megapixels)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                im.load()
+                im = ImageOps.exif_transpose(im)
+            except Exception as e:
+                raise DecodeError(f"{path}: image data is truncated or corrupt ({type(e).__name__}: {e})") from None
+        icc = im.info.get("icc_profile")
+        space = "srgb"
+        if icc and not _is_srgb_or_p3(icc)[0]:
+            try:
+                src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+                im = ImageCms.profileToProfile(im.convert("RGB"), src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            except Exception as e:
+                log.warning("%s: embedded ICC profile unusable (%s); assuming sRGB", path, e)
+        elif icc:
+            space = _is_srgb_or_p3(icc)[1]
+        meta["input_icc"] = bool(icc)
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            g = np.asarray(im, dtype=np.float32) / (65535.0 if im.mode != "I" else max(1.0, float(np.max(im))))
+            enc = np.repeat(g[..., None], 3, axis=2)
+        else:
+            enc = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    meta["orientation_applied"] = True
+    meta["input_space"] = space
+    img = cc.display_to_working(enc, space)
+    np.maximum(img, 0.0, out=img)
+    if not np.isfinite(img).all():  # an all-black JPEG is a legitimate photo; NaN is not
+        raise DecodeError(f"{path}: decoded data contains NaN or infinite values")
+    meta["width"], meta["height"] = int(img.shape[1]), int(img.shape[0])
+    meta["noise"] = {"iso": meta.get("iso")}
+    return Frame(image=img, meta=meta)
+
+
+def _is_srgb_or_p3(icc: bytes) -> tuple[bool, str]:
+    from PIL import ImageCms
+
+    try:
+        desc = ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(icc))).lower()
+    except Exception:
+        return False, "srgb"
+    if "p3" in desc:
+        return True, "display-p3"
+    if "srgb" in desc or "iec61966" in desc:
+        return True, "srgb"
+    return False, "srgb"
+
+
+def _read_tiff(path, max_megapixels):
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            page = tf.pages[0]
+            shape = page.shape
+            h, w = (shape[0], shape[1]) if page.samplesperpixel == 1 or len(shape) == 3 and shape[2] <= 4 else shape[-2:]
+            _check_budget(path, int(page.imagewidth), int(page.imagelength), max_megapixels)
+            arr = page.asarray()
+            icc = page.tags[34675].value if 34675 in page.tags else None
+            orient = page.tags[274].value if 274 in page.tags else 1
+    except DecodeError:
+        raise
+    except Exception as e:
+        raise DecodeError(f"{path}: cannot read TIFF ({type(e).__name__}: {e})") from None
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] < 3:
+        raise DecodeError(f"{path}: unsupported TIFF layout {arr.shape}")
+    arr = arr[..., :3]
+    arr = _orient(arr, int(orient))
+    return arr, icc
+
+
+def _orient(arr: np.ndarray, o: int) -> np.ndarray:
+    """Apply EXIF orientation (1-8) to an HWC array."""
+    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: a.transpose(1, 0, 2)[:, ::-1],
+           7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: a.transpose(1, 0, 2)[::-1]}
+    return np.ascontiguousarray(ops[o](arr)) if o in ops else arr
+
+
+def _to_encoded_float(path, arr: np.ndarray, icc) -> tuple[np.ndarray, str]:
+    if arr.dtype == np.uint8:
+        enc = arr.astype(np.float32) / 255.0
+    elif arr.dtype == np.uint16:
+        enc = arr.astype(np.float32) / 65535.0
+    elif arr.dtype.kind == "f":
+        enc = arr.astype(np.float32)
+        if not np.isfinite(enc).all():
+            raise DecodeError(f"{path}: TIFF contains NaN or infinite values")
+        enc = np.clip(enc, 0, 1)
+    else:
+        raise DecodeError(f"{path}: unsupported TIFF sample type {arr.dtype}")
+    space = "srgb"
+    if icc:
+        ok, space = _is_srgb_or_p3(bytes(icc))
+        if not ok:
+            log.warning("%s: embedded ICC profile is neither sRGB nor Display P3; assuming sRGB", path)
+    return enc, space
+
+
+# ------------------------------------------------------------------------------------------------------ entry ---
+
+def decode_file(path: str | Path, *, half_size: bool = False, demosaic: str = "AHD",
+                max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, strict: bool = False) -> Frame:
+    """Decode any supported file (RAW or encoded image), chosen by content, not by extension."""
+    p = Path(path)
+    if not p.exists():
+        raise DecodeError(f"{path}: no such file")
+    if p.is_dir():
+        raise DecodeError(f"{path}: is a directory")
+    if not os.access(p, os.R_OK):
+        raise DecodeError(f"{path}: permission denied")
+    if p.stat().st_size == 0:
+        raise DecodeError(f"{path}: empty file (0 bytes)")
+    kind = sniff(p)
+    if kind in ("jpeg", "png", "heif", "webp"):
+        return load_image(p, max_megapixels=max_megapixels, strict=strict)
+    if kind == "tiff":
+        # DNG and most RAW formats are TIFF containers: LibRaw first, plain TIFF if LibRaw does not take it
+        try:
+            return load_raw(p, half_size=half_size, demosaic=demosaic, max_megapixels=max_megapixels, strict=strict)
+        except UnsupportedFormatError:
+            return load_image(p, max_megapixels=max_megapixels, strict=strict)
+    return load_raw(p, half_size=half_size, demosaic=demosaic, max_megapixels=max_megapixels, strict=strict)

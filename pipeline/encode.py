@@ -1,0 +1,248 @@
+"""Encode: display-encoded float32 RGB -> JPEG / PNG / 16-bit TIFF / HEIC / AVIF with ICC profile and EXIF.
+
+Writes are atomic and never clobber by accident: the file is written to a temporary name in the destination
+folder, fsync'ed, then linked into place (``os.link`` fails if the name exists, so an existing output is kept
+unless ``overwrite=True``, which uses ``os.replace``). On any error (disk full, permissions) the temporary file is
+removed and the previous output, if any, stays intact. The output can never be the input.
+
+EXIF carried over from the input: Make, Model, LensModel, ExposureTime, FNumber, ISO, FocalLength(35 mm),
+DateTimeOriginal; Orientation is reset to 1 (pixels are already rotated); Software = campipe.
+TIFF gets the same fields as TIFF/EP-style IFD0 tags (tifffile does not write an EXIF sub-IFD).
+
+References: Pillow image file formats (JPEG/PNG/AVIF save options), pillow-heif, tifffile.imwrite, EXIF 2.32.
+"""
+from __future__ import annotations
+
+import io
+import os
+import secrets
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import EncodeError
+from .icc import icc_profile
+from .output import quantize
+
+FORMATS = {"jpeg": ".jpg", "png": ".png", "tiff16": ".tif", "heic": ".heic", "avif": ".avif"}
+TMP_MARK = ".campipe-tmp-"
+
+
+def _rational(v: float, max_den: int = 100000):
+    from PIL.TiffImagePlugin import IFDRational
+
+    f = Fraction(v).limit_denominator(max_den)
+    return IFDRational(f.numerator, f.denominator)
+
+
+def build_exif(meta: dict[str, Any] | None, size: tuple[int, int] | None = None, space: str = "srgb") -> bytes:
+    """EXIF bytes (for Pillow/pillow-heif) from decode metadata; orientation reset to 1; ``size`` = (w, h)."""
+    from PIL import Image
+
+    meta = meta or {}
+    ex = Image.Exif()
+    ex[0x0112] = 1
+    ex[0x0131] = "campipe"
+    ex[0x011A] = _rational(72.0)
+    ex[0x011B] = _rational(72.0)
+    ex[0x0128] = 2
+    ex[0x0213] = 1  # YCbCrPositioning: centred
+    for tag, key in ((0x010F, "camera_make"), (0x0110, "camera_model")):
+        if meta.get(key):
+            ex[tag] = str(meta[key])
+    exif_ifd = ex.get_ifd(0x8769)
+    exif_ifd[0x9000] = b"0232"
+    exif_ifd[0xA000] = b"0100"
+    exif_ifd[0xA001] = 1 if space == "srgb" else 0xFFFF
+    if size:
+        exif_ifd[0xA002], exif_ifd[0xA003] = int(size[0]), int(size[1])
+    if meta.get("datetime_original"):
+        ex[0x0132] = str(meta["datetime_original"])
+        exif_ifd[0x9003] = str(meta["datetime_original"])
+    if meta.get("exposure_time"):
+        exif_ifd[0x829A] = _rational(float(meta["exposure_time"]), 1000000)
+    if meta.get("f_number"):
+        exif_ifd[0x829D] = _rational(float(meta["f_number"]), 100)
+    if meta.get("iso"):
+        exif_ifd[0x8827] = int(meta["iso"])
+    if meta.get("focal_length"):
+        exif_ifd[0x920A] = _rational(float(meta["focal_length"]), 100)
+    if meta.get("focal_length_35mm"):
+        exif_ifd[0xA405] = int(round(float(meta["focal_length_35mm"])))
+    if meta.get("lens"):
+        exif_ifd[0xA434] = str(meta["lens"])
+    return ex.tobytes()
+
+
+def _tiff_tags(meta: dict[str, Any] | None, icc: bytes) -> list[tuple]:
+    meta = meta or {}
+    tags: list[tuple] = [(34675, "B", len(icc), icc, True), (274, "H", 1, 1, True)]
+
+    def rat(v, den):
+        f = Fraction(float(v)).limit_denominator(den)
+        return (f.numerator, f.denominator)
+
+    for code, key in ((271, "camera_make"), (272, "camera_model")):
+        if meta.get(key):
+            tags.append((code, "s", 0, str(meta[key]), True))
+    if meta.get("datetime_original"):
+        tags.append((36867, "s", 0, str(meta["datetime_original"]), True))
+    if meta.get("exposure_time"):
+        tags.append((33434, "2I", 1, rat(meta["exposure_time"], 1000000), True))
+    if meta.get("f_number"):
+        tags.append((33437, "2I", 1, rat(meta["f_number"], 100), True))
+    if meta.get("iso"):
+        tags.append((34855, "H", 1, int(meta["iso"]), True))
+    if meta.get("focal_length"):
+        tags.append((37386, "2I", 1, rat(meta["focal_length"], 100), True))
+    return tags
+
+
+def check_output_path(out: str | Path, inputs: list[str | Path] | None = None, overwrite: bool = False) -> Path:
+    """Refuse an output that is one of the inputs (also via ./, .. or a symlink) or exists without overwrite."""
+    out = Path(out)
+    real_out = os.path.realpath(out)
+    for src in inputs or []:
+        if os.path.realpath(src) == real_out or (out.exists() and Path(src).exists() and os.path.samefile(src, out)):
+            raise EncodeError(f"{out}: output would overwrite its input {src}; choose another name or folder")
+    if out.exists() and not overwrite:
+        raise EncodeError(f"{out}: exists (use --overwrite to replace it)")
+    if out.exists() and out.is_dir():
+        raise EncodeError(f"{out}: is a directory")
+    return out
+
+
+def encode_bytes(display: np.ndarray, fmt: str, quality: int = 92, meta: dict | None = None,
+                 space: str = "srgb", dither: float = 1.0) -> bytes:
+    """Encode display RGB float32 (H, W, 3) in [0, 1] (in ``space``) to file bytes of ``fmt``."""
+    if fmt not in FORMATS:
+        raise EncodeError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if not 1 <= int(quality) <= 100:
+        raise EncodeError(f"--quality must be within 1..100, got {quality}")
+    icc = icc_profile(space)
+    buf = io.BytesIO()
+    if fmt == "tiff16":
+        import tifffile
+
+        arr = quantize(display, 16)
+        tifffile.imwrite(buf, arr, photometric="rgb", compression="zlib", software="campipe",
+                         extratags=_tiff_tags(meta, icc))
+        return buf.getvalue()
+    from PIL import Image
+
+    im = Image.fromarray(quantize(display, 8, dither))
+    exif = build_exif(meta, (im.width, im.height), space)
+    if fmt == "jpeg":
+        im.save(buf, "JPEG", quality=int(quality), icc_profile=icc, exif=exif, optimize=False,
+                subsampling=0 if quality >= 90 else 2)
+    elif fmt == "png":
+        im.save(buf, "PNG", icc_profile=icc, exif=exif, compress_level=6)
+    elif fmt == "heic":
+        try:
+            import pillow_heif
+        except ImportError:
+            raise EncodeError("HEIC output needs pillow-heif (pip install pillow-heif)") from None
+        pillow_heif.register_heif_opener()
+        im.save(buf, "HEIF", quality=int(quality), icc_profile=icc, exif=exif)
+    elif fmt == "avif":
+        try:
+            im.save(buf, "AVIF", quality=int(quality), icc_profile=icc, exif=exif)
+        except (KeyError, OSError) as e:
+            raise EncodeError(f"AVIF output is not supported by this Pillow build ({e})") from None
+    return buf.getvalue()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = False) -> Path:
+    """Write ``data`` to ``path`` all-or-nothing (temp file + fsync + link/rename)."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise EncodeError(f"{path}: output folder {folder} does not exist")
+    tmp = folder / f".{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as e:
+        raise EncodeError(f"{path}: cannot write in {folder} ({e.strerror})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise EncodeError(f"{path}: exists (use --overwrite to replace it)") from None
+            except OSError:  # file systems without hard links: fall back to a checked rename
+                if path.exists():
+                    raise EncodeError(f"{path}: exists (use --overwrite to replace it)") from None
+                os.replace(tmp, path)
+        try:
+            dfd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
+    except OSError as e:
+        raise EncodeError(f"{path}: write failed ({e.strerror or e}); no partial file was left") from None
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+    return path
+
+
+def write_image(path: str | Path, display: np.ndarray, fmt: str | None = None, quality: int = 92,
+                meta: dict | None = None, overwrite: bool = False, space: str | None = None,
+                dither: float | None = None, inputs: list | None = None) -> Path:
+    """Encode and atomically write ``display`` (float32 (H, W, 3) in [0, 1]) to ``path``.
+
+    ``fmt`` defaults from the extension; ``space`` and ``dither`` default from ``meta`` ('output_space', 'dither').
+    """
+    path = Path(path)
+    if fmt is None:
+        ext = path.suffix.lower()
+        fmt = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".tif": "tiff16", ".tiff": "tiff16",
+               ".heic": "heic", ".heif": "heic", ".avif": "avif"}.get(ext)
+        if fmt is None:
+            raise EncodeError(f"{path}: cannot tell the output format from {ext!r}; use --format")
+    meta = meta or {}
+    space = space or meta.get("output_space", "srgb")
+    dither = meta.get("dither", 0.0) if dither is None else dither
+    check_output_path(path, inputs, overwrite)
+    data = encode_bytes(display, fmt, quality, meta, space, dither)
+    return atomic_write_bytes(path, data, overwrite)
+
+
+def remove_stale_temps(folder: str | Path) -> int:
+    """Delete temporary files left by killed campipe runs in ``folder`` (their writer process is gone)."""
+    n = 0
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    for p in folder.glob(f".*{TMP_MARK}*"):
+        try:
+            pid = int(p.name.rsplit(TMP_MARK, 1)[1].split("-")[0])
+        except (IndexError, ValueError):
+            continue
+        alive = True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True
+        if not alive or pid == os.getpid():
+            try:
+                p.unlink()
+                n += 1
+            except OSError:
+                pass
+    return n

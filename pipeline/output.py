@@ -1,0 +1,80 @@
+"""Output transform and quantisation.
+
+* ``output`` stage: display-linear working RGB (Rec.2020 primaries) -> output primaries (sRGB or Display P3, both
+  D65, so no chromatic adaptation) -> clip to gamut -> sRGB transfer function (both spaces use it), into
+  ``frame.display`` (float32 (H, W, 3) in [0, 1]). The transfer function goes through a 2^20-entry LUT
+  (max error < 1 code at 16 bits).
+* ``dither`` stage: records the dither amount; :func:`quantize` applies triangular-PDF noise of ``amount`` LSB
+  before rounding to 8 bits (against banding in smooth gradients such as skies). 16-bit outputs are not dithered.
+
+References: IEC 61966-2-1 (sRGB), SMPTE EG 432-1 (Display P3), Lipshitz, Wannamaker & Vanderkooy,
+"Quantization and Dither: A Theoretical Survey" (1992) for TPDF dither.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from . import colour as cc
+from .frame import Frame
+from .isp import apply_lut
+from .registry import register_stage
+
+OETF_LUT_SIZE = 1 << 20
+
+
+@lru_cache(maxsize=1)
+def _oetf_lut() -> np.ndarray:
+    return cc.srgb_encode(np.linspace(0.0, 1.0, OETF_LUT_SIZE, dtype=np.float64).astype(np.float32))
+
+
+def output_transform(image: np.ndarray, space: str = "srgb") -> np.ndarray:
+    """Pure function: float32 display-linear working RGB (H, W, 3) -> float32 encoded RGB in [0, 1] in ``space``."""
+    if space not in cc.OUTPUT_SPACES:
+        raise ValueError(f"output.space must be one of {', '.join(cc.OUTPUT_SPACES)}, got {space!r}")
+    lin = cc.apply_matrix(image, cc.working_to_output(space))
+    return apply_lut(lin, _oetf_lut(), 1.0)
+
+
+@register_stage("output", requires=("linear",), provides=("display",), params={"space": "srgb"})
+def output_stage(frame: Frame, space: str) -> Frame:
+    """Working space -> display-encoded sRGB / Display P3 in frame.display."""
+    frame.display = output_transform(frame.image, space)
+    frame.meta["output_space"] = space
+    return frame
+
+
+@lru_cache(maxsize=4)
+def _tpdf_tile(size: int = 256, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.random((size, size, 3), dtype=np.float32) - rng.random((size, size, 3), dtype=np.float32))
+
+
+def quantize(display: np.ndarray, bits: int = 8, dither: float = 0.0) -> np.ndarray:
+    """float32 [0, 1] (H, W, 3) -> uint8 (bits=8) or uint16 (bits=16), with ``dither`` LSB of TPDF noise at 8 bits.
+
+    The noise is a fixed seeded 256x256 tile (deterministic output; no per-render RNG cost)."""
+    if bits not in (8, 16):
+        raise ValueError("bits must be 8 or 16")
+    scale = np.float32(255.0 if bits == 8 else 65535.0)
+    x = display * scale
+    if bits == 8 and dither > 0:
+        h, w = x.shape[:2]
+        tile = _tpdf_tile()
+        t = tile.shape[0]
+        reps = (-(-h // t), -(-w // t), 1)
+        noise = np.tile(tile, reps)[:h, :w]
+        x += noise * np.float32(dither)
+    x += np.float32(0.5)
+    np.clip(x, 0, scale, out=x)
+    return x.astype(np.uint8 if bits == 8 else np.uint16)
+
+
+@register_stage("dither", requires=("display",), params={"amount": 1.0})
+def dither_stage(frame: Frame, amount: float) -> Frame:
+    """8-bit TPDF dither amount (LSB) applied when the output is quantised to 8 bits."""
+    if amount < 0:
+        raise ValueError("dither.amount must be >= 0")
+    frame.meta["dither"] = amount
+    return frame
