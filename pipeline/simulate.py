@@ -44,7 +44,10 @@ _CFA_INDEX = {"R": 0, "G": 1, "B": 2}
 # ----------------------------------------------------------------------------------------------- colour helpers
 @lru_cache(maxsize=None)
 def _srgb_to_xyz_matrix() -> np.ndarray:
-    return np.asarray(colour.RGB_COLOURSPACES["sRGB"].matrix_RGB_to_XYZ, dtype=np.float64)
+    # Derived from the sRGB primaries and the D65 chromaticity (not the 4-decimal IEC matrix), so that sRGB white
+    # maps exactly to the D65 white used for the illuminant adaptation and AsShotNeutral.
+    cs = colour.RGB_COLOURSPACES["sRGB"]
+    return np.asarray(colour.normalised_primary_matrix(cs.primaries, cs.whitepoint), dtype=np.float64)
 
 
 def srgb_to_linear(srgb: np.ndarray) -> np.ndarray:
@@ -87,7 +90,7 @@ def camera_neutral(color_matrix: np.ndarray, white_xyz: np.ndarray) -> np.ndarra
 def cfa_indices(pattern: str) -> np.ndarray:
     """2x2 array of colour indices (0 R, 1 G, 2 B) for a Bayer pattern string such as ``"RGGB"``."""
     p = pattern.strip().upper()
-    if len(p) != 4 or set(p) - set(_CFA_INDEX) or sorted(set(p)) != ["B", "G", "R"]:
+    if sorted(p) != ["B", "G", "G", "R"]:  # a Bayer 2x2: one red, two greens, one blue
         raise ValueError(f"unsupported CFA pattern {pattern!r}; expected a 2x2 Bayer pattern such as RGGB, BGGR, GRBG")
     return np.array([_CFA_INDEX[c] for c in p], dtype=np.uint8).reshape(2, 2)
 
