@@ -40,7 +40,7 @@ pointer-events:none}
 #viewport.zoom #canvas img{image-rendering:pixelated}
 #after{position:absolute;inset:0;clip-path:inset(0 0 0 50%)}
 .ovl img{opacity:var(--ovl)}
-.ovl img.off{display:none}
+.ovl img.off{display:none!important}
 #handle{position:absolute;top:0;bottom:0;left:50%;width:0;border-left:1px solid rgba(255,255,255,.9);
 box-shadow:0 0 0 .5px rgba(0,0,0,.5);cursor:ew-resize}
 #handle .grip{position:absolute;top:50%;left:-15px;width:30px;height:30px;margin-top:-15px;border-radius:50%;
@@ -62,14 +62,14 @@ aside .key{margin-left:auto;color:var(--dim);font-size:11px;border:1px solid #3c
 aside .note{color:var(--dim);font-size:12px}
 aside input[type=range]{width:100%;accent-color:#9a9a9a}
 #grid,#sheet{display:none;flex:1;overflow:auto;padding:12px;gap:12px;align-content:start;
-grid-template-columns:repeat(auto-fill,minmax(340px,1fr))}
+grid-template-columns:repeat(auto-fill,minmax(300px,1fr));grid-auto-rows:max-content}
 body.mode-grid #grid,body.mode-sheet #sheet{display:grid}
 body.mode-grid #viewport,body.mode-sheet #viewport,body.mode-sheet aside{display:none}
-figure{margin:0;background:var(--panel);border:1px solid var(--line);border-radius:6px;overflow:hidden;cursor:pointer}
+figure{margin:0;background:var(--panel);border:1px solid var(--line);border-radius:6px;cursor:pointer}
 figure:hover{border-color:#555}
 figure.is-r{outline:2px solid #bbb}
 figure.is-l{outline:2px dashed #777}
-.frame{position:relative;background:#000}
+.frame{position:relative;background:#000;overflow:hidden;border-radius:5px 5px 0 0}
 figcaption{padding:6px 8px;display:flex;gap:8px;align-items:baseline;flex-wrap:wrap}
 figcaption b{color:var(--hi);font-weight:600}
 figcaption span{color:var(--dim);font-size:12px}
@@ -77,7 +77,7 @@ figcaption span{color:var(--dim);font-size:12px}
 .pair img{width:50%;height:auto;object-fit:contain;display:block}
 #stats{flex:none;max-height:34vh;overflow:auto;border-top:1px solid var(--line);background:var(--panel)}
 body.nostats #stats{display:none}
-table{border-collapse:collapse;width:max-content;min-width:100%;font-variant-numeric:tabular-nums}
+table{border-collapse:collapse;width:max-content;font-variant-numeric:tabular-nums}
 th,td{padding:4px 10px;text-align:right;border-bottom:1px solid #2c2c2c;white-space:nowrap}
 th{color:var(--dim);font-weight:500;position:sticky;top:0;background:var(--panel)}
 thead tr+tr th{top:24px}

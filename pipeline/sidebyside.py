@@ -149,11 +149,12 @@ def write_rgb8(path: str | Path, rgb8: np.ndarray, meta: dict | None = None, qua
         from .encode import write_image  # the lead's encoder (atomic write, ICC); optional at this layer
     except ImportError:
         write_image = None
-    if write_image is not None:
-        kw = {"quality": quality} if fmt == "jpeg" else {}
-        write_image(path, rgb8.astype(np.float32) / 255.0, fmt=fmt, meta=meta or {}, overwrite=True, **kw)
-        return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    if write_image is not None:
+        # already quantised to 8 bit: no dither; quality only matters for JPEG
+        write_image(path, rgb8.astype(np.float32) / 255.0, fmt=fmt, quality=quality, meta=meta or {},
+                    overwrite=True, dither=0.0)
+        return path
     tmp = path.with_name(f".{path.name}.tmp{suffix}")
     img = Image.fromarray(rgb8)
     if fmt == "jpeg":
