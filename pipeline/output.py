@@ -18,23 +18,17 @@ import numpy as np
 
 from . import colour as cc
 from .frame import Frame
-from .isp import apply_lut
 from .registry import register_stage
-
-OETF_LUT_SIZE = 1 << 20
-
-
-@lru_cache(maxsize=1)
-def _oetf_lut() -> np.ndarray:
-    return cc.srgb_encode(np.linspace(0.0, 1.0, OETF_LUT_SIZE, dtype=np.float64).astype(np.float32))
 
 
 def output_transform(image: np.ndarray, space: str = "srgb") -> np.ndarray:
     """Pure function: float32 display-linear working RGB (H, W, 3) -> float32 encoded RGB in [0, 1] in ``space``."""
     if space not in cc.OUTPUT_SPACES:
         raise ValueError(f"output.space must be one of {', '.join(cc.OUTPUT_SPACES)}, got {space!r}")
-    lin = cc.apply_matrix(image, cc.working_to_output(space))
-    return apply_lut(lin, _oetf_lut(), 1.0)
+    lin = cc.apply_matrix(np.ascontiguousarray(image, dtype=np.float32), cc.working_to_output(space))
+    if lin.ndim == 3:
+        return cc.srgb_encode_fast(lin)
+    return cc.srgb_encode(lin)
 
 
 @register_stage("output", requires=("linear",), provides=("display",), params={"space": "srgb"})
@@ -57,18 +51,25 @@ def quantize(display: np.ndarray, bits: int = 8, dither: float = 0.0) -> np.ndar
     The noise is a fixed seeded 256x256 tile (deterministic output; no per-render RNG cost)."""
     if bits not in (8, 16):
         raise ValueError("bits must be 8 or 16")
-    scale = np.float32(255.0 if bits == 8 else 65535.0)
-    x = display * scale
-    if bits == 8 and dither > 0:
-        h, w = x.shape[:2]
-        tile = _tpdf_tile()
-        t = tile.shape[0]
-        reps = (-(-h // t), -(-w // t), 1)
-        noise = np.tile(tile, reps)[:h, :w]
-        x += noise * np.float32(dither)
+    import cv2
+
+    display = np.ascontiguousarray(display, dtype=np.float32)
+    if bits == 8:
+        if dither > 0:
+            h, w = display.shape[:2]
+            tile = _tpdf_tile()
+            t = tile.shape[0]
+            noise = np.tile(tile, (-(-h // t), -(-w // t), 1))[:h, :w]
+            # x*255 + dither*noise in one pass; convertScaleAbs then rounds and saturates to [0, 255]
+            x = cv2.scaleAdd(display, 255.0 / max(dither, 1e-12), noise) if dither != 1 else cv2.scaleAdd(display, 255.0, noise)
+            if dither != 1:
+                return cv2.convertScaleAbs(np.maximum(x, 0, out=x), alpha=dither)
+            return cv2.convertScaleAbs(np.maximum(x, 0, out=x))
+        return cv2.convertScaleAbs(np.maximum(display, 0), alpha=255.0)
+    x = display * np.float32(65535.0)
     x += np.float32(0.5)
-    np.clip(x, 0, scale, out=x)
-    return x.astype(np.uint8 if bits == 8 else np.uint16)
+    np.clip(x, 0, 65535.0, out=x)
+    return x.astype(np.uint16)
 
 
 @register_stage("dither", requires=("display",), params={"amount": 1.0})
