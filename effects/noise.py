@@ -97,13 +97,23 @@ def estimate_noise_model(img: np.ndarray, bins: int = 12, max_pixels: int = 2_00
 
 
 def noise_model_from_meta(meta: Mapping[str, Any] | None, img: np.ndarray | None = None) -> NoiseModel:
-    """Noise model from ``meta["noise"]`` (keys ``a``, ``b``) or, failing that, estimated from ``img``.
+    """Noise model from ``meta["noise"]`` or, failing that, estimated from ``img``.
 
-    Raises ValueError when neither a model nor an image is available.
+    Accepted metadata: keys ``a`` and ``b``, or ``profile`` = the DNG NoiseProfile tag ``[S, O, ...]`` (variance =
+    S * x + O per colour plane; the first pair is used, planes are near-identical in practice).
+    Raises ValueError when neither a model nor an image is available, or the model is invalid.
     """
     nd = (meta or {}).get("noise") or {}
-    if isinstance(nd, Mapping) and "a" in nd and "b" in nd:
-        a, b = float(nd["a"]), float(nd["b"])
+    ab = None
+    if isinstance(nd, Mapping):
+        if "a" in nd and "b" in nd and nd["a"] is not None and nd["b"] is not None:
+            ab = (nd["a"], nd["b"])
+        elif nd.get("profile") is not None:
+            prof = list(np.ravel(np.asarray(nd["profile"], dtype=np.float64)))
+            if len(prof) >= 2:
+                ab = (prof[0], prof[1])
+    if ab is not None:
+        a, b = float(ab[0]), float(ab[1])
         if not (np.isfinite(a) and np.isfinite(b)) or a < 0 or b < 0:
             raise ValueError(f"meta['noise'] has an invalid noise model a={a!r}, b={b!r} (need finite, >= 0)")
         return NoiseModel(a, b, "metadata")
