@@ -1,0 +1,135 @@
+"""Benchmark (issue 2): ``campipe process --style standard`` against rawpy's default ``postprocess()`` + write.
+
+For each size (default 12 MP = 4000x3000 and 24 MP = 6000x4000) a DNG is simulated into a temporary folder with
+campipe's sensor simulator (scikit-image's astronaut upscaled, Sony ILCE-7M3, ISO 800), then, in the same run and
+interleaved, each contender is run ``--runs`` times as a separate child process (after one untimed warm-up each):
+
+* campipe:  ``python -m campipe.cli process IN --style standard -o DIR`` (JPEG, campipe's default format);
+* rawpy:    a python child doing ``rawpy.imread(IN).postprocess()`` (LibRaw defaults: AHD, camera WB if present,
+  auto-bright, 8-bit sRGB) and ``PIL.Image.save(OUT.jpg, quality=95)``.
+
+Per run: wall time (perf_counter around the child) and the child's own peak RSS (``os.wait4`` rusage, ru_maxrss).
+Printed: median wall time, median peak RSS and the campipe / rawpy ratios (target: wall-time ratio <= 1.5x).
+Both children pay the Python start-up and import cost; that is part of what a user waits for.
+
+Usage::
+
+    python benchmarks/bench_process.py [--runs 3] [--sizes 12,24] [--style standard] [-- extra campipe args]
+
+References: issue 2 ("Done means": 12 MP and 24 MP, median wall time and peak RSS, ratio, same run).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIZES = {1: (864, 1152), 12: (3000, 4000), 24: (4000, 6000)}  # MP -> (H, W); 1 MP is for smoke tests
+
+RAWPY_CHILD = """
+import sys, rawpy
+from PIL import Image
+with rawpy.imread(sys.argv[1]) as r:
+    rgb = r.postprocess()
+Image.fromarray(rgb).save(sys.argv[2], quality=95)
+"""
+
+
+def make_dng(path: Path, mp: int, seed: int = 0) -> Path:
+    """Simulate an ``mp``-megapixel DNG from scikit-image's astronaut (bicubic upscale), Sony A7 III, ISO 800."""
+    import cv2
+    import skimage.data
+
+    from campipe.cameras import get_camera
+    from campipe.dng import write_dng
+    from campipe.simulate import simulate_raw
+
+    h, w = SIZES[mp]
+    src = skimage.data.astronaut()
+    big = cv2.resize(src, (w, h), interpolation=cv2.INTER_CUBIC)
+    sim = simulate_raw(big, get_camera("sony-a7m3"), iso=800, seed=seed, datetime="2026:01:01 12:00:00")
+    return write_dng(path, sim, overwrite=True)
+
+
+def run_child(cmd: list[str]) -> tuple[float, float, int, str]:
+    """Run ``cmd``; return (wall s, peak RSS MiB of that child, exit status, stderr tail)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # read stderr before waiting so a chatty child cannot block on a full pipe
+    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+    p.stderr.close()
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return wall, ru.ru_maxrss / 1024.0, p.returncode, err[-2000:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3, help="timed runs per contender and size (median reported)")
+    ap.add_argument("--sizes", default="12,24", help="megapixel sizes, from: 1 (smoke test), 12, 24")
+    ap.add_argument("--style", default="standard")
+    ap.add_argument("--keep", type=Path, default=None, help="keep the simulated DNGs and outputs in this folder")
+    ap.add_argument("extra", nargs="*", help="extra arguments for campipe process (after --)")
+    args = ap.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    for s in sizes:
+        if s not in SIZES:
+            ap.error(f"unknown size {s}; choose from {sorted(SIZES)}")
+
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="campipe-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"# campipe process vs rawpy postprocess  ({platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, python {platform.python_version()}, runs={args.runs}, style={args.style})")
+
+    rows = []
+    for mp in sizes:
+        dng = work / f"bench_{mp}mp.dng"
+        t0 = time.perf_counter()
+        make_dng(dng, mp)
+        print(f"simulated {dng.name}: {dng.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s")
+        results: dict[str, list[tuple[float, float]]] = {"campipe": [], "rawpy": []}
+        for i in range(args.runs + 1):  # run 0 is the warm-up
+            out_dir = work / f"out_{mp}_{i}"
+            out_dir.mkdir(exist_ok=True)
+            cmds = {
+                "campipe": [sys.executable, "-m", "campipe.cli", "process", str(dng), "--style", args.style,
+                            "-o", str(out_dir), *args.extra],
+                "rawpy": [sys.executable, "-c", RAWPY_CHILD, str(dng), str(out_dir / "rawpy.jpg")],
+            }
+            for name, cmd in cmds.items():
+                wall, rss, rc, err = run_child(cmd)
+                if rc != 0:
+                    print(f"{name} failed (exit {rc}) on {dng.name}:\n{err}", file=sys.stderr)
+                    return 1
+                if i > 0:
+                    results[name].append((wall, rss))
+        med = {k: (statistics.median(w for w, _ in v), statistics.median(r for _, r in v)) for k, v in results.items()}
+        rows.append((mp, med))
+
+    print()
+    print(f"{'size':>6} | {'campipe s':>9} | {'rawpy s':>8} | {'time x':>6} | {'campipe MiB':>11} | {'rawpy MiB':>9} | "
+          f"{'RSS x':>5} | target")
+    print("-" * 84)
+    for mp, med in rows:
+        (tc, rc_), (tr, rr) = med["campipe"], med["rawpy"]
+        ratio = tc / tr
+        print(f"{mp:>4}MP | {tc:9.2f} | {tr:8.2f} | {ratio:5.2f}x | {rc_:11.0f} | {rr:9.0f} | {rc_ / rr:4.2f}x | "
+              f"{'met' if ratio <= 1.5 else 'NOT met'} (<= 1.5x)")
+    if not args.keep:
+        for p in sorted(work.rglob("*"), reverse=True):
+            p.unlink() if p.is_file() else p.rmdir()
+        work.rmdir()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
