@@ -35,7 +35,7 @@ select{background:var(--panel2);color:var(--text);border:1px solid #3a3a3a;borde
 background:#000;box-shadow:0 0 0 1px #000,0 6px 30px rgba(0,0,0,.5)}
 #viewport.zoom #canvas{cursor:grab}
 #viewport.zoom.panning #canvas{cursor:grabbing}
-#canvas img,.frame img{position:absolute;left:0;top:0;width:100%;height:100%;display:block;-webkit-user-drag:none;
+#canvas img,.frame img{position:absolute;left:0;top:0;width:100%;height:100%;display:block;object-fit:contain;-webkit-user-drag:none;
 pointer-events:none}
 #viewport.zoom #canvas img{image-rendering:pixelated}
 #after{position:absolute;inset:0;clip-path:inset(0 0 0 50%)}
@@ -429,7 +429,8 @@ function loadHash(){
   S.g = clamp(num("g", 0), 0, D.groups.length - 1);
   const g = grp();
   S.active = new Set((p.get("o") || "").split(",").filter(k => g.overlays.some(o => o.key === k)));
-  return {l:num("l", g.left), r:num("r", g.right), x:num("x", 0.5), m:p.get("m") || "split", z:num("z", 0) === 1};
+  return {l:num("l", g.left), r:num("r", g.right), x:num("x", 0.5), m:p.get("m") || D.mode || "split",
+    z:num("z", 0) === 1};
 }
 
 // ---- start

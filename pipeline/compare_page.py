@@ -256,7 +256,8 @@ def _validate(out_dir: Path, groups: Sequence[PageGroup]) -> None:
                                 f"{', '.join(missing[:5])}")
 
 
-def page_data(groups: Sequence[PageGroup], columns: Sequence[Column], title: str, subtitle: str = "") -> dict:
+def page_data(groups: Sequence[PageGroup], columns: Sequence[Column], title: str, subtitle: str = "",
+              start_mode: str = "split") -> dict:
     """The JSON data island of the page (also handy for tests)."""
     gs = []
     for g in groups:
@@ -265,11 +266,14 @@ def page_data(groups: Sequence[PageGroup], columns: Sequence[Column], title: str
         d["left"] = min(max(g.left, 0), n - 1)
         d["right"] = min(max(g.right, 0), n - 1)
         gs.append(d)
-    return {"title": title, "subtitle": subtitle, "columns": [asdict(c) for c in columns], "groups": gs}
+    if start_mode not in ("split", "grid", "sheet"):
+        raise ValueError(f"start_mode must be split, grid or sheet, got {start_mode!r}")
+    return {"title": title, "subtitle": subtitle, "mode": start_mode, "columns": [asdict(c) for c in columns],
+            "groups": gs}
 
 
 def write_page(out_dir: str | Path, groups: Sequence[PageGroup], title: str, columns: Sequence[Column] = (),
-               subtitle: str = "", filename: str = "index.html") -> Path:
+               subtitle: str = "", filename: str = "index.html", start_mode: str = "split") -> Path:
     """Write the self-contained HTML page into ``out_dir`` (whose images must already exist). Returns its path.
 
     Raises:
@@ -286,7 +290,7 @@ def write_page(out_dir: str | Path, groups: Sequence[PageGroup], title: str, col
         for o in g.overlays:
             o.src = _rel(o.src, out_dir)
     _validate(out_dir, groups)
-    data = json.dumps(page_data(groups, columns, title, subtitle), ensure_ascii=False)
+    data = json.dumps(page_data(groups, columns, title, subtitle, start_mode), ensure_ascii=False)
     data = data.replace("</", "<\\/")  # a label containing "</script>" must not end the data island
     from ._compare_assets import CSS, JS, BODY
 
