@@ -42,11 +42,23 @@ for _mod in COMMAND_MODULES:
 
 def main() -> None:
     """Console-script entry point: maps Ctrl-C to exit code 130 and usage errors to 2 (click's default)."""
+    import os
+
     try:
         app()
     except KeyboardInterrupt:
         sys.stderr.write("campipe: interrupted\n")
         sys.exit(EXIT_INTERRUPTED)
+    except Exception as e:  # never a traceback for the user; CAMPIPE_DEBUG=1 shows it
+        if os.environ.get("CAMPIPE_DEBUG"):
+            raise
+        from .errors import CampipeError
+
+        if isinstance(e, CampipeError):
+            sys.stderr.write(f"campipe: error: {e}\n")
+            sys.exit(EXIT_USAGE)
+        sys.stderr.write(f"campipe: internal error: {type(e).__name__}: {e} (set CAMPIPE_DEBUG=1 for details)\n")
+        sys.exit(EXIT_FAILED)
 
 
 if __name__ == "__main__":

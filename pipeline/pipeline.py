@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .errors import CampipeError
 from .frame import Frame
 from .registry import StageSpec, get_stage
 
@@ -17,7 +18,7 @@ from .registry import StageSpec, get_stage
 DECODE_PROVIDES = ("linear",)
 
 
-class PipelineError(ValueError):
+class PipelineError(CampipeError, ValueError):
     """A pipeline that cannot be built (unknown stage, bad parameter, unmet requirement)."""
 
 

@@ -1,0 +1,310 @@
+"""``campipe process``, ``campipe batch``, ``campipe info`` and ``campipe styles``.
+
+Errors about one input are printed as one line (``campipe: error: FILE: reason``) and the next input goes on;
+exit code 1 when any input failed, 2 for usage errors (bad style, unknown --set key, missing file arguments),
+130 when interrupted. Set CAMPIPE_DEBUG=1 to get tracebacks for internal errors.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from .errors import CampipeError
+
+log = logging.getLogger("campipe")
+
+
+class _OneLine(logging.Formatter):
+    def format(self, record):
+        return f"campipe: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def setup_logging(verbose: bool = False) -> None:
+    root = logging.getLogger("campipe")
+    if not any(getattr(h, "_campipe", False) for h in root.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(_OneLine())
+        h._campipe = True  # type: ignore[attr-defined]
+        root.addHandler(h)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+def err(msg: str) -> None:
+    sys.stderr.write(f"campipe: error: {msg}\n")
+
+
+def usage_exit(msg: str) -> None:
+    err(msg)
+    raise typer.Exit(EXIT_USAGE)
+
+
+FormatOpt = Annotated[str, typer.Option("--format", "-f", help="Output format: jpeg, png, tiff16, heic, avif.")]
+StyleOpt = Annotated[str, typer.Option("--style", "-s", help="Built-in style name (see `campipe styles`) or a .toml path.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a stage parameter: stage.param=value (repeatable).")]
+
+
+def _build_or_exit(style: str, sets: list[str], portrait: bool, stage_light: Optional[str], aperture, focus):
+    from .api import build, effect_overrides
+
+    try:
+        extra, more = effect_overrides(portrait, stage_light, aperture, focus)
+        return build(style, list(sets) + more, extra)
+    except (CampipeError, ValueError) as e:
+        usage_exit(str(e))
+
+
+def _check_format(fmt: str, quality: int) -> None:
+    from .encode import FORMATS
+
+    if fmt not in FORMATS:
+        usage_exit(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if not 1 <= quality <= 100:
+        usage_exit(f"--quality {quality}: must be within 1..100")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def process(
+        inputs: Annotated[list[Path], typer.Argument(help="RAW (DNG, CR2, NEF, ARW, ...) or JPEG/PNG/TIFF/HEIC files.")],
+        output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (default: beside each input).")] = None,
+        name: Annotated[str, typer.Option("--name", help="Output file name template: {stem} {style} {ext} {name}.")] = "{stem}_{style}.{ext}",
+        style: StyleOpt = "standard",
+        set_: SetOpt = None,
+        fmt: FormatOpt = "jpeg",
+        quality: Annotated[int, typer.Option("--quality", "-q", help="JPEG/HEIC/AVIF quality 1-100.")] = 92,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+        portrait: Annotated[bool, typer.Option("--portrait", help="Portrait mode: blur the background behind the focus subject.")] = False,
+        aperture: Annotated[Optional[float], typer.Option("--aperture", help="Simulated f-number for --portrait (e.g. 1.8).")] = None,
+        focus: Annotated[Optional[str], typer.Option("--focus", help="Focus subject, person:K (default: automatic).")] = None,
+        stage_light: Annotated[Optional[str], typer.Option("--stage-light", help="Stage Light: 'color' or 'mono'.")] = None,
+        dump_stages: Annotated[Optional[Path], typer.Option("--dump-stages", help="Write every stage's output (and masks) as images into this folder.")] = None,
+        report: Annotated[bool, typer.Option("--report", help="Print per-stage timing and memory.")] = False,
+        max_megapixels: Annotated[float, typer.Option("--max-megapixels", help="Refuse larger images before decoding.")] = 200.0,
+        strict: Annotated[bool, typer.Option("--strict", help="Fail instead of warning on missing colour data.")] = False,
+        half_size: Annotated[bool, typer.Option("--half-size", help="Fast half-resolution RAW decode.")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report per input on stdout.")] = False,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    ):
+        """Render photos with a style: RAW -> linear -> masks -> effects -> colour-managed output."""
+        setup_logging(verbose)
+        _check_format(fmt, quality)
+        sl = None
+        if stage_light is not None:
+            if stage_light not in ("color", "colour", "mono"):
+                usage_exit("--stage-light must be 'color' or 'mono'")
+            sl = "stage_light_mono" if stage_light == "mono" else "stage_light"
+        pipeline = _build_or_exit(style, set_ or [], portrait, sl, aperture, focus)
+        if output is not None:
+            if output.exists() and not output.is_dir():
+                usage_exit(f"--output {output}: exists and is not a folder")
+            output.mkdir(parents=True, exist_ok=True)
+        from .batch import RenderJob, output_name, render_one
+        from .encode import remove_stale_temps
+
+        results = []
+        failed = 0
+        for src in inputs:
+            folder = output if output is not None else src.parent
+            try:
+                out = folder / output_name(name, src, pipeline.preset_name, fmt)
+            except CampipeError as e:
+                usage_exit(str(e))
+            remove_stale_temps(folder)
+            job = RenderJob(str(src), str(out), fmt, quality, overwrite, max_megapixels, strict, half_size)
+            if dump_stages is not None or report:
+                r = _render_with_hooks(job, pipeline, dump_stages, report)
+            else:
+                r = render_one(job, pipeline)
+            results.append(r)
+            if r.status == "ok":
+                if not as_json:
+                    sys.stderr.write(f"campipe: wrote {r.output} ({r.seconds:.2f} s)\n")
+            else:
+                failed += 1
+                err(r.error or f"{src}: failed")
+        if as_json:
+            print(json.dumps([r.to_dict() for r in results], indent=2))
+        raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+
+    @app.command()
+    def batch(
+        folder: Annotated[Path, typer.Argument(help="Folder of photos.")],
+        output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (mirrors sub-folders with --recursive).")],
+        style: StyleOpt = "standard",
+        set_: SetOpt = None,
+        jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes (default: number of cores).")] = 0,
+        recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Include sub-folders.")] = False,
+        name: Annotated[str, typer.Option("--name", help="Output file name template: {stem} {style} {ext} {name}.")] = "{stem}_{style}.{ext}",
+        fmt: FormatOpt = "jpeg",
+        quality: Annotated[int, typer.Option("--quality", "-q")] = 92,
+        overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+        portrait: Annotated[bool, typer.Option("--portrait")] = False,
+        max_megapixels: Annotated[float, typer.Option("--max-megapixels")] = 200.0,
+        strict: Annotated[bool, typer.Option("--strict")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable per-file report on stdout.")] = False,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    ):
+        """Render every supported file in a folder; one bad file never stops the batch."""
+        setup_logging(verbose)
+        _check_format(fmt, quality)
+        if not folder.is_dir():
+            usage_exit(f"{folder}: not a folder")
+        _build_or_exit(style, set_ or [], portrait, None, None, None)  # fail fast on a bad style or --set
+        from .api import effect_overrides
+        from .batch import RenderJob, find_inputs, output_name, run_batch
+        from .encode import remove_stale_temps
+
+        extra, more = effect_overrides(portrait)
+        sets = list(set_ or []) + more
+        output.mkdir(parents=True, exist_ok=True)
+        srcs = list(find_inputs(folder, recursive))
+        style_name = Path(style).stem if style.endswith(".toml") else style
+        job_list = []
+        for src in srcs:
+            rel = src.parent.relative_to(folder)
+            dest = output / rel
+            dest.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(dest)
+            try:
+                out = dest / output_name(name, src, style_name, fmt)
+            except CampipeError as e:
+                usage_exit(str(e))
+            job_list.append(RenderJob(str(src), str(out), fmt, quality, overwrite, max_megapixels, strict))
+        workers = jobs if jobs > 0 else (os.cpu_count() or 1)
+        t0 = time.perf_counter()
+        results = _run_with_progress(job_list, style, sets, extra, workers, show=sys.stderr.isatty() and not as_json)
+        dt = time.perf_counter() - t0
+        ok = sum(r.status == "ok" for r in results)
+        bad = [r for r in results if r.status == "failed"]
+        for r in bad:
+            err(r.error or r.input)
+        sys.stderr.write(f"campipe: batch done: {ok} rendered, {len(bad)} failed, {len(srcs)} found in {folder} "
+                         f"({dt:.1f} s, {len(srcs) / dt if dt > 0 else 0:.2f} files/s)\n")
+        if as_json:
+            order = {j.input: i for i, j in enumerate(job_list)}
+            print(json.dumps({"folder": str(folder), "output": str(output), "style": style, "seconds": dt,
+                              "files": [r.to_dict() for r in sorted(results, key=lambda r: order[r.input])]},
+                             indent=2))
+        raise typer.Exit(EXIT_FAILED if bad else EXIT_OK)
+
+    @app.command()
+    def info(
+        inputs: Annotated[list[Path], typer.Argument(help="Files to describe.")],
+        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    ):
+        """Camera, lens, ISO, exposure, white balance, CFA pattern, levels, colour matrices, dimensions."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from .info import LABELS, describe, format_value
+
+        out, failed = [], 0
+        for src in inputs:
+            try:
+                out.append(describe(src))
+            except CampipeError as e:
+                err(str(e))
+                failed += 1
+        if as_json:
+            print(json.dumps(out if len(inputs) > 1 else (out[0] if out else {}), indent=2, default=str))
+        else:
+            con = Console()
+            for d in out:
+                t = Table(show_header=False, box=None, pad_edge=False)
+                t.add_column(style="bold cyan")
+                t.add_column()
+                for key, label in LABELS:
+                    if d.get(key) is not None:
+                        t.add_row(label, format_value(key, d[key]))
+                con.print(t)
+                con.print()
+        raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+
+    @app.command()
+    def styles():
+        """List the built-in styles (presets) with their stages."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from .presets import available_presets, load_preset
+
+        t = Table(title="campipe styles")
+        t.add_column("style", style="bold")
+        t.add_column("description")
+        t.add_column("stages", style="dim")
+        for name in available_presets():
+            try:
+                p = load_preset(name)
+                t.add_row(name, p.description, " > ".join(p.stages))
+            except CampipeError as e:
+                t.add_row(name, f"[red]invalid: {e}[/red]", "")
+        Console().print(t)
+
+
+def _run_with_progress(job_list, style, sets, extra, workers, show: bool):
+    from .batch import run_batch
+
+    if not show:
+        return run_batch(job_list, style, sets, extra, workers)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("[bold]rendering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), TextColumn("{task.fields[last]}"), transient=False) as prog:
+        task = prog.add_task("render", total=len(job_list), last="")
+
+        def on_result(r):
+            prog.update(task, advance=1, last=("[red]✗ " if r.status != "ok" else "[green]✓ ") + Path(r.input).name)
+
+        return run_batch(job_list, style, sets, extra, workers, on_result)
+
+
+def _render_with_hooks(job, pipeline, dump_dir: Optional[Path], report: bool):
+    """Render with --dump-stages / --report hooks (from campipe.stagedump, issue 7)."""
+    from .batch import FileResult
+    from .encode import write_image
+
+    callbacks = []
+    rep = None
+    try:
+        from . import stagedump
+    except ImportError:
+        stagedump = None
+    if dump_dir is not None:
+        if stagedump is None:
+            usage_exit("--dump-stages is not available in this build")
+        dump_dir.mkdir(parents=True, exist_ok=True)
+        callbacks.append(stagedump.make_stage_dumper(dump_dir / Path(job.input).stem))
+    if report and stagedump is not None:
+        rep = stagedump.StageReport()
+        callbacks.append(rep)
+
+    def on_stage(name, frame, seconds):
+        for cb in callbacks:
+            cb(name, frame, seconds)
+
+    from .api import process
+
+    t0 = time.perf_counter()
+    try:
+        res = process(job.input, pipeline=pipeline, on_stage=on_stage, max_megapixels=job.max_megapixels,
+                      strict=job.strict, half_size=job.half_size)
+        write_image(job.output, res.image, job.fmt, job.quality, res.frame.meta, job.overwrite, inputs=[job.input])
+    except CampipeError as e:
+        return FileResult(job.input, None, "failed", str(e), time.perf_counter() - t0)
+    except (ValueError, OSError) as e:
+        return FileResult(job.input, None, "failed", f"{job.input}: {type(e).__name__}: {e}", time.perf_counter() - t0)
+    if rep is not None:
+        rep.print()
+    elif report:
+        for k, v in res.frame.timings.items():
+            sys.stderr.write(f"  {k:14s} {v * 1000:8.1f} ms\n")
+    return FileResult(job.input, job.output, "ok", None, time.perf_counter() - t0)
