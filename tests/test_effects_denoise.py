@@ -1,0 +1,153 @@
+"""Tests for the noise model, class-aware denoise and masked sharpening (campipe.effects.noise/denoise/sharpen)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from campipe.colour import luminance_weights
+from campipe.effects.denoise import denoise, guided_filter, strength_map
+from campipe.effects.noise import NoiseModel, add_grain, estimate_noise_model, noise_model_from_meta
+from campipe.effects.sharpen import sharpen
+
+MODEL = NoiseModel(2e-3, 1e-5)
+
+
+def noisy_pair(seed=0, h=96, w=128):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    clean = np.stack([0.2 + 0.3 * xx / w, 0.3 + 0.1 * yy / h, 0.4 + 0 * xx], -1).astype(np.float32)
+    clean[:, w // 2:] *= 0.4  # a vertical step edge
+    noisy = clean + rng.standard_normal(clean.shape).astype(np.float32) * MODEL.sigma(clean)
+    return clean, np.maximum(noisy, 0).astype(np.float32)
+
+
+def psnr(a, b):
+    return float(10 * np.log10(1.0 / np.mean((a - b) ** 2)))
+
+
+# ------------------------------------------------------------------------------------------------ noise model --
+
+def test_noise_model_from_meta_keys_and_dng_profile():
+    assert noise_model_from_meta({"noise": {"a": 1e-3, "b": 2e-6}}) == NoiseModel(1e-3, 2e-6, "metadata")
+    m = noise_model_from_meta({"noise": {"iso": 800, "profile": [3e-4, 4e-6, 3e-4, 4e-6]}})
+    assert (m.a, m.b) == (3e-4, 4e-6)
+    with pytest.raises(ValueError, match="invalid noise model"):
+        noise_model_from_meta({"noise": {"a": -1.0, "b": 0.0}})
+    with pytest.raises(ValueError, match="no noise model"):
+        noise_model_from_meta({"noise": {"iso": 100}})
+
+
+def test_estimated_noise_model_recovers_parameters():
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:384, 0:384] / 384.0
+    clean = np.stack([x * 0.9, x * 0.8, x * 0.7], -1).astype(np.float32) + 0.02
+    noisy = clean + rng.standard_normal(clean.shape).astype(np.float32) * MODEL.sigma(clean)
+    est = estimate_noise_model(noisy)
+    assert est.source.startswith("estimated")
+    assert est.a == pytest.approx(MODEL.a, rel=0.25)
+    assert est.variance(np.float32(0.5)) == pytest.approx(float(MODEL.variance(np.float32(0.5))), rel=0.2)
+
+
+def test_add_grain_statistics_and_zero_weight():
+    img = np.full((200, 200, 3), 0.25, np.float32)
+    out = add_grain(img, MODEL, np.ones((200, 200), np.float32), seed=1)
+    assert float(out.std()) == pytest.approx(float(MODEL.sigma(np.float32(0.25))), rel=0.05)
+    np.testing.assert_allclose(add_grain(img, MODEL, np.zeros((200, 200), np.float32)), img, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------------- denoise --
+
+def test_guided_filter_exact_on_constant_and_identity_with_zero_eps():
+    c = np.full((10, 12), 0.7, np.float32)
+    np.testing.assert_allclose(guided_filter(c, c, 2, 1e-2), c, atol=1e-6)
+    rng = np.random.default_rng(0)
+    r = rng.random((16, 16)).astype(np.float32)
+    np.testing.assert_allclose(guided_filter(r, r, 1, 1e-12), r, atol=1e-3)
+
+
+def test_strength_map_exact():
+    sky = np.array([[1.0, 0.0], [0.5, 0.0]], np.float32)
+    skin = np.array([[0.0, 1.0], [0.0, 0.0]], np.float32)
+    s = strength_map((2, 2), 2.0, sky, skin, 1.0, 0.5)
+    np.testing.assert_allclose(s, [[4.0, 3.0], [3.0, 2.0]], atol=1e-6)
+
+
+def test_denoise_identity_and_zero_masks():
+    clean, noisy = noisy_pair()
+    np.testing.assert_allclose(denoise(noisy, MODEL, strength=0.0), noisy, atol=0)
+    z = np.zeros(noisy.shape[:2], np.float32)
+    np.testing.assert_allclose(denoise(noisy, MODEL, z, z), denoise(noisy, MODEL), atol=0)
+
+
+def test_denoise_improves_psnr_and_keeps_edge():
+    clean, noisy = noisy_pair()
+    out = denoise(noisy, MODEL, strength=1.0)
+    assert psnr(out, clean) > psnr(noisy, clean) + 6.0
+    w = clean.shape[1] // 2
+    step_clean = float(clean[:, w - 3, 0].mean() - clean[:, w + 2, 0].mean())
+    step_out = float(out[:, w - 3, 0].mean() - out[:, w + 2, 0].mean())
+    assert step_out == pytest.approx(step_clean, rel=0.1)
+
+
+def test_sky_boost_smooths_sky_more():
+    clean, noisy = noisy_pair()
+    sky = np.zeros(noisy.shape[:2], np.float32)
+    sky[:40] = 1.0
+    plain = denoise(noisy, MODEL, strength=0.5)
+    boosted = denoise(noisy, MODEL, sky, strength=0.5, sky_boost=2.0)
+    region = (slice(5, 35), slice(5, 55))
+    assert psnr(boosted[region], clean[region]) > psnr(plain[region], clean[region]) + 1.0
+    far = (slice(60, 96), slice(5, 55))
+    np.testing.assert_allclose(boosted[far], plain[far], atol=1e-5)
+
+
+def test_denoise_bad_parameters():
+    _, noisy = noisy_pair()
+    with pytest.raises(ValueError, match="denoise.strength"):
+        denoise(noisy, MODEL, strength=-1.0)
+    with pytest.raises(ValueError, match="denoise.radius"):
+        denoise(noisy, MODEL, radius=-2)
+
+
+# ---------------------------------------------------------------------------------------------------- sharpen --
+
+def test_sharpen_identity_constant_and_masks():
+    clean, _ = noisy_pair()
+    np.testing.assert_allclose(sharpen(clean, amount=0.0), clean, atol=0)
+    const = np.full((8, 8, 3), 0.4, np.float32)
+    np.testing.assert_allclose(sharpen(const, amount=2.0), const, atol=1e-6)
+    ones = np.ones(clean.shape[:2], np.float32)
+    z = np.zeros_like(ones)
+    for key in ("sky", "skin", "teeth"):
+        np.testing.assert_allclose(sharpen(clean, **{key: ones}, amount=1.0), clean, atol=1e-7)
+    np.testing.assert_allclose(sharpen(clean, z, z, z, amount=1.0), sharpen(clean, amount=1.0), atol=0)
+
+
+def test_sharpen_exact_on_impulse():
+    import cv2
+    img = np.zeros((9, 9, 3), np.float32)
+    img[4, 4] = 1.0
+    out = sharpen(img, amount=0.5, radius=1.0)
+    y = img @ luminance_weights()
+    blur = cv2.GaussianBlur(np.ascontiguousarray(y), (0, 0), 1.0, borderType=cv2.BORDER_REFLECT)
+    expected = np.maximum(img + 0.5 * (y - blur)[..., None], 0)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_sharpen_increases_edge_contrast_and_coring_spares_noise():
+    clean, noisy = noisy_pair()
+    w = clean.shape[1] // 2
+    out = sharpen(clean, amount=1.0, radius=1.5)
+    assert float(out[:, w - 1, 1].mean()) > float(clean[:, w - 1, 1].mean())
+    flat = (slice(10, 80), slice(5, 50))
+    no_core = sharpen(noisy, amount=1.0)
+    cored = sharpen(noisy, amount=1.0, noise=MODEL, noise_floor=2.0)
+    assert float(cored[flat].std()) < float(no_core[flat].std())
+
+
+def test_sharpen_bad_parameters():
+    clean, _ = noisy_pair()
+    with pytest.raises(ValueError, match="sharpen.amount"):
+        sharpen(clean, amount=-0.5)
+    with pytest.raises(ValueError, match="sharpen.radius"):
+        sharpen(clean, radius=0)
