@@ -85,6 +85,7 @@ th.grp{text-align:center;border-bottom:1px solid #3a3a3a}
 td:first-child,th:first-child{text-align:left}
 tbody tr{cursor:pointer}
 tbody tr:hover{background:#262626}
+tbody tr.is-r{background:#2b2b2b}
 tr.is-r td:first-child{box-shadow:inset 3px 0 0 #ddd}
 tr.is-l td:first-child{box-shadow:inset 3px 0 0 #777}
 td.na{color:#666}
@@ -216,7 +217,7 @@ function buildSelects(){
   for (const [id, key] of [["selL","l"],["selR","r"]]) {
     const s = $(id); s.textContent = "";
     grp().renders.forEach((r, i) => s.appendChild(h("option", {value:String(i),
-      text:(i < 9 ? (i+1) + "  " : "") + r.label})));
+      text:(i+1) + "  " + r.label})));
     s.value = String(S[key]);
   }
 }
@@ -264,6 +265,7 @@ function setMode(m){
   if (m === "grid") buildGrid();
   if (m === "sheet") buildSheet();
   if (m === "split") layout();
+  buildStats(); markSelection();
   saveHash();
 }
 
@@ -273,7 +275,7 @@ function buildGrid(){
     const frame = h("div", {class:"frame", style:"aspect-ratio:" + r.width + "/" + r.height},
       [h("img", {src:r.src, alt:r.label})]);
     const ovl = h("div", {class:"ovl"}); overlayLayer(ovl); frame.appendChild(ovl);
-    const cap = h("figcaption", {}, [h("b", {text:(i < 9 ? (i+1) + " · " : "") + r.label})]);
+    const cap = h("figcaption", {}, [h("b", {text:(i+1) + " · " + r.label})]);
     for (const c of D.columns.slice(0, 3)) if (r.values[c.key] !== undefined)
       cap.appendChild(h("span", {text:c.label + " " + r.values[c.key]}));
     const fig = h("figure", {"data-i":String(i)}, [frame, cap]);
@@ -298,7 +300,28 @@ function buildSheet(){
   });
 }
 
+function buildSummary(){
+  // contact-sheet mode: one row per group, "left → right" values
+  const st = $("stats"); st.textContent = "";
+  const t = h("table"), tr = h("tr", {}, [h("th", {text:"pair"})]);
+  for (const c of D.columns) tr.appendChild(h("th", {text:c.label, title:c.title || ""}));
+  t.appendChild(h("thead", {}, [tr]));
+  const tb = h("tbody");
+  D.groups.forEach((g, gi) => {
+    const a = g.renders[g.left].values, b = g.renders[g.right].values;
+    const row = h("tr", {"data-g":String(gi)}, [h("td", {text:(gi+1) + "  " + g.title})]);
+    for (const c of D.columns) { const va = a[c.key], vb = b[c.key];
+      row.appendChild(h("td", {text:vb === undefined ? "" : (va === undefined || va === vb || c.key === "de") ? vb
+        : va + " → " + vb})); }
+    if (gi === S.g) row.classList.add("is-r");
+    row.addEventListener("click", () => { selectGroup(gi); setMode("split"); });
+    tb.appendChild(row);
+  });
+  t.appendChild(tb); st.appendChild(t);
+}
+
 function buildStats(){
+  if (S.mode === "sheet") { buildSummary(); return; }
   const st = $("stats"); st.textContent = "";
   const g = grp(); const cols = D.columns.filter(c => g.renders.some(r => r.values[c.key] !== undefined));
   const t = h("table"); const th = h("thead");
@@ -315,7 +338,7 @@ function buildStats(){
   th.appendChild(tr2); t.appendChild(th);
   const tb = h("tbody");
   g.renders.forEach((r, i) => {
-    const tr = h("tr", {"data-i":String(i)}, [h("td", {text:(i < 9 ? (i+1) + "  " : "") + r.label})]);
+    const tr = h("tr", {"data-i":String(i)}, [h("td", {text:(i+1) + "  " + r.label})]);
     for (const c of cols) { const v = r.values[c.key]; const td = h("td", {text:v === undefined ? "" : v});
       if (v === "n/a" || v === undefined) td.className = "na"; tr.appendChild(td); }
     tr.addEventListener("click", (e) => { if (e.shiftKey) S.l = i; else S.r = i; show(); });
@@ -336,6 +359,7 @@ function selectGroup(gi){
   S.active = new Set([...keep].filter(k => g.overlays.some(o => o.key === k)));
   $("title").textContent = D.title + (D.groups.length > 1 ? " — " + g.title + " (" + (S.g+1) + "/" + D.groups.length + ")" : "");
   overlayLayer($("ovl")); buildSelects(); buildSide(); show();
+  if (S.mode === "sheet") buildSheet();
 }
 
 function zoomAt(clientX, clientY){

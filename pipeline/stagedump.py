@@ -140,10 +140,12 @@ class StageReport:
 
         total = self.total_seconds or 1e-12
         ge = "" if self.exact_peak else "≥"
-        t = Table(title=title, title_justify="left", header_style="bold")
+        t = Table(title=title, title_justify="left", header_style="bold",
+                  caption="peak = resident-set peak during the stage; +MiB = peak above the stage's starting RSS"
+                          + ("" if self.exact_peak else "; ≥: process-wide peak (could not reset per stage)"),
+                  caption_justify="left")
         for col, just in [("#", "right"), ("stage", "left"), ("ms", "right"), ("%", "right"), ("ms/MP", "right"),
-                          (f"peak RSS MiB{' (≥)' if ge else ''}", "right"), ("+MiB over start", "right"),
-                          ("RSS after MiB", "right")]:
+                          ("peak MiB", "right"), ("+MiB", "right"), ("after MiB", "right")]:
             t.add_column(col, justify=just)
         for r in self.rows:
             t.add_row(str(r.index), r.name, f"{r.seconds * 1e3:.1f}", f"{100 * r.seconds / total:.1f}",
@@ -226,7 +228,7 @@ class StageDumper:
         img = _downscale(dump_view(frame, self.exposure_ev), self.max_side)
         rel = f"{stem}.jpg"
         Image.fromarray(img).save(self.out_dir / rel, quality=self.quality)
-        self.stages.append((f"{self.count:02d} {name}", rel, img.shape[1], img.shape[0], float(seconds)))
+        self.stages.append((name, rel, img.shape[1], img.shape[0], float(seconds)))
         if _provides_masks(name, frame) or (frame.masks and not self._masks):
             self._dump_masks(stem, frame)
         if self.report is not None:
