@@ -1,0 +1,105 @@
+"""Pipeline stage ``segment``: fill ``frame.masks`` and ``frame.persons`` with HyperDETR soft masks.
+
+The network sees a *downscaled display-referred sRGB render* of the frame (long side <= ``max_side``; scene-referred
+frames get a simple exposure normalisation first: gain to a log-average luminance of 0.18, clipped to [1/8, 16]);
+the masks come back at the frame's full resolution, upsampled edge-aware against the frame's full-resolution
+display luminance. ``frame.image`` itself is never modified.
+
+Without trained weights the stage logs one clear warning per process and leaves ``frame.masks`` empty and
+``frame.persons`` empty: every mask-driven effect treats a missing mask as zeros (effect not applied).
+
+Provides: ``"masks"``, ``"persons"``. Requires: ``"linear"``.
+Params: ``max_persons`` (4), ``score_threshold`` (0.5), ``max_side`` (1024, render size for the network input),
+``refine`` (True: guided-filter upsampling; False: bilinear), ``runtime`` ("auto" | "onnx" | "torch"),
+``weights`` ("" = installed weights / $CAMPIPE_WEIGHTS).
+
+References: Reinhard et al., "Photographic Tone Reproduction for Digital Images" (SIGGRAPH 2002) for the log-average
+key; He et al. guided filter (2010).
+"""
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+
+from . import colour as cc
+from .frame import Frame
+from .registry import register_stage
+
+log = logging.getLogger("campipe")
+_warned_no_weights = False
+
+KEY_VALUE = 0.18
+GAIN_RANGE = (1.0 / 8.0, 16.0)
+
+
+def exposure_gain(linear: np.ndarray) -> float:
+    """Gain mapping the log-average luminance of linear working RGB (H, W, 3) to 0.18, clipped to GAIN_RANGE."""
+    y = cc.luminance(linear[:: max(1, linear.shape[0] // 256), :: max(1, linear.shape[1] // 256)])
+    key = float(np.exp(np.mean(np.log(np.maximum(y, 0.0) + 1e-4))))
+    return float(np.clip(KEY_VALUE / max(key, 1e-6), *GAIN_RANGE))
+
+
+def display_render(linear: np.ndarray, scene_referred: bool = True, max_side: int | None = None,
+                   gain: float | None = None) -> np.ndarray:
+    """Linear working RGB (H, W, 3) -> float32 display-referred sRGB in [0, 1], optionally downscaled (INTER_AREA)
+    so that the long side is <= ``max_side``. Scene-referred input is multiplied by ``gain`` (default
+    :func:`exposure_gain`); display-referred input is only encoded."""
+    img = np.asarray(linear, np.float32)
+    if max_side and max(img.shape[:2]) > max_side:
+        s = max_side / max(img.shape[:2])
+        size = (max(1, round(img.shape[1] * s)), max(1, round(img.shape[0] * s)))
+        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    if scene_referred:
+        img = img * np.float32(exposure_gain(img) if gain is None else gain)
+    return cc.working_to_display(img, "srgb")
+
+
+def display_luma(linear: np.ndarray, scene_referred: bool = True, gain: float | None = None) -> np.ndarray:
+    """Full-resolution guide: sRGB-encoded luminance float32 (H, W) in [0, 1] of linear working RGB."""
+    if gain is None:
+        gain = exposure_gain(linear) if scene_referred else 1.0
+    return cc.srgb_encode(cc.luminance(linear) * np.float32(gain))
+
+
+def _warn_no_weights(msg: str) -> None:
+    global _warned_no_weights
+    if not _warned_no_weights:
+        log.warning("campipe: no trained HyperDETR weights installed (%s); semantic effects are disabled", msg)
+        _warned_no_weights = True
+
+
+@register_stage("segment", requires=("linear",), provides=("masks", "persons"),
+                params={"max_persons": 4, "score_threshold": 0.5, "max_side": 1024, "refine": True,
+                        "runtime": "auto", "weights": ""})
+def segment_stage(frame: Frame, max_persons: int, score_threshold: float, max_side: int, refine: bool,
+                  runtime: str, weights: str) -> Frame:
+    """Semantic masks (sky, person, hair, skin, teeth, glasses) and person instances from HyperDETR."""
+    from campipe.segmentation import NoWeightsError, weights_path
+
+    try:
+        wpath = weights_path(weights or None)
+    except NoWeightsError:
+        if weights:  # an explicit path that does not exist is a user mistake, not a missing install
+            raise
+        _warn_no_weights(f"looked for {weights_path(must_exist=False)}; train with `campipe train` or set "
+                         f"CAMPIPE_WEIGHTS")
+        frame.masks, frame.persons = {}, []
+        return frame
+    from campipe.segmentation.inference import get_segmenter
+
+    seg = get_segmenter(wpath, runtime=runtime, max_persons=int(max_persons), score_threshold=float(score_threshold),
+                        refine="guided" if refine else "bilinear")
+    scene = bool(frame.meta.get("scene_referred", True))
+    gain = exposure_gain(frame.image) if scene else 1.0
+    small = display_render(frame.image, scene_referred=scene, max_side=max_side, gain=gain)
+    if refine:
+        res = seg(small, guide=display_luma(frame.image, gain=gain))
+    else:
+        res = seg(small, out_size=(frame.height, frame.width))
+    frame.masks = dict(res.masks)
+    frame.persons = list(res.persons)
+    frame.meta["segmentation"] = {"model": res.model, "timings": res.timings,
+                                  "scores": [p.score for p in res.persons]}
+    return frame

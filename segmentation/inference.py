@@ -1,0 +1,218 @@
+"""Inference API: ``segment(image)`` -> soft masks at the image's resolution + person instances.
+
+Input (any size and orientation):
+    * a path (JPEG/PNG/TIFF/HEIC/DNG/RAW; decoded by ``campipe.decode.decode_file``, EXIF orientation applied,
+      RAW rendered display-referred with a simple exposure normalisation);
+    * a uint8 / uint16 (H, W, 3) sRGB array (also (H, W) gray or (H, W, 4) with alpha, which is ignored);
+    * a float32 (H, W, 3) display-referred sRGB array in [0, 1] (values outside are clipped).
+
+Output :class:`SegmentationResult`:
+    ``masks``: {"sky", "person", "hair", "skin", "teeth", "glasses"} -> float32 (H, W) in [0, 1]; "person" is the
+    union (pixel-wise max) of the semantic person channel and the kept instances;
+    ``persons``: list of :class:`campipe.frame.PersonInstance` (mask float32 (H, W) in [0, 1], score in [0, 1]),
+    sorted by descending score, score >= ``score_threshold``, at most ``max_persons`` (default 4);
+    ``timings``: seconds per step; ``model``: name, file, sha256, runtime, decoder layers, quantized flag.
+
+Steps: letterbox to the network size -> runner (ONNX Runtime or eager torch, see :mod:`.runtime`) -> sigmoid/softmax,
+crop, select instances (:mod:`.postprocess`) -> edge-aware upsampling with the guided filter against the
+full-resolution image (:mod:`.guided_filter`).
+
+Without trained weights, :class:`campipe.segmentation.NoWeightsError` is raised (never random masks).
+
+References: DETR (Carion et al. 2020) post-processing; He et al. guided filter (2010).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from campipe.frame import PersonInstance
+
+from . import weights_path
+from .checkpoint import load_checkpoint
+from .postprocess import decode_outputs, letterbox, normalize, upsample_masks
+from .runtime import make_runner
+
+MODEL_NAME = "HyperDETR"
+MASK_KEYS = ("sky", "person", "hair", "skin", "teeth", "glasses")
+
+
+@dataclass
+class SegmentationResult:
+    """Soft masks and person instances at the input image's resolution (see module docstring)."""
+
+    masks: dict[str, np.ndarray]
+    persons: list[PersonInstance]
+    size: tuple[int, int]
+    timings: dict[str, float] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+
+
+def gray_guide(rgb: np.ndarray) -> np.ndarray:
+    """Display-referred RGB (H, W, 3) in [0, 1] -> float32 (H, W) guide (Rec.709 luma weights on encoded values)."""
+    return np.ascontiguousarray(rgb @ np.array([0.2126, 0.7152, 0.0722], np.float32), dtype=np.float32)
+
+
+def to_display_rgb(image) -> np.ndarray:
+    """Any accepted input (see module docstring) -> float32 (H, W, 3) display-referred sRGB in [0, 1]."""
+    if isinstance(image, (str, Path)):
+        from campipe.decode import decode_file
+        from campipe.segment_stage import display_render
+
+        frame = decode_file(image)
+        return display_render(frame.image, scene_referred=bool(frame.meta.get("scene_referred", True)))
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ValueError(f"image must be (H, W, 3) RGB (or (H, W) gray / (H, W, 4) RGBA), got shape {arr.shape}")
+    arr = arr[..., :3]
+    if arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise ValueError(f"image is too small to segment: {arr.shape[1]}x{arr.shape[0]}")
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / 65535.0
+    if np.issubdtype(arr.dtype, np.floating):
+        out = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+        return np.clip(out, 0.0, 1.0)
+    raise ValueError(f"unsupported image dtype {arr.dtype}; give uint8/uint16 sRGB or float32 in [0, 1]")
+
+
+class Segmenter:
+    """A loaded model + runner; call it on images. Thread-safe (one inference at a time).
+
+    Args:
+        weights: checkpoint path (default :func:`campipe.segmentation.weights_path`).
+        runtime: "auto" (ONNX Runtime if available, else torch), "onnx" or "torch".
+        keep_dec_layers: prune the decoder to the first k layers at load.
+        max_persons, score_threshold: instance selection.
+        refine: "guided" (edge-aware, default) or "bilinear" upsampling to the output resolution.
+        guide_radius, guide_eps: guided-filter window radius (network-resolution pixels) and regularisation.
+    """
+
+    def __init__(self, weights=None, *, runtime: str = "auto", keep_dec_layers: int | None = None,
+                 threads: int | None = None, max_persons: int = 4, score_threshold: float = 0.5,
+                 refine: str = "guided", guide_radius: int = 2, guide_eps: float = 1e-3) -> None:
+        if refine not in ("guided", "bilinear"):
+            raise ValueError(f"refine must be 'guided' or 'bilinear', got {refine!r}")
+        if max_persons < 0 or not 0.0 <= score_threshold <= 1.0:
+            raise ValueError("max_persons must be >= 0 and score_threshold in [0, 1]")
+        self.path = weights_path(weights)
+        t0 = time.perf_counter()
+        self.model, self.meta = load_checkpoint(self.path, keep_dec_layers=keep_dec_layers)
+        self.cfg = self.meta["config_obj"]
+        self.runtime_request, self.threads = runtime, threads
+        self.runner = make_runner(self.model, self.meta["sha256"], runtime, threads=threads)
+        self._scene_runner = None
+        self.load_seconds = time.perf_counter() - t0
+        self.max_persons, self.score_threshold = int(max_persons), float(score_threshold)
+        self.refine, self.guide_radius, self.guide_eps = refine, int(guide_radius), float(guide_eps)
+        self.mean = self.meta["normalization"]["mean"]
+        self.std = self.meta["normalization"]["std"]
+        self.classes = tuple(self.meta.get("classes") or self.cfg.semantic_classes)
+        self._lock = threading.Lock()
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {"name": MODEL_NAME, "file": self.path.name, "path": str(self.path), "sha256": self.meta["sha256"],
+                "runtime": getattr(self.runner, "name", "?"), "decoder_layers": len(self.model.transformer.decoder),
+                "num_queries": self.cfg.num_queries, "input_size": list(self.cfg.input_size),
+                "quantized": bool(self.meta.get("quantized", False)), "classes": list(self.classes)}
+
+    def _runner_for(self, scene_only: bool):
+        if not scene_only:
+            return self.runner
+        if self._scene_runner is None:
+            self._scene_runner = make_runner(self.model, self.meta["sha256"], self.runtime_request, scene_only=True,
+                                             threads=self.threads)
+        return self._scene_runner
+
+    def __call__(self, image, *, guide: np.ndarray | None = None, out_size: tuple[int, int] | None = None,
+                 scene_only: bool = False) -> SegmentationResult:
+        """Segment one image.
+
+        ``guide`` (H, W) float32 in [0, 1], if given, sets the output resolution and is the guided filter's guide
+        (the pipeline stage feeds a downscaled render and gets masks at the frame's full resolution). ``out_size``
+        (H, W) sets the output resolution without a guide (then the input, resized, is the guide). Default: the
+        input image's resolution. ``scene_only`` skips the transformer (no person instances)."""
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        rgb = to_display_rgb(image)
+        if guide is not None:
+            guide = np.asarray(guide, np.float32)
+            if guide.ndim != 2:
+                raise ValueError(f"guide must be (H, W), got {guide.shape}")
+            out_hw = guide.shape
+        elif out_size is not None:
+            out_hw = (int(out_size[0]), int(out_size[1]))
+            if min(out_hw) < 1:
+                raise ValueError(f"out_size must be positive (H, W), got {out_size}")
+        else:
+            out_hw = rgb.shape[:2]
+        canvas, box = letterbox(rgb, self.cfg.input_size, tuple(self.mean))
+        x = normalize(canvas, self.mean, self.std)
+        timings["preprocess"] = time.perf_counter() - t
+        t = time.perf_counter()
+        with self._lock:
+            outputs = self._runner_for(scene_only)(x)
+        timings["network"] = time.perf_counter() - t
+        t = time.perf_counter()
+        raw = decode_outputs(outputs, box, self.classes, mask_stride=self.cfg.mask_stride,
+                             score_threshold=self.score_threshold, max_persons=self.max_persons)
+        stack = np.concatenate([raw.semantic, raw.instances], axis=0)
+        g = None
+        if self.refine == "guided":
+            if guide is not None:
+                g = np.clip(guide, 0.0, 1.0)
+            else:
+                g = gray_guide(rgb)
+                if g.shape != tuple(out_hw):
+                    g = cv2.resize(g, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_LINEAR)
+        up = upsample_masks(stack, out_hw, g, self.guide_radius, self.guide_eps)
+        timings["upsample"] = time.perf_counter() - t
+        k = raw.semantic.shape[0]
+        masks = {name: up[i] for i, name in enumerate(raw.classes)}
+        persons = [PersonInstance(up[k + j], float(s)) for j, s in enumerate(raw.scores)]
+        person = masks.get("person")
+        if persons:
+            union = np.max(up[k:], axis=0)
+            person = union if person is None else np.maximum(person, union)
+        if person is not None:
+            masks["person"] = person
+        for key in MASK_KEYS:  # a checkpoint without some class still yields the full contract (zeros)
+            masks.setdefault(key, np.zeros(out_hw, np.float32))
+        return SegmentationResult(masks, persons, (int(out_hw[0]), int(out_hw[1])), timings, self.info)
+
+
+_CACHE: dict[tuple, Segmenter] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def get_segmenter(weights=None, **kwargs) -> Segmenter:
+    """A cached :class:`Segmenter` per (weights file, mtime, options)."""
+    p = weights_path(weights)
+    key = (str(p.resolve()), p.stat().st_mtime_ns, tuple(sorted(kwargs.items())))
+    with _CACHE_LOCK:
+        seg = _CACHE.get(key)
+        if seg is None:
+            seg = _CACHE[key] = Segmenter(p, **kwargs)
+    return seg
+
+
+def segment(image, *, weights=None, runtime: str = "auto", max_persons: int = 4, score_threshold: float = 0.5,
+            refine: str = "guided", keep_dec_layers: int | None = None, scene_only: bool = False,
+            guide: np.ndarray | None = None, out_size: tuple[int, int] | None = None) -> SegmentationResult:
+    """Segment ``image`` (path, uint8/uint16 sRGB array or float32 display-referred array); see module docstring.
+
+    Raises :class:`campipe.segmentation.NoWeightsError` when no trained weights are installed.
+    """
+    seg = get_segmenter(weights, runtime=runtime, max_persons=max_persons, score_threshold=score_threshold,
+                        refine=refine, keep_dec_layers=keep_dec_layers)
+    return seg(image, guide=guide, out_size=out_size, scene_only=scene_only)

@@ -1,0 +1,123 @@
+"""Pre- and post-processing around the network: letterbox to the input size, raw outputs -> soft masks and instances.
+
+Pre-processing (:func:`letterbox`, :func:`normalize`): display-referred sRGB float32 (H, W, 3) in [0, 1] is resized
+with aspect ratio kept (INTER_AREA when shrinking) to fit the network's (h, w) and centred on a canvas padded with the
+normalisation mean (i.e. 0 after normalisation). Any size and orientation works; portrait photos get side bands.
+
+Post-processing (:func:`decode_outputs`): logits -> probabilities (sigmoid for the static channels and instance
+masks, softmax over [person, no-object] for the instance score), crop of the padding, instance selection (score >=
+threshold, sorted by score, at most ``max_persons``), then :func:`upsample_masks` to the image's resolution
+(edge-aware guided filter against the full-resolution guide, or bilinear).
+
+All masks are float32 in [0, 1]; scores float in [0, 1].
+
+References: DETR ``PostProcessPanoptic`` / ``PostProcessSegm`` (facebookresearch/detr models/segmentation.py);
+YOLO-style letterboxing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .guided_filter import guided_upsample
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where the image sits on the network canvas: content (h, w) at offset (top, left) on a canvas (H, W)."""
+
+    canvas_hw: tuple[int, int]
+    content_hw: tuple[int, int]
+    offset: tuple[int, int]
+    source_hw: tuple[int, int]
+
+    def crop(self, arr: np.ndarray, stride: int = 1) -> np.ndarray:
+        """Crop a (..., H/stride, W/stride) array to the content region (rounded outwards)."""
+        top, left = self.offset[0] / stride, self.offset[1] / stride
+        bot = (self.offset[0] + self.content_hw[0]) / stride
+        right = (self.offset[1] + self.content_hw[1]) / stride
+        t, l_ = int(np.floor(top)), int(np.floor(left))
+        b, r = int(np.ceil(bot)), int(np.ceil(right))
+        return arr[..., t:max(b, t + 1), l_:max(r, l_ + 1)]
+
+
+def letterbox(img: np.ndarray, size_hw: tuple[int, int], fill: tuple[float, float, float]) -> tuple[np.ndarray, Letterbox]:
+    """Fit float32 (H, W, 3) into ``size_hw`` keeping the aspect ratio; pad with ``fill``. Returns (canvas, info)."""
+    H, W = img.shape[:2]
+    th, tw = size_hw
+    s = min(th / H, tw / W)
+    ch, cw = max(1, min(th, round(H * s))), max(1, min(tw, round(W * s)))
+    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(np.ascontiguousarray(img, dtype=np.float32), (cw, ch), interpolation=interp)
+    canvas = np.empty((th, tw, 3), np.float32)
+    canvas[:] = np.asarray(fill, np.float32)
+    top, left = (th - ch) // 2, (tw - cw) // 2
+    canvas[top:top + ch, left:left + cw] = resized
+    return canvas, Letterbox((th, tw), (ch, cw), (top, left), (H, W))
+
+
+def normalize(canvas: np.ndarray, mean, std) -> np.ndarray:
+    """(H, W, 3) float32 sRGB in [0, 1] -> (1, 3, H, W) float32 normalised network input."""
+    x = (canvas - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    # numerically stable for large |x| (exp overflow warnings otherwise)
+    return (0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, np.float32)))).astype(np.float32)
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
+
+
+@dataclass
+class RawMasks:
+    """Masks at network resolution, cropped to the content: static (K, h, w) and instances (M, h, w), in [0, 1]."""
+
+    semantic: np.ndarray
+    classes: tuple[str, ...]
+    instances: np.ndarray
+    scores: np.ndarray
+
+
+def decode_outputs(outputs: dict[str, np.ndarray], box: Letterbox, classes, *, mask_stride: int = 1,
+                   score_threshold: float = 0.5, max_persons: int = 4) -> RawMasks:
+    """Network outputs of ONE image (batch index 0) -> cropped probabilities and selected instances.
+
+    outputs: ``sem_logits`` (1, K, h, w); optionally ``pred_logits`` (1, N, 2) and ``pred_masks`` (1, N, h, w).
+    """
+    sem = box.crop(sigmoid(outputs["sem_logits"][0]), mask_stride)
+    if "pred_logits" in outputs and max_persons > 0:
+        scores = softmax(outputs["pred_logits"][0], -1)[:, 0]
+        order = np.argsort(-scores, kind="stable")
+        keep = [int(i) for i in order if scores[i] >= score_threshold][:max_persons]
+        inst = box.crop(sigmoid(outputs["pred_masks"][0][keep]), mask_stride) if keep else \
+            np.zeros((0,) + sem.shape[1:], np.float32)
+        sc = scores[keep].astype(np.float32)
+    else:
+        inst, sc = np.zeros((0,) + sem.shape[1:], np.float32), np.zeros(0, np.float32)
+    return RawMasks(sem.astype(np.float32), tuple(classes), inst.astype(np.float32), sc)
+
+
+def upsample_masks(stack_khw: np.ndarray, out_hw: tuple[int, int], guide: np.ndarray | None = None,
+                   radius: int = 2, eps: float = 1e-3) -> np.ndarray:
+    """(K, h, w) masks -> (K, H, W) float32 in [0, 1]; guided by ``guide`` (H, W) if given, else bilinear."""
+    k = stack_khw.shape[0]
+    H, W = out_hw
+    if k == 0:
+        return np.zeros((0, H, W), np.float32)
+    hwk = np.ascontiguousarray(stack_khw.transpose(1, 2, 0))
+    if guide is not None:
+        if guide.shape != (H, W):
+            raise ValueError(f"guide has shape {guide.shape}, expected {(H, W)}")
+        up = guided_upsample(hwk if k > 1 else hwk[..., 0], guide, radius, eps)
+    else:
+        chunks = [cv2.resize(hwk[..., i:i + 4], (W, H), interpolation=cv2.INTER_LINEAR).reshape(H, W, -1)
+                  for i in range(0, k, 4)]
+        up = np.clip(np.concatenate(chunks, axis=2), 0.0, 1.0)
+    up = up.reshape(H, W, k)
+    return np.ascontiguousarray(up.transpose(2, 0, 1), dtype=np.float32)

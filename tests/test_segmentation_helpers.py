@@ -1,0 +1,41 @@
+"""Helpers for the segmentation tests: tiny randomly initialised HyperDETR checkpoints (no trained weights needed).
+
+Random weights are fine for shape/range/contract tests; BatchNorm running statistics are set from one training-mode
+pass on noise so activations stay O(1) through the depth (otherwise they vanish and comparisons are meaningless).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from campipe.segmentation.checkpoint import save_checkpoint
+from campipe.segmentation.config import HyperDETRConfig
+from campipe.segmentation.model import build_model
+
+TINY = dict(width_mult=0.5, hidden_dim=32, nheads=2, dim_feedforward=64, enc_layers=1, dec_layers=6,
+            num_queries=4, mask_dim=16, input_size=(64, 96), decoder_dims=(24, 16, 16, 16))
+
+
+def tiny_config(**kw) -> HyperDETRConfig:
+    return HyperDETRConfig(**{**TINY, **kw})
+
+
+def calibrated_model(cfg: HyperDETRConfig, seed: int = 0):
+    """A random model with BatchNorm statistics estimated on noise; eval mode."""
+    torch.manual_seed(seed)
+    torch.set_num_threads(2)
+    m = build_model(cfg)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.momentum = None  # cumulative average
+    m.train()
+    with torch.no_grad():
+        m(torch.randn(2, 3, *cfg.input_size))
+    return m.eval()
+
+
+def tiny_checkpoint(path: Path, seed: int = 0, quantize: bool = False, **kw) -> Path:
+    m = calibrated_model(tiny_config(**kw), seed)
+    return save_checkpoint(path, m, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), quantize=quantize,
+                           metrics={"note": "random init (test)"})
