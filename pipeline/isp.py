@@ -32,7 +32,8 @@ def illuminant_xy(temperature: float, tint: float = 0.0) -> np.ndarray:
     """CIE xy of a Planckian/daylight-like illuminant at ``temperature`` K with ``tint`` (Duv x 1000, + = green)."""
     if not 1500 <= temperature <= 25000:
         raise ValueError(f"wb.temperature must be within 1500..25000 K, got {temperature}")
-    return np.asarray(cc.colour.temperature.CCT_to_xy_Ohno2013(np.array([temperature, tint / 1000.0])))
+    uv = cc.colour.temperature.CCT_to_uv_Ohno2013(np.array([temperature, tint / 1000.0]))
+    return np.asarray(cc.colour.UCS_uv_to_xy(uv), dtype=np.float64)
 
 
 def _xy_to_XYZ(xy) -> np.ndarray:
