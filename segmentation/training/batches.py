@@ -1,0 +1,145 @@
+"""Sampling and batching: records -> augmented, normalised torch batches, produced in a prefetch thread.
+
+Sampling (per batch element, from a generator seeded by ``(seed, phase, step)``, so a resumed run sees the same
+stream): with probability ``synth_fraction`` a copy-paste scene (:mod:`.synth`), otherwise a set drawn by
+``set_weights`` and a record of that set drawn by its oversampling weight (CelebAMask images with glasses x
+``oversample_glasses``, with a visible inner mouth x ``oversample_teeth``).
+
+Batch tensors (float32): ``image`` (B, 3, h, w) normalised sRGB; ``sem``/``known`` (B, C, h, w) in {0, 1};
+``instances`` list of (T_i, h, w); ``inst_valid`` (B, h, w); ``inst_known`` (B,) bool. At most ``max_instances``
+instances per image are kept (largest first); instances smaller than ``min_instance_px`` pixels after the crop and
+the dropped ones are ignored by the instance loss (their pixels get inst_valid = 0).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .augment import AugmentConfig, augment
+from .datasets import GLASSES, TEETH, Record, unpack
+from .synth import person_cutouts, synth_scene
+
+
+@dataclass
+class SamplerConfig:
+    set_weights: dict[str, float] = field(default_factory=lambda: {
+        "celebamask": 1.0, "figaro1k": 0.7, "lfw_hair": 0.4, "camvid": 0.8, "pennfudan": 0.5})
+    synth_fraction: float = 0.2
+    oversample_glasses: float = 4.0
+    oversample_teeth: float = 2.0
+    teeth_min_fraction: float = 0.004  # inner-mouth pixels / image for the teeth oversampling
+    max_instances: int = 4
+    min_instance_px: int = 48
+
+
+class Sampler:
+    """Draws (image, lab, inst_known) training samples; see module docstring."""
+
+    def __init__(self, records: dict[str, list[Record]], cfg: SamplerConfig, aug: AugmentConfig | None = None):
+        self.cfg = cfg
+        self.aug = aug or AugmentConfig()
+        self.records = {k: v for k, v in records.items() if v and cfg.set_weights.get(k, 0) > 0}
+        if not self.records:
+            raise ValueError("no training records: check the data directory and set_weights")
+        self.names = sorted(self.records)
+        w = np.array([cfg.set_weights[k] for k in self.names], np.float64)
+        self.set_p = w / w.sum()
+        self.rec_p = {}
+        for k in self.names:
+            rw = np.ones(len(self.records[k]))
+            if k == "celebamask":
+                for i, r in enumerate(self.records[k]):
+                    sem = r.lab[..., 0]
+                    if ((sem >> GLASSES) & 1).any():
+                        rw[i] *= cfg.oversample_glasses
+                    if ((sem >> TEETH) & 1).mean() >= cfg.teeth_min_fraction:
+                        rw[i] *= cfg.oversample_teeth
+            self.rec_p[k] = rw / rw.sum()
+        self.backgrounds = self.records.get("camvid", [])
+        self.cutouts = person_cutouts([r for k in ("celebamask", "pennfudan") for r in self.records.get(k, [])])
+
+    def draw(self, rng: np.random.Generator) -> Record:
+        if self.cfg.synth_fraction > 0 and self.backgrounds and self.cutouts and rng.random() < self.cfg.synth_fraction:
+            bg = self.backgrounds[int(rng.integers(len(self.backgrounds)))]
+            return synth_scene(bg, self.cutouts, rng)
+        k = self.names[int(rng.choice(len(self.names), p=self.set_p))]
+        return self.records[k][int(rng.choice(len(self.records[k]), p=self.rec_p[k]))]
+
+    def batch(self, rng: np.random.Generator, batch_size: int, hw: tuple[int, int], mean, std) -> dict:
+        imgs, labs, iks = [], [], []
+        for _ in range(batch_size):
+            r = self.draw(rng)
+            im, lb = augment(r.image, r.lab, hw, rng, self.aug)
+            imgs.append(im)
+            labs.append(lb)
+            iks.append(r.inst_known)
+        return collate(np.stack(imgs), np.stack(labs), iks, mean, std, self.cfg.max_instances,
+                       self.cfg.min_instance_px)
+
+
+def collate(images: np.ndarray, labs: np.ndarray, inst_known, mean, std, max_instances: int = 4,
+            min_instance_px: int = 48) -> dict:
+    """uint8 images (B, h, w, 3) + packed labs (B, h, w, 3) -> batch dict of tensors (see module docstring)."""
+    u = unpack(labs)  # sem/known: (C, B, h, w) because of the leading class axis
+    sem = np.ascontiguousarray(u["sem"].transpose(1, 0, 2, 3))
+    valid = u["valid"]
+    known = np.ascontiguousarray(u["known"].transpose(1, 0, 2, 3)) * valid[:, None]
+    inst_valid = (valid & (1 - u["inst_ignore"])).astype(np.float32)
+    instances = []
+    for b in range(images.shape[0]):
+        ids, counts = np.unique(u["inst"][b], return_counts=True)
+        keep = [(c, i) for i, c in zip(ids, counts) if i > 0]
+        keep.sort(reverse=True)
+        good = [i for c, i in keep[:max_instances] if c >= min_instance_px]
+        bad = [i for c, i in keep if i not in good]
+        if bad:
+            inst_valid[b][np.isin(u["inst"][b], bad)] = 0
+        instances.append(torch.from_numpy(np.stack([u["inst"][b] == i for i in good]).astype(np.float32))
+                         if good else torch.zeros((0,) + images.shape[1:3]))
+    x = images.astype(np.float32) / 255.0
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return {
+        "image": torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))),
+        "sem": torch.from_numpy(sem.astype(np.float32)),
+        "known": torch.from_numpy(known.astype(np.float32)),
+        "instances": instances,
+        "inst_valid": torch.from_numpy(inst_valid),
+        "inst_known": torch.tensor([bool(v) for v in inst_known]),
+    }
+
+
+class Prefetcher:
+    """Produces batches ``make(step)`` for step = start, start+1, ... in a background thread (queue of ``depth``)."""
+
+    def __init__(self, make, start: int, depth: int = 3):
+        self.make, self.q = make, queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self._run, args=(start,), daemon=True)
+        self.t.start()
+
+    def _run(self, step: int) -> None:
+        while not self.stop.is_set():
+            try:
+                item = (step, self.make(step), None)
+            except Exception as e:  # surface loader errors in the training thread
+                item = (step, None, e)
+            while not self.stop.is_set():
+                try:
+                    self.q.put(item, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+            step += 1
+
+    def get(self):
+        step, batch, err = self.q.get()
+        if err is not None:
+            raise err
+        return step, batch
+
+    def close(self) -> None:
+        self.stop.set()

@@ -1,0 +1,240 @@
+"""Loaders mapping every labelled set of ``../shared/data`` into campipe's label space, with per-pixel "known" masks.
+
+Label space (bit order = :data:`CLASSES`, the model's ``semantic_classes``): sky, person, hair, skin, teeth, glasses.
+
+Every sample is stored compactly as
+
+* ``image``: uint8 (H, W, 3) display-referred sRGB, RGB order (what the photos in the sets are);
+* ``lab``: uint8 (H, W, 3) packed targets:
+  - ``lab[..., 0]`` bit c = 1 where class c is present (target 1);
+  - ``lab[..., 1]`` bit c = 1 where class c is *known* at that pixel (label valid; the loss only looks there);
+    bit :data:`INST_IGNORE_BIT` = 1 where the instance loss must ignore the pixel (e.g. an unlabelled pedestrian);
+    bit :data:`VALID_BIT` = 1 inside the image (0 in padding / rotated-out regions);
+  - ``lab[..., 2]`` person instance id (0 = none, 1..255);
+* ``inst_known``: whether the person *instances* of the sample are labelled completely (Hungarian instance loss).
+
+A set that does not label a class leaves its known bit at 0, so it never teaches the model that the class is absent
+(the issue's rule). Where logic gives a label for free it is used: hair pixels are person and are not sky; a CamVid
+pixel that is not a pedestrian/bicyclist has no hair/skin/teeth/glasses; a CelebAMask person pixel is not sky.
+
+Packing the targets into 3 uint8 planes lets a single OpenCV warp (nearest) carry all labels through augmentation
+(:mod:`.augment`) and keeps the in-memory cache small (about 2 bytes per pixel of labels).
+
+Split: deterministic, ``md5(set/stem) % 100 < 15`` -> validation (:func:`is_val`); validation stems never reach
+training.
+
+Label maps: see ``../shared/data/README.md`` (CelebAMask-HQ ids, Figaro1k/LFW 255 = hair, CamVid SegNet 11 classes,
+Penn-Fudan instance ids). References: CelebAMask-HQ (Lee et al. 2020), Figaro1k (Svanera et al. 2016), LFW Part Labels
+(Kae et al. 2013), CamVid (Brostow et al. 2008), Penn-Fudan (Wang et al. 2007).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+CLASSES = ("sky", "person", "hair", "skin", "teeth", "glasses")
+SKY, PERSON, HAIR, SKIN, TEETH, GLASSES = range(6)
+ALL_KNOWN = (1 << len(CLASSES)) - 1
+INST_IGNORE_BIT = 6
+VALID_BIT = 7
+SETS = ("celebamask", "figaro1k", "lfw_hair", "camvid", "pennfudan")
+
+# CelebAMask-HQ ids
+CELEBA_SKIN_IDS = (1, 2, 8, 9, 17)  # face skin, nose, ears, neck (the issue's face-skin definition)
+CELEBA_HAIR, CELEBA_GLASSES, CELEBA_MOUTH, CELEBA_CLOTH = 13, 3, 10, 18
+# CamVid SegNet ids
+CAMVID_SKY, CAMVID_PED, CAMVID_BICYCLIST, CAMVID_UNLABELLED = 0, 9, 10, 11
+
+VAL_PERCENT = 15
+
+
+def default_data_dir() -> Path:
+    """``$CAMPIPE_SHARED_DATA`` or ``../shared/data`` relative to the repository root."""
+    env = os.environ.get("CAMPIPE_SHARED_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def is_val(set_name: str, stem: str, percent: int = VAL_PERCENT) -> bool:
+    """Deterministic split: True for the ~``percent`` % of stems that form the validation set."""
+    h = int(hashlib.md5(f"{set_name}/{stem}".encode()).hexdigest()[:8], 16)
+    return h % 100 < percent
+
+
+def list_stems(data_dir: Path, set_name: str, split: str = "all") -> list[str]:
+    """Sorted stems of ``set_name`` having both image and mask; ``split`` in {'train', 'val', 'all'}."""
+    d = Path(data_dir) / set_name
+    if not (d / "images").is_dir() or not (d / "masks").is_dir():
+        raise FileNotFoundError(f"data set {set_name!r} not found: expected {d}/images and {d}/masks")
+    if split not in ("train", "val", "all"):
+        raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
+    masks = {p.stem for p in (d / "masks").glob("*.png")}
+    stems = sorted(p.stem for p in (d / "images").iterdir() if p.stem in masks)
+    if split == "all":
+        return stems
+    want_val = split == "val"
+    return [s for s in stems if is_val(set_name, s) == want_val]
+
+
+def read_pair(data_dir: Path, set_name: str, stem: str) -> tuple[np.ndarray, np.ndarray]:
+    """Image uint8 (H, W, 3) RGB and raw label uint8 (H, W) of one sample, at the stored resolution."""
+    d = Path(data_dir) / set_name
+    img_path = next((d / "images").glob(stem + ".*"), None)
+    if img_path is None:
+        raise FileNotFoundError(f"no image for {set_name}/{stem}")
+    img = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
+    lab = cv2.imread(str(d / "masks" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+    if img is None or lab is None:
+        raise OSError(f"cannot read {set_name}/{stem}")
+    if lab.ndim == 3:
+        lab = lab[..., 0]
+    if lab.shape != img.shape[:2]:
+        raise ValueError(f"{set_name}/{stem}: mask {lab.shape} and image {img.shape[:2]} differ in size")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), lab
+
+
+def _bits(*classes: int) -> int:
+    v = 0
+    for c in classes:
+        v |= 1 << c
+    return v
+
+
+def _pack(sem_bits: np.ndarray, known_bits: np.ndarray, inst: np.ndarray) -> np.ndarray:
+    known_bits = known_bits.astype(np.uint8) | np.uint8(1 << VALID_BIT)
+    return np.stack([sem_bits.astype(np.uint8), known_bits, inst.astype(np.uint8)], axis=-1)
+
+
+def map_labels(set_name: str, raw: np.ndarray, image: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+    """Map one raw label map of ``set_name`` into the packed ``lab`` (H, W, 3) uint8 and ``inst_known``.
+
+    ``image`` (uint8 RGB, same size) is needed only for Penn-Fudan, whose body skin is derived by :mod:`.skin`.
+    """
+    raw = np.asarray(raw)
+    h, w = raw.shape
+    sem = np.zeros((h, w), np.uint8)
+    known = np.zeros((h, w), np.uint8)
+    inst = np.zeros((h, w), np.uint8)
+    if set_name == "celebamask":
+        person = raw != 0
+        sem |= np.where(person, _bits(PERSON), 0).astype(np.uint8)
+        sem |= np.where(raw == CELEBA_HAIR, _bits(HAIR), 0).astype(np.uint8)
+        sem |= np.where(np.isin(raw, CELEBA_SKIN_IDS), _bits(SKIN), 0).astype(np.uint8)
+        sem |= np.where(raw == CELEBA_MOUTH, _bits(TEETH), 0).astype(np.uint8)
+        sem |= np.where(raw == CELEBA_GLASSES, _bits(GLASSES), 0).astype(np.uint8)
+        # everything but sky is labelled; a person pixel is certainly not sky
+        known[:] = ALL_KNOWN & ~_bits(SKY)
+        known |= np.where(person, _bits(SKY), 0).astype(np.uint8)
+        inst[person] = 1
+        return _pack(sem, known, inst), True
+    if set_name in ("figaro1k", "lfw_hair"):
+        hair = raw >= 128
+        sem |= np.where(hair, _bits(HAIR, PERSON), 0).astype(np.uint8)
+        known[:] = _bits(HAIR)
+        known |= np.where(hair, _bits(PERSON, SKY), 0).astype(np.uint8)  # hair is person, not sky
+        return _pack(sem, known, inst), False
+    if set_name == "camvid":
+        valid = raw != CAMVID_UNLABELLED
+        ped = raw == CAMVID_PED
+        bike = raw == CAMVID_BICYCLIST
+        sem |= np.where(raw == CAMVID_SKY, _bits(SKY), 0).astype(np.uint8)
+        sem |= np.where(ped, _bits(PERSON), 0).astype(np.uint8)
+        known |= np.where(valid, _bits(SKY), 0).astype(np.uint8)
+        known |= np.where(valid & ~bike, _bits(PERSON), 0).astype(np.uint8)
+        known |= np.where(valid & ~bike & ~ped, _bits(HAIR, SKIN, TEETH, GLASSES), 0).astype(np.uint8)
+        # pedestrians are labelled semantically only: instances are complete only when there are none
+        inst_known = not bool((ped | bike).any())
+        return _pack(sem, known, inst), inst_known
+    if set_name == "pennfudan":
+        from .skin import derive_body_skin
+
+        person = raw > 0
+        sem |= np.where(person, _bits(PERSON), 0).astype(np.uint8)
+        known[:] = _bits(PERSON)
+        known |= np.where(~person, _bits(HAIR, SKIN, TEETH, GLASSES), 0).astype(np.uint8)
+        known |= np.where(person, _bits(SKY), 0).astype(np.uint8)
+        if image is not None:
+            skin_lab = derive_body_skin(image, person)
+            sem |= np.where(skin_lab == 1, _bits(SKIN), 0).astype(np.uint8)
+            known |= np.where(skin_lab != 255, _bits(SKIN), 0).astype(np.uint8)
+        inst = np.minimum(raw, 255).astype(np.uint8)
+        return _pack(sem, known, inst), True
+    raise ValueError(f"unknown data set {set_name!r}; known sets: {', '.join(SETS)}")
+
+
+def unpack(lab: np.ndarray) -> dict[str, np.ndarray]:
+    """Packed ``lab`` (..., H, W, 3) -> dict of uint8 arrays: sem (C, ..., H, W) 0/1, known (C, ..., H, W) 0/1
+    (class axis first), valid (..., H, W), inst_ignore (..., H, W), inst (..., H, W)."""
+    s, k = lab[..., 0], lab[..., 1]
+    shifts = np.arange(len(CLASSES), dtype=np.uint8).reshape((-1,) + (1,) * s.ndim)
+    return {
+        "sem": (s[None] >> shifts) & 1,
+        "known": (k[None] >> shifts) & 1,
+        "valid": (k >> VALID_BIT) & 1,
+        "inst_ignore": (k >> INST_IGNORE_BIT) & 1,
+        "inst": lab[..., 2],
+    }
+
+
+@dataclass
+class Record:
+    """One cached sample (see module docstring for ``lab``)."""
+
+    set_name: str
+    stem: str
+    image: np.ndarray
+    lab: np.ndarray
+    inst_known: bool
+
+
+def _load_record(data_dir: Path, set_name: str, stem: str, max_side: int) -> Record:
+    img, raw = read_pair(data_dir, set_name, stem)
+    h, w = raw.shape
+    s = max_side / max(h, w)
+    if s < 1:  # downscale once for the in-memory cache (INTER_AREA image, nearest labels)
+        nh, nw = round(h * s), round(w * s)
+        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
+        raw = cv2.resize(raw, (nw, nh), interpolation=cv2.INTER_NEAREST)
+    lab, ik = map_labels(set_name, raw, img)
+    return Record(set_name, stem, img, lab, ik)
+
+
+def load_set(data_dir: Path, set_name: str, split: str, max_side: int = 384, threads: int = 2,
+             limit: int | None = None) -> list[Record]:
+    """Load (and map) every sample of one set/split, images downscaled to ``max_side`` on the long side."""
+    stems = list_stems(data_dir, set_name, split)
+    if limit is not None:
+        stems = stems[:limit]
+    with ThreadPoolExecutor(max(1, threads)) as ex:
+        return list(ex.map(lambda s: _load_record(data_dir, set_name, s, max_side), stems))
+
+
+def load_cached(data_dir: Path, set_name: str, split: str, max_side: int, cache_dir: Path | None,
+                threads: int = 2) -> list[Record]:
+    """:func:`load_set` with an on-disk ``.npz`` cache (outside the repository) keyed by set, split and size."""
+    if cache_dir is None:
+        return load_set(data_dir, set_name, split, max_side, threads)
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    f = cache_dir / f"{set_name}_{split}_{max_side}_v1.npz"
+    if f.exists():
+        z = np.load(f, allow_pickle=False)
+        n = int(z["n"])
+        return [Record(set_name, str(z["stems"][i]), z[f"img{i}"], z[f"lab{i}"], bool(z["ik"][i])) for i in range(n)]
+    recs = load_set(data_dir, set_name, split, max_side, threads)
+    arrays = {"n": np.int64(len(recs)), "stems": np.array([r.stem for r in recs]),
+              "ik": np.array([r.inst_known for r in recs], bool)}
+    for i, r in enumerate(recs):
+        arrays[f"img{i}"] = r.image
+        arrays[f"lab{i}"] = r.lab
+    tmp = f.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, f)
+    return recs
