@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from .exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from .errors import CampipeError
 
 log = logging.getLogger("campipe")
