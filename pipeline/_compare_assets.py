@@ -29,8 +29,8 @@ label.sel{color:var(--dim);display:inline-flex;align-items:center;gap:5px}
 select{background:var(--panel2);color:var(--text);border:1px solid #3a3a3a;border-radius:5px;padding:3px 6px;font:inherit}
 #main{flex:1;display:flex;min-height:0}
 #viewport{flex:1;position:relative;overflow:hidden;display:flex;align-items:center;justify-content:center;min-width:0}
-#viewport.zoom{display:block;overflow:auto}
-#viewport.zoom #canvas{margin:0 auto}
+#viewport.zoom{overflow:auto;align-items:flex-start;justify-content:flex-start}
+#viewport.zoom #canvas{margin:auto}
 #canvas{position:relative;flex:none;user-select:none;-webkit-user-select:none;touch-action:none;cursor:ew-resize;
 background:#000;box-shadow:0 0 0 1px #000,0 6px 30px rgba(0,0,0,.5)}
 #viewport.zoom #canvas{cursor:grab}

@@ -164,8 +164,8 @@ def compare_styles(source: str | Path, styles: list[str], out: str | Path, portr
         write_rgb8(out, sbs, meta={"output_space": space})
         return out
     write_rgb8(out / "sidebyside.png", sbs, meta={"output_space": space})
-    note = ("No masks: segmentation weights are not installed (or nothing was detected), so skin ΔE and sky noise "
-            "are n/a." if not overlays else "Overlays are the masks of the reference render.")
+    note = ("Overlays are the masks of the reference render." if overlays else
+            "Skin ΔE and sky noise need the skin / sky masks: n/a without them.")
     group = PageGroup(source.name, renders, overlays, note=note + " Side-by-side PNG: sidebyside.png",
                       left=0, right=min(1, len(renders) - 1))
     sub = f"{source.name} · {renders[0].width}×{renders[0].height}" + (" · portrait" if portrait else "")

@@ -92,7 +92,7 @@ def test_compare_styles_without_masks_says_na(tmp_path, src, fake_process):
 
     page = compare_styles(src, ["standard", "warm"], tmp_path / "o", process=no_masks)
     g = data_of(page)["groups"][0]
-    assert g["overlays"] == [] and "No masks" in g["note"]
+    assert g["overlays"] == [] and "n/a without" in g["note"]
     assert all(r["values"]["skin_de"] == "n/a" and r["values"]["sky_noise"] == "n/a" for r in g["renders"])
 
 
