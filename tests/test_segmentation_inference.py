@@ -1,0 +1,221 @@
+"""Inference API, pre/post-processing, guided filter and the `segment` pipeline stage."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from campipe.frame import Frame
+from campipe.segmentation import NoWeightsError, weights_path
+from campipe.segmentation.guided_filter import guided_filter, guided_upsample
+from campipe.segmentation.inference import Segmenter, segment
+from campipe.segmentation.postprocess import decode_outputs, letterbox, upsample_masks
+from test_segmentation_helpers import tiny_checkpoint
+
+KEYS = {"sky", "person", "hair", "skin", "teeth", "glasses"}
+
+
+@pytest.fixture
+def ckpt(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAMPIPE_CACHE", str(tmp_path / "cache"))
+    return tiny_checkpoint(tmp_path / "tiny.pt")
+
+
+# ---------------------------------------------------------------------------------------------- no weights ---
+
+def test_no_weights_error_is_clear(tmp_path, monkeypatch):
+    missing = tmp_path / "nothing.pt"
+    monkeypatch.setenv("CAMPIPE_WEIGHTS", str(missing))
+    with pytest.raises(NoWeightsError) as ei:
+        weights_path()
+    msg = str(ei.value)
+    assert "no trained HyperDETR weights are installed at" in msg and str(missing) in msg
+    assert "campipe train" in msg
+    with pytest.raises(NoWeightsError, match="no trained HyperDETR weights"):
+        segment(np.zeros((8, 8, 3), np.uint8))
+    assert weights_path(must_exist=False) == missing
+
+
+def test_stage_without_weights_warns_once_and_leaves_masks_empty(tmp_path, monkeypatch, caplog, linear_image):
+    import campipe.segment_stage as st
+
+    monkeypatch.setenv("CAMPIPE_WEIGHTS", str(tmp_path / "none.pt"))
+    monkeypatch.setattr(st, "_warned_no_weights", False)
+    params = {"max_persons": 4, "score_threshold": 0.5, "max_side": 1024, "refine": True, "runtime": "torch",
+              "weights": ""}
+    before = linear_image.copy()
+    with caplog.at_level(logging.WARNING, logger="campipe"):
+        f = st.segment_stage(Frame(linear_image.copy()), **params)
+        f = st.segment_stage(f, **params)
+    msgs = [r.getMessage() for r in caplog.records if "HyperDETR" in r.getMessage()]
+    assert len(msgs) == 1
+    assert "no trained HyperDETR weights installed" in msgs[0] and "semantic effects are disabled" in msgs[0]
+    assert f.masks == {} and f.persons == []
+    assert np.array_equal(f.image, before)
+
+
+def test_stage_with_explicit_missing_weights_is_an_error(tmp_path, linear_image):
+    import campipe.segment_stage as st
+
+    with pytest.raises(NoWeightsError, match="given path"):
+        st.segment_stage(Frame(linear_image), max_persons=4, score_threshold=0.5, max_side=1024, refine=True,
+                         runtime="torch", weights=str(tmp_path / "x.pt"))
+
+
+# ------------------------------------------------------------------------------------------- pre / post ---
+
+def test_letterbox_exact_placement_and_crop():
+    img = np.arange(2 * 4 * 3, dtype=np.float32).reshape(2, 4, 3) / 24.0
+    canvas, box = letterbox(img, (4, 4), (0.5, 0.5, 0.5))
+    assert box.content_hw == (2, 4) and box.offset == (1, 0)
+    np.testing.assert_allclose(canvas[1:3], img, atol=1e-6)
+    np.testing.assert_allclose(canvas[0], 0.5)
+    np.testing.assert_allclose(canvas[3], 0.5)
+    crop = box.crop(canvas.transpose(2, 0, 1))
+    np.testing.assert_allclose(crop.transpose(1, 2, 0), img, atol=1e-6)
+    assert box.crop(np.zeros((3, 2, 2)), stride=2).shape == (3, 2, 2)  # rows 0.5..1.5 -> 0..2 (outwards)
+
+
+def test_decode_outputs_selects_sorted_instances():
+    sem = np.zeros((1, 6, 4, 4), np.float32)
+    logits = np.array([[[0.0, 3.0], [2.0, 0.0], [4.0, 0.0], [1.0, 0.0], [0.5, 0.0]]], np.float32)
+    masks = np.stack([np.full((4, 4), i, np.float32) for i in range(5)])[None]
+    _, box = letterbox(np.zeros((4, 4, 3), np.float32), (4, 4), (0, 0, 0))
+    raw = decode_outputs({"sem_logits": sem, "pred_logits": logits, "pred_masks": masks}, box, list("abcdef"),
+                         score_threshold=0.6, max_persons=2)
+    assert raw.scores.shape == (2,) and raw.scores[0] >= raw.scores[1] >= 0.6
+    # query 2 (logit 4) then query 1 (logit 2); mask logits i -> sigmoid(i)
+    np.testing.assert_allclose(raw.instances[:, 0, 0], 1 / (1 + np.exp(-np.array([2.0, 1.0]))), atol=1e-6)
+    np.testing.assert_allclose(raw.semantic, 0.5, atol=1e-7)
+
+
+def test_guided_filter_invariants():
+    rng = np.random.default_rng(0)
+    guide = rng.random((20, 30)).astype(np.float32)
+    const = np.full((20, 30), 0.3, np.float32)
+    np.testing.assert_allclose(guided_filter(guide, const, 2, 1e-3), 0.3, atol=1e-5)
+    # guide == source and tiny eps: the filter reproduces the source
+    np.testing.assert_allclose(guided_filter(guide, guide, 2, 1e-8), guide, atol=2e-3)
+    up = guided_upsample(np.full((5, 8, 3), 0.7, np.float32), guide, 1, 1e-3)
+    assert up.shape == (20, 30, 3) and up.dtype == np.float32
+    np.testing.assert_allclose(up, 0.7, atol=1e-5)
+    many = guided_upsample(rng.random((5, 8, 9)).astype(np.float32), guide)  # > 4 channels
+    assert many.shape == (20, 30, 9) and many.min() >= 0 and many.max() <= 1
+
+
+def test_guided_upsampling_follows_photo_edges_better_than_bilinear():
+    """A sharp edge in the full-res photo, a blurry low-res mask: guided upsampling is closer to the true edge."""
+    H, W = 128, 192
+    x = np.arange(W)
+    truth = np.repeat((x >= 101).astype(np.float32)[None], H, axis=0)  # edge not on the 8x grid
+    photo = 0.2 + 0.6 * truth
+    import cv2
+
+    low = cv2.resize(truth, (W // 8, H // 8), interpolation=cv2.INTER_AREA)
+    low = cv2.GaussianBlur(low, (3, 3), 0.8)
+    bil = upsample_masks(low[None], (H, W), None)[0]
+    gui = upsample_masks(low[None], (H, W), photo, radius=2, eps=1e-3)[0]
+    err_b, err_g = np.abs(bil - truth).mean(), np.abs(gui - truth).mean()
+    assert err_g < 0.5 * err_b, (err_g, err_b)
+
+
+# ------------------------------------------------------------------------------------------------ segment ---
+
+def _check_result(res, h, w, max_persons=4):
+    assert set(res.masks) == KEYS
+    for m in res.masks.values():
+        assert m.shape == (h, w) and m.dtype == np.float32
+        assert m.min() >= 0.0 and m.max() <= 1.0
+    assert len(res.persons) <= max_persons
+    scores = [p.score for p in res.persons]
+    assert scores == sorted(scores, reverse=True)
+    for p in res.persons:
+        assert p.mask.shape == (h, w) and 0.0 <= p.score <= 1.0
+        assert np.all(res.masks["person"] >= p.mask - 1e-6)  # union
+
+
+@pytest.mark.parametrize("shape", [(70, 50), (37, 121), (64, 96)])
+def test_segment_uint8_any_size(ckpt, shape):
+    img = (np.random.default_rng(1).random(shape + (3,)) * 255).astype(np.uint8)
+    res = segment(img, weights=ckpt, runtime="torch", score_threshold=0.0)
+    _check_result(res, *shape)
+    assert len(res.persons) == 4  # threshold 0 keeps every query up to max_persons
+    assert res.model["name"] == "HyperDETR" and len(res.model["sha256"]) == 64
+    assert set(res.timings) >= {"preprocess", "network", "upsample"}
+
+
+def test_segment_float_and_uint8_agree(ckpt):
+    img = (np.random.default_rng(2).random((40, 60, 3)) * 255).astype(np.uint8)
+    a = segment(img, weights=ckpt, runtime="torch", score_threshold=0.0)
+    b = segment(img.astype(np.float32) / 255.0, weights=ckpt, runtime="torch", score_threshold=0.0)
+    for k in KEYS:
+        np.testing.assert_allclose(a.masks[k], b.masks[k], atol=1e-5)
+
+
+def test_segment_path_applies_exif_orientation(ckpt, tmp_path):
+    piexif = pytest.importorskip("piexif")
+    img = (np.random.default_rng(3).random((30, 50, 3)) * 255).astype(np.uint8)
+    p = tmp_path / "rot.jpg"
+    exif = piexif.dump({"0th": {piexif.ImageIFD.Orientation: 6}})
+    Image.fromarray(img).save(p, exif=exif, quality=95)
+    res = segment(p, weights=ckpt, runtime="torch")
+    _check_result(res, 50, 30)  # rotated 90 degrees: width and height swap
+
+
+def test_segment_max_persons_scene_only_and_out_size(ckpt):
+    img = (np.random.default_rng(4).random((40, 60, 3)) * 255).astype(np.uint8)
+    seg = Segmenter(ckpt, runtime="torch", max_persons=2, score_threshold=0.0, refine="bilinear")
+    res = seg(img)
+    _check_result(res, 40, 60, max_persons=2)
+    assert len(res.persons) == 2
+    res = seg(img, scene_only=True)
+    assert res.persons == []
+    _check_result(res, 40, 60)
+    res = seg(img, out_size=(80, 120))
+    _check_result(res, 80, 120, max_persons=2)
+
+
+def test_segment_bad_inputs_raise_clear_errors(ckpt):
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        segment(np.zeros((4, 4, 5), np.uint8), weights=ckpt, runtime="torch")
+    with pytest.raises(ValueError, match="dtype"):
+        segment(np.zeros((4, 4, 3), np.int64), weights=ckpt, runtime="torch")
+    with pytest.raises(ValueError, match="refine"):
+        Segmenter(ckpt, refine="nearest")
+    with pytest.raises(ValueError, match="unknown runtime"):
+        Segmenter(ckpt, runtime="tpu")
+
+
+def test_stage_fills_masks_at_frame_resolution(ckpt, monkeypatch, linear_image):
+    import campipe.segment_stage as st
+
+    monkeypatch.setenv("CAMPIPE_WEIGHTS", str(ckpt))
+    frame = Frame(linear_image.copy(), meta={"scene_referred": True})
+    out = st.segment_stage(frame, max_persons=4, score_threshold=0.0, max_side=32, refine=True, runtime="torch",
+                           weights="")
+    assert np.array_equal(out.image, linear_image)  # frame.image is not modified
+    assert set(out.masks) == KEYS and len(out.persons) == 4
+    for m in out.masks.values():
+        assert m.shape == linear_image.shape[:2] and m.min() >= 0 and m.max() <= 1
+    assert out.meta["segmentation"]["model"]["name"] == "HyperDETR"
+
+
+def test_stage_is_registered_with_contract():
+    from campipe.registry import get_stage
+
+    spec = get_stage("segment")
+    assert spec.provides == ("masks", "persons") and "linear" in spec.requires
+    assert spec.params["max_persons"] == 4
+
+
+def test_display_render_exposure_normalisation(linear_image):
+    from campipe.segment_stage import display_render, exposure_gain
+
+    dark = linear_image * 0.01
+    g = exposure_gain(dark)
+    assert g > 1.0
+    r = display_render(dark, scene_referred=True, max_side=32)
+    assert r.shape == (24, 32, 3) and r.dtype == np.float32 and 0 <= r.min() and r.max() <= 1
+    assert r.mean() > display_render(dark, scene_referred=False, max_side=32).mean()
