@@ -9,8 +9,17 @@ Encoded images (JPEG, PNG, TIFF 8/16-bit, HEIC/HEIF, AVIF, WebP) are linearised 
 (via Pillow ImageCms, to sRGB first) or assumed sRGB, oriented by EXIF, and converted to the working space. They are
 display-referred: ``meta['scene_referred'] = False`` tells the tone stage not to apply the filmic base curve again.
 
-Safety: the pixel count is checked against ``max_megapixels`` from the header, before any decoding; Pillow's
-decompression-bomb warning is an error here; NaN/inf or all-zero data is rejected.
+Safety: the pixel count is checked against ``max_megapixels`` from the header, before any decoding, and images
+smaller than ``MIN_SIDE`` pixels on a side are refused; Pillow's decompression-bomb warning is an error here;
+NaN/inf (also checked in floating-point DNG data before LibRaw converts it) or all-zero data is rejected; an
+almost entirely black or clipped result is decoded with a warning. Only regular files are read (a FIFO or device
+would block or never end), always read-only. LibRaw's own messages on stderr are captured and folded into the
+one-line error instead of leaking to the terminal.
+
+Layouts: Bayer CFAs of any 2x2 order; X-Trans and other non-2x2 CFAs when LibRaw demosaics them (falling back to
+LibRaw's LINEAR interpolation, with a warning, when the requested algorithm fails on them); linear (demosaiced) DNGs;
+monochrome DNGs (grey, replicated to R = G = B, no colour matrix needed). Other layouts (e.g. 2 or 4 output colours)
+are refused with a clear error.
 
 References: LibRaw docs (output_color, use_camera_wb, no_auto_bright), dcraw ``convert_to_rgb`` (row-normalised
 camera matrices), Adobe DNG Specification 1.6 chapter 6 (mapping camera to XYZ).
@@ -20,6 +29,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -34,6 +44,18 @@ from .metadata import ILLUMINANTS, read_dng_tags, read_exif
 log = logging.getLogger("campipe")
 
 DEFAULT_MAX_MEGAPIXELS = 200.0
+#: Smallest accepted width/height in pixels (smaller "images" are refused: no stage is meant for them).
+MIN_SIDE = 8
+#: Result warnings: a 99.9th-percentile brightest channel below this is "almost entirely black" ...
+BLACK_WARN_LEVEL = 1.0 / 1024.0
+#: ... and this fraction of clipped pixels or more is "almost entirely clipped".
+CLIP_WARN_FRACTION = 0.95
+
+# exifread logs "PNG file does not have exif data." and similar at WARNING on its own logger: not the user's problem
+logging.getLogger("exifread").setLevel(logging.ERROR)
+# tifffile logs damaged-structure complaints at ERROR while it still reads what it can; the one-line DecodeError
+# (or LibRaw's verdict) is what the user sees
+logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 RAW_EXTENSIONS = {".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".orf", ".rw2",
                   ".rwl", ".pef", ".srw", ".3fr", ".fff", ".iiq", ".erf", ".kdc", ".dcr", ".mos", ".mrw", ".x3f",
                   ".raw", ".mef", ".gpr"}
@@ -69,6 +91,8 @@ def sniff(path: str | Path) -> str:
 def _check_budget(path, w: int, h: int, max_megapixels: float) -> None:
     if w <= 0 or h <= 0:
         raise DecodeError(f"{path}: image has no pixels ({w}x{h})")
+    if w < MIN_SIDE or h < MIN_SIDE:
+        raise DecodeError(f"{path}: image is too small ({w}x{h}); campipe needs at least {MIN_SIDE}x{MIN_SIDE} pixels")
     mp = w * h / 1e6
     if max_megapixels and mp > max_megapixels:
         raise DecodeError(f"{path}: {w}x{h} = {mp:.0f} MP exceeds the pixel budget of {max_megapixels:g} MP "
@@ -82,6 +106,65 @@ def _check_pixels(path, img: np.ndarray) -> None:
         raise DecodeError(f"{path}: decoded data contains NaN or infinite values")
     if not img.any():
         raise DecodeError(f"{path}: decoded data is all zero (no image content)")
+
+
+def _warn_exposure(path, img: np.ndarray, clip_fraction: float | None) -> None:
+    """Warn (not fail) on an almost entirely black or clipped result; both can be real photos (lens cap, sun)."""
+    step = max(1, int(np.sqrt(img.shape[0] * img.shape[1] / 65536)))
+    top = float(np.percentile(img[::step, ::step].max(axis=2), 99.9))
+    if top < BLACK_WARN_LEVEL:
+        log.warning("%s: the image is almost entirely black (brightest pixels at %.2g of full scale): lens cap, or "
+                    "a far too short exposure?", path, top)
+    if clip_fraction is not None and clip_fraction >= CLIP_WARN_FRACTION:
+        log.warning("%s: %.0f%% of the image is clipped (overexposed): highlights cannot be recovered", path,
+                    100 * clip_fraction)
+
+
+class _NativeStderr:
+    """Capture what native code (LibRaw) writes on file descriptor 2 while the block runs.
+
+    ``text`` holds it afterwards (stripped, at most 500 characters). Not thread-safe (fd 2 is process-wide): decode
+    runs one file at a time per process.
+    """
+
+    def __enter__(self):
+        import tempfile
+
+        self.text = ""
+        try:
+            sys.stderr.flush()
+        except (AttributeError, ValueError, OSError):
+            pass
+        try:
+            self._tmp = tempfile.TemporaryFile()
+            self._saved = os.dup(2)
+            os.dup2(self._tmp.fileno(), 2)
+        except OSError:  # no fd 2 (daemon) or no temp dir: just do not capture
+            self._saved = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._saved is None:
+            return False
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._tmp.seek(0)
+        self.text = self._tmp.read(2000).decode("utf-8", "replace").strip()[:500]
+        self._tmp.close()
+        if self.text:
+            log.debug("LibRaw: %s", self.text)
+        return False
+
+    def why(self) -> str:
+        """The captured native message with the file path prefix LibRaw adds removed ('' if none)."""
+        lines = [ln.split(": ", 1)[-1].strip() for ln in self.text.splitlines() if ln.strip()]
+        return "; ".join(dict.fromkeys(lines))
+
+
+def _libraw_reason(e: Exception, native: "_NativeStderr") -> str:
+    why = native.why()
+    msg = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+    return f"{why} ({type(e).__name__}: {msg})" if why else f"{type(e).__name__}: {msg}"
 
 
 # ----------------------------------------------------------------------------------------------------------- RAW ---
@@ -118,17 +201,41 @@ def _raw_open(path, max_megapixels: float):
     import rawpy
 
     raw = rawpy.RawPy()
+    native = _NativeStderr()
     try:
-        raw.open_file(str(path))
+        with native:
+            raw.open_file(str(path))
     except rawpy.LibRawFileUnsupportedError:
         raw.close()
         raise UnsupportedFormatError(f"{path}: not a RAW or image format campipe can read") from None
     except (rawpy.LibRawError, OSError) as e:
         raw.close()
-        raise DecodeError(f"{path}: cannot open RAW file ({type(e).__name__}: {e})") from None
+        raise DecodeError(f"{path}: cannot open RAW file: {_libraw_reason(e, native)}") from None
     s = raw.sizes
-    _check_budget(path, int(s.raw_width), int(s.raw_height), max_megapixels)
+    try:
+        _check_budget(path, int(s.raw_width), int(s.raw_height), max_megapixels)
+    except DecodeError:
+        raw.close()
+        raise
     return raw
+
+
+def _check_float_dng(path, max_megapixels: float) -> None:
+    """Floating-point DNG data (SampleFormat 3): reject NaN/inf before LibRaw silently turns them into numbers."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            for page in tf.pages:
+                if page.sampleformat != 3 or int(page.tags.valueof(254, 0) or 0) & 1:  # floats, not a preview
+                    continue
+                _check_budget(path, int(page.imagewidth), int(page.imagelength), max_megapixels)
+                if not np.isfinite(page.asarray()).all():
+                    raise DecodeError(f"{path}: floating-point raw data contains NaN or infinite values")
+    except DecodeError:
+        raise
+    except Exception as e:  # a damaged TIFF structure: LibRaw gets the final say
+        log.debug("%s: float DNG pre-check skipped (%s: %s)", path, type(e).__name__, e)
 
 
 def load_raw(path: str | Path, *, half_size: bool = False, demosaic: str = "AHD",
@@ -147,20 +254,33 @@ def load_raw(path: str | Path, *, half_size: bool = False, demosaic: str = "AHD"
     """
     import rawpy
 
+    is_tiff = sniff(path) == "tiff"
+    if is_tiff:
+        _check_float_dng(path, max_megapixels)
     raw = _raw_open(path, max_megapixels)
     with raw:
+        native = _NativeStderr()
         try:
-            raw.unpack()
-        except (rawpy.LibRawError, OSError) as e:
-            raise DecodeError(f"{path}: RAW data is truncated or corrupt ({type(e).__name__}: {e})") from None
+            with native:
+                raw.unpack()
+        except (rawpy.LibRawError, OSError, MemoryError) as e:
+            raise DecodeError(f"{path}: RAW data is truncated or corrupt: {_libraw_reason(e, native)}") from None
         meta: dict[str, Any] = {"source": str(path), "format": "raw", "scene_referred": True}
+        pattern = None if raw.raw_pattern is None else np.asarray(raw.raw_pattern)
+        ncol = int(raw.num_colors)
         try:
-            meta["cfa_pattern"] = "".join(chr(raw.color_desc[i]) for i in np.asarray(raw.raw_pattern).ravel())
-        except (TypeError, ValueError, AttributeError):
+            meta["cfa_pattern"] = "".join(chr(raw.color_desc[i]) for i in pattern.ravel())
+        except (TypeError, ValueError, AttributeError, IndexError):
             meta["cfa_pattern"] = None
-        if raw.raw_pattern is None or raw.num_colors < 3:
-            # monochrome or linear DNG: LibRaw can still postprocess it when it has 3 colours
-            meta["cfa_pattern"] = None
+        mono = ncol == 1
+        if mono or pattern is None:
+            meta["cfa_pattern"] = None  # monochrome or linear (already demosaiced) DNG
+        elif ncol not in (3, 4) or pattern.ndim != 2:
+            raise UnsupportedFormatError(f"{path}: unsupported sensor layout ({ncol} colours, CFA "
+                                         f"{'x'.join(map(str, pattern.shape))}); campipe reads RGB Bayer, X-Trans, "
+                                         f"linear and monochrome raws")
+        meta["monochrome"] = mono
+        meta["cfa_size"] = None if pattern is None or mono else list(pattern.shape)
         meta["raw_type"] = str(raw.raw_type).split(".")[-1]
         meta["black_level"] = [int(x) for x in raw.black_level_per_channel]
         meta["white_level"] = int(raw.white_level)
@@ -168,9 +288,9 @@ def load_raw(path: str | Path, *, half_size: bool = False, demosaic: str = "AHD"
         meta["camera_wb"] = cam_wb
         meta["daylight_wb"] = [float(x) for x in raw.daylight_whitebalance]
         xyz_to_cam = np.asarray(raw.rgb_xyz_matrix, dtype=np.float64)[:3, :3]
-        dng = read_dng_tags(path) if sniff(path) == "tiff" else {}
+        dng = read_dng_tags(path) if is_tiff else {}
         meta["matrix_source"] = "libraw"
-        if not np.any(xyz_to_cam):
+        if not np.any(xyz_to_cam) and not mono:
             m = _pick_dng_matrix(dng)
             if m is not None:
                 xyz_to_cam, meta["matrix_source"] = m, "dng-tags"
@@ -186,7 +306,9 @@ def load_raw(path: str | Path, *, half_size: bool = False, demosaic: str = "AHD"
             meta["as_shot_neutral"] = [float(x) for x in dng["AsShotNeutral"][:3]]
         elif cam_wb[1] > 0 and all(x > 0 for x in cam_wb[:3]):
             meta["as_shot_neutral"] = [cam_wb[1] / x for x in cam_wb[:3]]
-        if not all(x > 0 for x in cam_wb[:3]):
+        if mono:
+            pass
+        elif not all(x > 0 for x in cam_wb[:3]):
             msg = f"{path}: implausible as-shot white balance {cam_wb[:3]}"
             if strict:
                 raise DecodeError(msg + " (--strict)")
@@ -195,6 +317,10 @@ def load_raw(path: str | Path, *, half_size: bool = False, demosaic: str = "AHD"
             ratio = max(cam_wb[:3]) / max(min(cam_wb[:3]), 1e-9)
             if ratio > 16:
                 log.warning("%s: implausible white balance multipliers %s", path, [round(x, 3) for x in cam_wb[:3]])
+        if mono:  # no colour to balance or transform: grey maps to neutral grey
+            xyz_to_cam = np.tile(_D65_XYZ / _D65_XYZ.sum(), (3, 1)) + np.eye(3) * 1e-3  # invertible, white -> 1
+            meta["matrix_source"] = "monochrome"
+            meta["xyz_to_cam"] = xyz_to_cam.tolist()
         if dng.get("NoiseProfile"):
             meta["noise_profile"] = dng["NoiseProfile"]
         if dng.get("BaselineExposure"):
@@ -205,15 +331,39 @@ def load_raw(path: str | Path, *, half_size: bool = False, demosaic: str = "AHD"
             algo = getattr(rawpy.DemosaicAlgorithm, demosaic.upper())
         except AttributeError:
             raise DecodeError(f"unknown demosaic algorithm {demosaic!r}") from None
+        wb_ok = all(x > 0 for x in cam_wb[:3]) and not mono
+        kw = dict(half_size=half_size, no_auto_bright=True, output_bps=16, gamma=(1, 1),
+                  output_color=rawpy.ColorSpace.raw, user_flip=None, use_camera_wb=wb_ok,
+                  user_wb=[1.0, 1.0, 1.0, 1.0] if mono else None)
+        native = _NativeStderr()
         try:
-            rgb16 = raw.postprocess(
-                demosaic_algorithm=algo, half_size=half_size, use_camera_wb=all(x > 0 for x in cam_wb[:3]),
-                no_auto_bright=True, output_bps=16, gamma=(1, 1), output_color=rawpy.ColorSpace.raw,
-                user_flip=None,
-            )
+            with native:
+                rgb16 = raw.postprocess(demosaic_algorithm=algo, **kw)
         except (rawpy.LibRawError, OSError, MemoryError) as e:
-            raise DecodeError(f"{path}: RAW decode failed ({type(e).__name__}: {e})") from None
-        meta["flip"] = int(raw.sizes.flip)
+            non_bayer = pattern is not None and not mono and pattern.shape != (2, 2)
+            if not non_bayer or isinstance(e, MemoryError) or demosaic.upper() == "LINEAR":
+                raise DecodeError(f"{path}: RAW decode failed: {_libraw_reason(e, native)}") from None
+            log.warning("%s: %s demosaicing failed on this %dx%d CFA (%s); using LINEAR interpolation", path,
+                        demosaic.upper(), pattern.shape[0], pattern.shape[1], _libraw_reason(e, native))
+            raw.close()
+            raw = _raw_open(path, max_megapixels)  # LibRaw needs a fresh unpack after a failed postprocess
+            try:
+                with native:
+                    raw.unpack()
+                    rgb16 = raw.postprocess(demosaic_algorithm=rawpy.DemosaicAlgorithm.LINEAR, **kw)
+            except (rawpy.LibRawError, OSError, MemoryError) as e2:
+                raise DecodeError(f"{path}: RAW decode failed for this {pattern.shape[0]}x{pattern.shape[1]} CFA: "
+                                  f"{_libraw_reason(e2, native)}") from None
+            finally:
+                meta["flip"] = int(raw.sizes.flip)
+                raw.close()
+        meta["flip"] = int(raw.sizes.flip) if "flip" not in meta else meta["flip"]
+        if rgb16.ndim == 2:
+            rgb16 = rgb16[..., None]
+        if rgb16.shape[2] == 1:
+            rgb16 = np.repeat(rgb16, 3, axis=2)
+        elif rgb16.shape[2] != 3:
+            raise UnsupportedFormatError(f"{path}: unsupported raw layout ({rgb16.shape[2]} output channels)")
     meta.update(read_exif(path))
     meta["orientation_applied"] = True
     cam = rgb16.astype(np.float32)
@@ -232,6 +382,7 @@ def load_raw(path: str | Path, *, half_size: bool = False, demosaic: str = "AHD"
     del cmax
     np.maximum(img, 0.0, out=img)  # negative values from the matrix are out-of-gamut noise
     _check_pixels(path, img)
+    _warn_exposure(path, img, meta["clip_fraction"])
     meta["noise"] = {"iso": meta.get("iso"), "black_level": meta["black_level"], "white_level": meta["white_level"],
                      "profile": meta.get("noise_profile")}
     meta["width"], meta["height"] = int(img.shape[1]), int(img.shape[0])
@@ -302,6 +453,7 @@ def load_image(path: str | Path, *, max_megapixels: float = DEFAULT_MAX_MEGAPIXE
     np.maximum(img, 0.0, out=img)
     if not np.isfinite(img).all():  # an all-black JPEG is a legitimate photo; NaN is not
         raise DecodeError(f"{path}: decoded data contains NaN or infinite values")
+    _warn_exposure(path, img, float(np.mean(enc.max(axis=2) >= 0.999)))
     meta["width"], meta["height"] = int(img.shape[1]), int(img.shape[0])
     meta["noise"] = {"iso": meta.get("iso")}
     return Frame(image=img, meta=meta)
@@ -379,16 +531,32 @@ def _to_encoded_float(path, arr: np.ndarray, icc) -> tuple[np.ndarray, str]:
 def decode_file(path: str | Path, *, half_size: bool = False, demosaic: str = "AHD",
                 max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, strict: bool = False) -> Frame:
     """Decode any supported file (RAW or encoded image), chosen by content, not by extension."""
+    import stat
+
     p = Path(path)
-    if not p.exists():
-        raise DecodeError(f"{path}: no such file")
-    if p.is_dir():
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise DecodeError(f"{path}: no such file" + (" (dangling symbolic link)" if p.is_symlink() else "")) from None
+    except OSError as e:  # ELOOP (symlink loop), EACCES on a parent folder, ENAMETOOLONG...
+        raise DecodeError(f"{path}: cannot access ({e.strerror or e})") from None
+    if stat.S_ISDIR(st.st_mode):
         raise DecodeError(f"{path}: is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise DecodeError(f"{path}: not a regular file (device, pipe or socket)")
     if not os.access(p, os.R_OK):
         raise DecodeError(f"{path}: permission denied")
-    if p.stat().st_size == 0:
+    if st.st_size == 0:
         raise DecodeError(f"{path}: empty file (0 bytes)")
-    kind = sniff(p)
+    try:
+        kind = sniff(p)
+    except PermissionError:
+        raise DecodeError(f"{path}: permission denied") from None
+    ext = p.suffix.lower()
+    if ext in RAW_EXTENSIONS and kind in ("jpeg", "png", "heif", "webp"):
+        log.warning("%s: named %s but the content is %s; decoding it as %s", path, ext, kind.upper(), kind.upper())
+    elif ext in IMAGE_EXTENSIONS and kind == "raw":
+        log.warning("%s: named %s but the content is not that format; trying the RAW decoder", path, ext)
     if kind in ("jpeg", "png", "heif", "webp"):
         return load_image(p, max_megapixels=max_megapixels, strict=strict)
     if kind == "tiff":
