@@ -72,7 +72,7 @@ def style_stage(frame: Frame, tone: float, warmth: float, colour: float, skin_pr
 
 
 @register_stage("denoise", requires=("linear", "masks"),
-                params={"strength": 1.0, "sky_boost": 1.0, "skin_boost": 0.5, "radius": 0})
+                params={"strength": 1.0, "sky_boost": 0.4, "skin_boost": 0.3, "radius": 0})
 def denoise_stage(frame: Frame, strength: float, sky_boost: float, skin_boost: float, radius: int) -> Frame:
     """Noise-model-driven guided-filter denoise, stronger on sky and skin."""
     if strength == 0:

@@ -41,7 +41,7 @@ def make_frame(linear_image, with_masks=True, with_person=True):
 
 EXPECTED = {
     "style": ({"tone": 0.0, "warmth": 0.0, "colour": 0.0, "skin_protect": 1.0}, {"linear", "masks"}),
-    "denoise": ({"strength": 1.0, "sky_boost": 1.0, "skin_boost": 0.5, "radius": 0}, {"linear", "masks"}),
+    "denoise": ({"strength": 1.0, "sky_boost": 0.4, "skin_boost": 0.3, "radius": 0}, {"linear", "masks"}),
     "sharpen": ({"amount": 0.5, "radius": 1.0, "noise_floor": 1.0}, {"linear", "masks"}),
     "subject_tone": ({"strength": 1.0, "face_target_L": 60.0, "contrast": 0.0, "max_ev": 2.5},
                      {"linear", "masks", "persons"}),
@@ -76,7 +76,7 @@ def test_style_stage_equals_function(linear_image):
 def test_denoise_stage_equals_function_and_records_model(linear_image):
     f = make_frame(linear_image)
     exp = denoise(linear_image, NoiseModel(1e-3, 1e-5), f.masks["sky"], f.masks["skin"], strength=1.0,
-                  sky_boost=1.0, skin_boost=0.5)
+                  sky_boost=0.4, skin_boost=0.3)
     out = run("denoise", f)
     np.testing.assert_allclose(out.image, exp, atol=0)
     assert out.meta["noise_model"] == {"a": 1e-3, "b": 1e-5, "source": "metadata"}
