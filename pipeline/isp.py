@@ -85,19 +85,29 @@ def wb_stage(frame: Frame, temperature: float, tint: float, ev: float) -> Frame:
 # ---------------------------------------------------------------------------------------------------- highlights --
 
 
-def reconstruct_highlights(image: np.ndarray, weight: np.ndarray | None, strength: float = 1.0) -> np.ndarray:
-    """Blend near-clipped pixels toward neutral at their own luminance (in place when possible).
+def reconstruct_highlights(image: np.ndarray, weight, strength: float = 1.0) -> np.ndarray:
+    """Blend near-clipped pixels toward neutral at their own luminance (in place).
 
     Args:
         image: float32 (H, W, 3) linear working RGB.
-        weight: float32 (H, W) in [0, 1], 1 where the camera clipped, or None (nothing clipped: identity).
+        weight: float32 (H, W) in [0, 1] (1 where the camera clipped), or a sparse pair (flat pixel indices,
+            weights) as produced by decode, or None (nothing near clipping: identity).
         strength: 0..1, 0 = identity.
     """
     if weight is None or strength <= 0:
         return image
-    y = cc.luminance(image)
-    w = weight * np.float32(strength)
-    image -= (image - y[..., None]) * w[..., None]
+    flat = image.reshape(-1, 3)
+    if isinstance(weight, tuple):
+        idx, w = weight
+    else:
+        idx = np.flatnonzero(weight)
+        w = np.asarray(weight, np.float32).ravel()[idx]
+    if idx.size == 0:
+        return image
+    px = flat[idx]
+    y = px @ cc.luminance_weights()
+    px -= (px - y[:, None]) * (w * np.float32(strength))[:, None]
+    flat[idx] = px
     return image
 
 

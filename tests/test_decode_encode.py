@@ -36,10 +36,10 @@ def test_samples_decode_to_linear_working_space(path):
 
 def test_sniffing_ignores_extensions(tmp_path):
     png = tmp_path / "really_a_png.dng"
-    Image.fromarray(np.full((4, 5, 3), 128, np.uint8)).save(png, "PNG")
+    Image.fromarray(np.full((8, 10, 3), 128, np.uint8)).save(png, "PNG")
     f = decode_file(png)
     assert f.meta["format"] == "png" and not f.meta["scene_referred"]
-    np.testing.assert_allclose(f.image, cc.display_to_working(np.full((4, 5, 3), 128 / 255, np.float32)), atol=1e-5)
+    np.testing.assert_allclose(f.image, cc.display_to_working(np.full((8, 10, 3), 128 / 255, np.float32)), atol=1e-5)
 
 
 def test_jpeg_orientation_is_honoured(tmp_path):
@@ -58,12 +58,12 @@ def test_jpeg_orientation_is_honoured(tmp_path):
 def test_16bit_tiff_and_p3_png(tmp_path):
     import tifffile
 
-    ramp = (np.linspace(0, 65535, 30 * 3).reshape(1, 30, 3).repeat(4, 0)).astype(np.uint16)
+    ramp = (np.linspace(0, 65535, 30 * 3).reshape(1, 30, 3).repeat(8, 0)).astype(np.uint16)
     p = tmp_path / "ramp16.tif"
     tifffile.imwrite(p, ramp, photometric="rgb")
     f = decode_file(p)
     np.testing.assert_allclose(cc.working_to_display(f.image), ramp / 65535.0, atol=2e-5)
-    arr = (np.random.default_rng(0).random((6, 7, 3)) * 255).astype(np.uint8)
+    arr = (np.random.default_rng(0).random((9, 11, 3)) * 255).astype(np.uint8)
     q = tmp_path / "p3.png"
     Image.fromarray(arr).save(q, icc_profile=icc_profile("display-p3"))
     g = decode_file(q)
