@@ -1,0 +1,61 @@
+"""ONNX export matches eager PyTorch; runtime choice and fallback; the export cache keyed by the weights hash."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from campipe.segmentation.checkpoint import load_checkpoint
+from campipe.segmentation.export import cached_onnx_path, export_onnx
+from campipe.segmentation.runtime import OrtRunner, TorchRunner, make_runner
+from test_segmentation_helpers import calibrated_model, tiny_checkpoint, tiny_config
+
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.mark.parametrize("scene_only", [False, True])
+def test_onnx_matches_eager(tmp_path, scene_only):
+    m = calibrated_model(tiny_config(keep_dec_layers=2))
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = m(x, scene_only=scene_only)
+    p = export_onnx(m, tmp_path / "m.onnx", scene_only=scene_only)
+    with torch.no_grad():  # exporting must not change the caller's model
+        again = m(x, scene_only=scene_only)
+    assert torch.equal(ref["sem_logits"], again["sem_logits"])
+    out = OrtRunner(p, threads=1)(x.numpy())
+    keys = ["sem_logits"] if scene_only else ["sem_logits", "pred_logits", "pred_masks"]
+    assert sorted(out) == sorted(keys)
+    for k in keys:
+        np.testing.assert_allclose(out[k], ref[k].numpy(), atol=1e-4, rtol=1e-4, err_msg=k)
+
+
+def test_auto_runtime_uses_cached_onnx(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAMPIPE_CACHE", str(tmp_path / "cache"))
+    ck = tiny_checkpoint(tmp_path / "t.pt")
+    model, meta = load_checkpoint(ck, keep_dec_layers=2)
+    r = make_runner(model, meta["sha256"], "auto")
+    assert isinstance(r, OrtRunner)
+    cached = cached_onnx_path(meta["sha256"], 2)
+    assert cached.is_file() and str(tmp_path / "cache") in str(cached)
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 96)).astype(np.float32)
+    ref = TorchRunner(model)(x)
+    out = r(x)
+    for k in ref:
+        np.testing.assert_allclose(out[k], ref[k], atol=1e-4, rtol=1e-4)
+    mtime = cached.stat().st_mtime_ns
+    make_runner(model, meta["sha256"], "onnx")  # second use: no re-export
+    assert cached.stat().st_mtime_ns == mtime
+
+
+def test_fallback_to_torch_without_onnxruntime(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("CAMPIPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
+    m = calibrated_model(tiny_config())
+    r = make_runner(m, "0" * 64, "auto")
+    assert isinstance(r, TorchRunner)
+    assert "onnxruntime is not installed" in caplog.text
+    with pytest.raises(RuntimeError, match="needs the onnxruntime package"):
+        make_runner(m, "0" * 64, "onnx")
