@@ -5,6 +5,12 @@ folder, fsync'ed, then linked into place (``os.link`` fails if the name exists, 
 unless ``overwrite=True``, which uses ``os.replace``). On any error (disk full, permissions) the temporary file is
 removed and the previous output, if any, stays intact. The output can never be the input.
 
+Two campipe processes writing the same output are serialised by a per-output lock (:func:`output_lock`: a POSIX
+byte-range lock on one hidden ``.campipe.lock`` file per output folder, at an offset derived from the file name), so
+the existence check, the write and the rename happen as one step; readers only ever see a complete old or new file.
+Temporary files of killed runs (``.NAME.campipe-tmp-PID-RANDOM``) are removed by :func:`remove_stale_temps` once
+their writer process is gone.
+
 EXIF carried over from the input: Make, Model, LensModel, ExposureTime, FNumber, ISO, FocalLength(35 mm),
 DateTimeOriginal; Orientation is reset to 1 (pixels are already rotated); Software = campipe.
 TIFF gets the same fields as TIFF/EP-style IFD0 tags (tifffile does not write an EXIF sub-IFD).
@@ -13,7 +19,11 @@ References: Pillow image file formats (JPEG/PNG/AVIF save options), pillow-heif,
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import io
+import logging
 import os
 import secrets
 from fractions import Fraction
@@ -28,6 +38,9 @@ from .output import quantize
 
 FORMATS = {"jpeg": ".jpg", "png": ".png", "tiff16": ".tif", "heic": ".heic", "avif": ".avif"}
 TMP_MARK = ".campipe-tmp-"
+LOCK_NAME = ".campipe.lock"
+
+log = logging.getLogger("campipe")
 
 
 def _rational(v: float, max_den: int = 100000):
@@ -154,17 +167,77 @@ def encode_bytes(display: np.ndarray, fmt: str, quality: int = 92, meta: dict | 
     return buf.getvalue()
 
 
+def _why(e: OSError) -> str:
+    if e.errno == errno.ENOSPC:
+        return "disk full: No space left on device"
+    if e.errno == errno.EDQUOT:
+        return "disk quota exceeded"
+    if e.errno == errno.EFBIG:
+        return "file too large for this file system or process limit"
+    return e.strerror or str(e)
+
+
+@contextlib.contextmanager
+def output_lock(path: str | Path):
+    """Hold an exclusive inter-process lock for writing ``path`` (blocks while another process holds it).
+
+    A 1-byte POSIX record lock (``fcntl.lockf``) on ``FOLDER/.campipe.lock`` at an offset hashed from the file name:
+    one small hidden file per folder instead of one lock file per output. POSIX record locks belong to the process
+    (they do not exclude threads of one process) and are dropped if the process closes *any* descriptor of the lock
+    file, so campipe only opens it here. Raises EncodeError when the folder is not writable. File systems without
+    lock support (``ENOLCK``) proceed unlocked (the write is still atomic).
+    """
+    import fcntl
+
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise EncodeError(f"{path}: cannot write in {folder} ({_why(e)})") from None
+    off = int.from_bytes(hashlib.blake2b(os.fsencode(path.name), digest_size=4).digest(), "big") & 0x7FFFFFFF
+    locked = False
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX, 1, off)
+            locked = True
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                raise EncodeError(f"{path}: cannot lock the output ({_why(e)})") from None
+            log.debug("%s: file system without record locks; writing unlocked", path)
+        yield
+    finally:
+        if locked:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_UN, 1, off)
+            except OSError:
+                pass
+        os.close(fd)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = False) -> Path:
-    """Write ``data`` to ``path`` all-or-nothing (temp file + fsync + link/rename)."""
+    """Write ``data`` to ``path`` all-or-nothing (temp file + fsync + link/rename), under :func:`output_lock`.
+
+    Raises EncodeError (one line naming the file and the reason) when the output exists and ``overwrite`` is false,
+    the folder is missing or not writable, or the disk is full; in every failure case the previous ``path`` (if any)
+    is untouched and no temporary file remains.
+    """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise EncodeError(f"{path}: output folder {folder} does not exist")
+    with output_lock(path):
+        if not overwrite and (path.exists() or path.is_symlink()):
+            raise EncodeError(f"{path}: exists (use --overwrite to replace it)")
+        return _write_locked(path, folder, data, overwrite)
+
+
+def _write_locked(path: Path, folder: Path, data: bytes, overwrite: bool) -> Path:
     tmp = folder / f".{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except OSError as e:
-        raise EncodeError(f"{path}: cannot write in {folder} ({e.strerror})") from None
+        raise EncodeError(f"{path}: cannot write in {folder} ({_why(e)})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -190,7 +263,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = False) -
         except OSError:
             pass
     except OSError as e:
-        raise EncodeError(f"{path}: write failed ({e.strerror or e}); no partial file was left") from None
+        raise EncodeError(f"{path}: write failed ({_why(e)}); no partial file was left") from None
     finally:
         try:
             os.unlink(tmp)
@@ -221,8 +294,29 @@ def write_image(path: str | Path, display: np.ndarray, fmt: str | None = None, q
     return atomic_write_bytes(path, data, overwrite)
 
 
+def _writer_alive(pid: int, since: float) -> bool:
+    """Whether process ``pid`` exists and is old enough to have written a file modified at ``since`` (a reused
+    PID of a newer process does not count)."""
+    if pid == os.getpid():
+        return False  # this process has no write in flight when it cleans up
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        started = os.stat(f"/proc/{pid}").st_ctime
+    except OSError:
+        return True  # no /proc (not Linux): trust the PID
+    return started <= since + 1.0
+
+
 def remove_stale_temps(folder: str | Path) -> int:
-    """Delete temporary files left by killed campipe runs in ``folder`` (their writer process is gone)."""
+    """Delete temporary files left by killed campipe runs in ``folder`` (their writer process is gone).
+
+    Returns the number of files removed. Temporary files of live writers (another campipe run) are kept.
+    """
     n = 0
     folder = Path(folder)
     if not folder.is_dir():
@@ -230,16 +324,10 @@ def remove_stale_temps(folder: str | Path) -> int:
     for p in folder.glob(f".*{TMP_MARK}*"):
         try:
             pid = int(p.name.rsplit(TMP_MARK, 1)[1].split("-")[0])
-        except (IndexError, ValueError):
+            mtime = p.lstat().st_mtime
+        except (IndexError, ValueError, OSError):
             continue
-        alive = True
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:
-            alive = True
-        if not alive or pid == os.getpid():
+        if not _writer_alive(pid, mtime):
             try:
                 p.unlink()
                 n += 1
