@@ -19,37 +19,53 @@ from functools import lru_cache
 
 import numpy as np
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    import colour  # noqa: E402  (colour-science warns about matplotlib at import)
+from . import _matrices as M
 
 WORKING_SPACE = "ITU-R BT.2020"
 OUTPUT_SPACES = {"srgb": "sRGB", "display-p3": "Display P3"}
 
 
+def __getattr__(name):
+    """``campipe.colour.colour`` is colour-science, imported on first use (it costs ~0.6 s at start-up)."""
+    if name == "colour":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # colour-science warns about matplotlib at import
+            import colour
+        return colour
+    raise AttributeError(name)
+
+
 @lru_cache(maxsize=None)
 def _rgb_space(name: str):
-    return colour.RGB_COLOURSPACES[name]
+    return __getattr__("colour").RGB_COLOURSPACES[name]
 
+
+# The fixed matrices below were computed by colour-science (campipe.gen_matrices writes _matrices.py; a test
+# recomputes them and checks they are identical), so that start-up does not pay colour-science's import.
 
 @lru_cache(maxsize=None)
 def xyz_to_working() -> np.ndarray:
     """3x3 matrix XYZ (D65) -> linear working RGB."""
-    return np.asarray(_rgb_space(WORKING_SPACE).matrix_XYZ_to_RGB, dtype=np.float64)
+    return np.asarray(M.XYZ_TO_WORKING, dtype=np.float64)
 
 
 @lru_cache(maxsize=None)
 def working_to_xyz() -> np.ndarray:
     """3x3 matrix linear working RGB -> XYZ (D65)."""
-    return np.asarray(_rgb_space(WORKING_SPACE).matrix_RGB_to_XYZ, dtype=np.float64)
+    return np.asarray(M.WORKING_TO_XYZ, dtype=np.float64)
 
 
 @lru_cache(maxsize=None)
 def working_to_output(space: str) -> np.ndarray:
     """3x3 matrix linear working RGB -> linear output RGB ('srgb' or 'display-p3'); both D65, so no adaptation."""
-    out = _rgb_space(OUTPUT_SPACES[space])
-    return np.asarray(colour.matrix_RGB_to_RGB(_rgb_space(WORKING_SPACE), out, chromatic_adaptation_transform=None),
-                      dtype=np.float64)
+    if space not in OUTPUT_SPACES:
+        raise ValueError(f"unknown output space {space!r}; choose one of {', '.join(OUTPUT_SPACES)}")
+    return np.asarray(M.WORKING_TO_SRGB if space == "srgb" else M.WORKING_TO_DISPLAY_P3, dtype=np.float64)
+
+
+def rgb_to_xyz(space: str) -> np.ndarray:
+    """3x3 matrix linear output-space RGB ('srgb' / 'display-p3') -> XYZ (D65)."""
+    return np.asarray(M.SRGB_TO_XYZ if space == "srgb" else M.DISPLAY_P3_TO_XYZ, dtype=np.float64)
 
 
 @lru_cache(maxsize=None)
@@ -132,10 +148,10 @@ def display_to_working(enc: np.ndarray, space: str = "srgb") -> np.ndarray:
 def working_to_lab(img: np.ndarray) -> np.ndarray:
     """Linear working RGB -> CIE L*a*b* (D65 reference white), float32 (..., 3)."""
     xyz = apply_matrix(np.maximum(img, 0), working_to_xyz())
-    wp = colour.CCS_ILLUMINANTS["CIE 1931 2 Degree Standard Observer"]["D65"]
-    return np.asarray(colour.XYZ_to_Lab(xyz, wp), dtype=np.float32)
+    colour = __getattr__("colour")
+    return np.asarray(colour.XYZ_to_Lab(xyz, np.asarray(M.D65_XY)), dtype=np.float32)
 
 
 def delta_e_2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
     """CIEDE2000 colour difference between two L*a*b* arrays (..., 3)."""
-    return np.asarray(colour.delta_E(lab1, lab2, method="CIE 2000"), dtype=np.float32)
+    return np.asarray(__getattr__("colour").delta_E(lab1, lab2, method="CIE 2000"), dtype=np.float32)

@@ -1,8 +1,8 @@
 """Build ICC v4 display profiles (matrix/TRC) for campipe's output spaces: sRGB and Display P3.
 
 Both are RGB -> PCS-XYZ (D50) profiles with the sRGB piecewise transfer function (parametric curve type 3),
-colorants Bradford-adapted from D65 to D50 and a ``chad`` tag, as ICC.1:2010 (v4.3) specifies. The primaries and
-white come from colour-science; no profile file is shipped or downloaded.
+colorants Bradford-adapted from D65 to D50 and a ``chad`` tag, as ICC.1:2010 (v4.3) specifies. The matrices come
+from colour-science (via campipe._matrices); no profile file is shipped or downloaded.
 
 References: ICC.1:2010-12 (profile format), IEC 61966-2-1, SMPTE EG 432-1, Apple's Display P3 profile (same
 construction).
@@ -46,9 +46,10 @@ def _sf32(m: np.ndarray) -> bytes:
 @lru_cache(maxsize=None)
 def icc_profile(space: str = "srgb") -> bytes:
     """ICC v4.3 profile bytes for 'srgb' or 'display-p3'."""
-    rgb = cc._rgb_space(cc.OUTPUT_SPACES[space])
-    to_xyz = np.asarray(rgb.matrix_RGB_to_XYZ, dtype=np.float64)
-    chad = np.asarray(cc.colour.adaptation.matrix_chromatic_adaptation_VonKries(_D65, _D50, transform="Bradford"))
+    from . import _matrices as M
+
+    to_xyz = cc.rgb_to_xyz(space)
+    chad = np.asarray(M.BRADFORD_D65_TO_D50, dtype=np.float64)
     m50 = chad @ to_xyz
     trc = _para_srgb()
     tags = [

@@ -137,3 +137,12 @@ def test_dither_breaks_banding_in_a_smooth_gradient():
     dith = quantize(ramp, 8, dither=1.0).astype(np.float32).mean(axis=0)[:, 0]
     target = ramp[0, :, 0] * 255
     assert np.abs(dith - target).mean() < 0.5 * np.abs(plain - target).mean()
+
+
+def test_stored_matrices_equal_colour_science():
+    """pipeline/_matrices.py (read at start-up instead of importing colour-science) is what colour-science computes."""
+    from campipe import _matrices
+    from campipe.gen_matrices import compute
+
+    for k, v in compute().items():
+        np.testing.assert_allclose(np.asarray(getattr(_matrices, k)), np.asarray(v), rtol=0, atol=1e-15, err_msg=k)
