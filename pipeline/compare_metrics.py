@@ -102,8 +102,11 @@ def clipped_fractions(display: np.ndarray) -> dict[str, float]:
     """Fractions in [0, 1] of pixels clipped at the top (any channel) and crushed at the bottom (all channels)."""
     a = _check_rgb(display, "clipped_fractions")
     n = a.shape[0] * a.shape[1]
-    hi = np.count_nonzero((a >= CLIP_HI).any(axis=2)) / n
-    lo = np.count_nonzero((a <= CLIP_LO).all(axis=2)) / n
+    # any channel >= hi  <=>  max >= hi;  all channels <= lo  <=>  max <= lo. The channel max of three strided views
+    # is ~4x faster than .any/.all over the channel axis on 24 MP.
+    mx = np.maximum(np.maximum(a[..., 0], a[..., 1]), a[..., 2])
+    hi = np.count_nonzero(mx >= CLIP_HI) / n
+    lo = np.count_nonzero(mx <= CLIP_LO) / n
     return {"highlights": float(hi), "shadows": float(lo)}
 
 

@@ -173,7 +173,7 @@ def write_overlays(out_dir: str | Path, masks: dict[str, np.ndarray] | None, per
             raise ValueError(f"mask {key!r}: expected (H, W), got shape {m.shape}")
         rgba = overlay_rgba(_downscale_mask(m, max_side), col)
         rel = f"{subdir}/{safe_name(key)}.png"
-        Image.fromarray(rgba, "RGBA").save(out_dir / rel, compress_level=6)
+        Image.fromarray(rgba, "RGBA").save(out_dir / rel, compress_level=3)
         overlays.append(PageOverlay(key, label, rel, _hex(col), hot))
     return overlays
 

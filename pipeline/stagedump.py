@@ -33,6 +33,7 @@ from __future__ import annotations
 import resource
 import sys
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -40,7 +41,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .colour import working_to_display
+from .colour import apply_matrix, srgb_encode, working_to_output
 from .frame import Frame
 
 OnStage = Callable[[str, Frame, float], None]
@@ -174,11 +175,20 @@ def dump_view(frame: Frame, exposure_ev: float = 0.0) -> np.ndarray:
     slightly desaturated, which is fine for seeing *what changed*).
     """
     if frame.display is not None:
-        disp = frame.display
-    else:
-        lin = frame.image if exposure_ev == 0 else frame.image * np.float32(2.0 ** exposure_ev)
-        disp = working_to_display(np.clip(lin, 0.0, 1.0), "srgb")
-    return (np.clip(disp, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        return (np.clip(frame.display, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    lin = apply_matrix(frame.image, working_to_output("srgb") * (2.0 ** exposure_ev))
+    np.clip(lin, 0.0, 1.0, out=lin)
+    lin *= 65535.0
+    lin += 0.5
+    return _srgb8_lut()[lin.astype(np.uint16)]
+
+
+@lru_cache(maxsize=1)
+def _srgb8_lut() -> np.ndarray:
+    """16-bit linear -> 8-bit sRGB table: a lookup is ~10x faster than the transfer function on 24 MP, and the
+    table's linear step (1/65535) is far below one 8-bit code even in the steep toe of the curve."""
+    x = np.linspace(0.0, 1.0, 65536, dtype=np.float32)
+    return (srgb_encode(x) * 255.0 + 0.5).astype(np.uint8)
 
 
 def _downscale(a: np.ndarray, max_side: int | None) -> np.ndarray:
