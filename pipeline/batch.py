@@ -1,23 +1,57 @@
-"""Batch rendering: find inputs in a folder, render each with the same pipeline, in worker processes.
+"""Batch rendering: find inputs in a folder, render each with the same pipeline in worker processes, lose nothing.
 
-One bad file never stops the batch: each file's result is a :class:`FileResult` (ok / failed / skipped) with a
-one-line error. Workers build the pipeline once (process initializer), not once per file.
+* One bad file never stops the batch: each file's result is a :class:`FileResult` (ok / failed / skipped) with a
+  one-line error naming the file and the reason.
+* Workers are processes (``spawn``) that build the pipeline once (models included), then take one file at a time.
+  The parent always knows which file each worker holds, so a worker killed by a native crash (segfault or abort in a
+  decoder, OOM kill) loses only that file: the worker is replaced and the file is resubmitted once, then reported as
+  failed. An optional per-file ``timeout`` kills a hung worker (reported as failed, not retried).
+* Interrupts: SIGINT/SIGTERM in the parent stop dispatching; workers get SIGTERM, abandon their file (the atomic
+  write removes its temporary file) and exit; :func:`run_batch` re-raises ``KeyboardInterrupt`` (exit code 130 in
+  the CLI). Workers ask the kernel to SIGKILL them when the parent dies (``PR_SET_PDEATHSIG``), so a SIGKILLed batch
+  leaves no orphans; its temporary files are removed by the next run (:func:`campipe.encode.remove_stale_temps`).
+* Manifest (:class:`Manifest`): an append-only JSON-lines file ``OUT/.campipe-manifest.jsonl``. Each file gets a
+  ``started`` line when it is dispatched and a ``done`` line (status ok/failed, error, seconds) when it finishes, keyed
+  by the input's content hash (BLAKE2b-256; a same path + size + mtime fast path avoids re-reading unchanged files),
+  the settings hash (resolved stage list and parameters, output format and decode options, campipe version) and the
+  model hash (the segmentation weights file, or "none"). Re-running the same command resumes: files whose last
+  record is ``ok`` and whose output still exists are skipped, failed ones are retried, and a file left ``started``
+  by a killed run is re-rendered (its output, if the link happened just before the kill, is ours to replace).
+* Inputs: regular files with a supported extension; hidden files, campipe temp files and symbolic links are skipped;
+  directory links are never followed (so link loops cannot trap the walk) and the output folder is never walked.
 
-Inputs: regular files with a supported extension; hidden files, campipe temp files and symbolic links are skipped
-(directory links are never followed, so link loops cannot trap the walk).
+Test-only fault injection (never set in production): ``CAMPIPE_TEST_FAULT="ACTION:PATTERN[;ACTION:PATTERN...]"``
+makes a *batch worker* misbehave on inputs whose file name contains PATTERN (``*`` = every file) before rendering:
+``abort`` (os.abort, SIGABRT), ``segv`` (a real segmentation fault), ``exit`` (os._exit(3)), ``hang`` (sleep for
+an hour), ``sleep=SECONDS``. ``abort-once``/``segv-once`` crash only on the first attempt. Used by
+tests/test_batch*.py to exercise crash recovery with real dying processes.
+
+References: Python ``multiprocessing`` (spawn context, ``connection.wait`` on pipes and process sentinels),
+prctl(2) ``PR_SET_PDEATHSIG``, JSON Lines (jsonlines.org).
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
+import signal
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from .decode import SUPPORTED_EXTENSIONS
-from .encode import FORMATS, TMP_MARK
+from .encode import FORMATS, LOCK_NAME, TMP_MARK
 from .errors import CampipeError
+
+log = logging.getLogger("campipe")
+
+MANIFEST_NAME = ".campipe-manifest.jsonl"
+FAULT_ENV = "CAMPIPE_TEST_FAULT"
+#: How many times a file whose worker died is resubmitted before it is reported as failed.
+CRASH_RETRIES = 1
 
 
 @dataclass
@@ -36,23 +70,36 @@ class RenderJob:
 
 @dataclass
 class FileResult:
+    """Outcome of one file. ``status``: "ok" | "failed" | "skipped"; ``error``: one line naming the file and the
+    reason; ``error_type``: the exception class name (``WorkerCrash``/``Timeout`` for dead or hung workers);
+    ``attempts``: how many times it was dispatched."""
+
     input: str
     output: str | None
-    status: str  # "ok" | "failed" | "skipped"
+    status: str
     error: str | None = None
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    error_type: str | None = None
+    attempts: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def find_inputs(folder: str | Path, recursive: bool = False) -> Iterator[Path]:
-    """Supported regular files under ``folder`` in sorted order (never following directory links)."""
+# ------------------------------------------------------------------------------------------------- inputs ------
+
+def find_inputs(folder: str | Path, recursive: bool = False, exclude: Iterable[str | Path] = ()) -> Iterator[Path]:
+    """Supported regular files under ``folder`` in sorted order (never following directory links).
+
+    ``exclude``: folders not to walk (e.g. the output folder when it lies inside ``folder``).
+    """
     folder = Path(folder)
+    skip = {os.path.realpath(p) for p in exclude}
     if recursive:
         for root, dirs, files in os.walk(folder, followlinks=False):
-            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not os.path.islink(os.path.join(root, d)))
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not os.path.islink(os.path.join(root, d))
+                             and os.path.realpath(os.path.join(root, d)) not in skip)
             for name in sorted(files):
                 p = Path(root) / name
                 if _wanted(p):
@@ -66,7 +113,10 @@ def find_inputs(folder: str | Path, recursive: bool = False) -> Iterator[Path]:
 def _wanted(p: Path) -> bool:
     if p.name.startswith(".") or TMP_MARK in p.name:
         return False
-    if p.is_symlink() or not p.is_file():
+    try:
+        if p.is_symlink() or not p.is_file():
+            return False
+    except OSError:  # ELOOP, EACCES on odd entries: not an input
         return False
     return p.suffix.lower() in SUPPORTED_EXTENSIONS
 
@@ -79,16 +129,189 @@ def output_name(template: str, src: Path, style: str, fmt: str) -> str:
         raise CampipeError(f"--name {template!r}: unknown field {e}; use {{stem}}, {{style}}, {{ext}}, {{name}}")
 
 
+# ------------------------------------------------------------------------------------------ keys, manifest -----
+
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    """BLAKE2b-256 hex digest of a file's content (streamed; the file is opened read-only)."""
+    h = hashlib.blake2b(digest_size=32)
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def settings_hash(pipeline, job: RenderJob) -> str:
+    """Hash of everything that changes an output's pixels or bytes: stage order and resolved parameters, output
+    format and quality, decode options, campipe version. (The output path is recorded separately.)"""
+    from . import __version__
+
+    blob = {"stages": list(getattr(pipeline, "names", [])), "params": getattr(pipeline, "settings", {}),
+            "fmt": job.fmt, "quality": job.quality, "max_megapixels": job.max_megapixels, "strict": job.strict,
+            "half_size": job.half_size, "version": __version__}
+    return hashlib.blake2b(json.dumps(blob, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+
+
+_MODEL_CACHE: dict[tuple, str] = {}
+
+
+def model_hash(pipeline) -> str:
+    """Fingerprint of the segmentation model the pipeline uses: ``"none"`` when it has no segment stage or no
+    weights are installed, else ``"<file name>:<BLAKE2b-256 of the weights file>"`` (cached per path/size/mtime)."""
+    settings = getattr(pipeline, "settings", {}) or {}
+    if "segment" not in settings:
+        return "none"
+    try:
+        from campipe.segmentation import NoWeightsError, weights_path
+    except ImportError:
+        return "none"
+    try:
+        p = Path(weights_path(settings["segment"].get("weights") or None))
+        st = p.stat()
+    except (NoWeightsError, OSError):
+        return "none"
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = f"{p.name}:{file_digest(p)}"
+    return _MODEL_CACHE[key]
+
+
+class Manifest:
+    """Append-only JSON-lines record of a batch output folder (see the module docstring).
+
+    Every line is one JSON object written with a single ``write`` under an exclusive ``flock`` and fsync'ed, so
+    concurrent runs never interleave lines and a SIGKILL can at worst leave a torn *last* line, which
+    :meth:`load` ignores.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.path = self.folder / MANIFEST_NAME
+        self.records: list[dict[str, Any]] = []
+        self._last: dict[tuple, dict[str, Any]] = {}
+        self._fast: dict[tuple, str] = {}
+        self.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+
+    def load(self) -> "Manifest":
+        self.records.clear()
+        try:
+            with open(self.path, "rb") as f:
+                for raw in f:
+                    try:
+                        rec = json.loads(raw)
+                    except ValueError:
+                        continue  # a torn last line from a killed run
+                    if isinstance(rec, dict):
+                        self._index(rec)
+        except FileNotFoundError:
+            pass
+        return self
+
+    def _index(self, rec: dict[str, Any]) -> None:
+        self.records.append(rec)
+        k = (rec.get("key"), rec.get("settings"), rec.get("model"), rec.get("output"))
+        self._last[k] = rec
+        if rec.get("key") and rec.get("input"):
+            self._fast[(rec["input"], rec.get("size"), rec.get("mtime_ns"))] = rec["key"]
+
+    def input_key(self, path: str | Path) -> tuple[str, int, int]:
+        """(content hash, size, mtime_ns) of an input; unchanged files (same path, size, mtime) are not re-read."""
+        st = os.stat(path)
+        k = self._fast.get((str(path), st.st_size, st.st_mtime_ns))
+        if k is None:
+            k = file_digest(path)
+            self._fast[(str(path), st.st_size, st.st_mtime_ns)] = k
+        return k, st.st_size, st.st_mtime_ns
+
+    def last(self, key: str, settings: str, model: str, output: str) -> dict[str, Any] | None:
+        return self._last.get((key, settings, model, output))
+
+    def append(self, rec: dict[str, Any]) -> None:
+        import fcntl
+
+        rec = {"v": 1, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": self.run_id, **rec}
+        line = (json.dumps(rec, ensure_ascii=False, default=str) + "\n").encode("utf-8", "surrogateescape")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        self._index(rec)
+
+
+@dataclass
+class _Keyed:
+    job: RenderJob
+    key: str
+    size: int
+    mtime_ns: int
+
+
+class BatchLedger:
+    """Resume logic and manifest records for one batch run (used by :func:`run_batch` and the CLI).
+
+    ``plan(jobs)`` returns (jobs to render, results for skipped jobs); ``started``/``finished`` append the records.
+    """
+
+    def __init__(self, manifest: Manifest, settings: str, model: str):
+        self.manifest, self.settings, self.model = manifest, settings, model
+        self._keys: dict[str, _Keyed] = {}
+
+    def plan(self, jobs: list[RenderJob], resume: bool = True) -> tuple[list[RenderJob], list[FileResult]]:
+        """Key every job (content hash); with ``resume``, skip those already done with these settings and model."""
+        todo: list[RenderJob] = []
+        skipped: list[FileResult] = []
+        for job in jobs:
+            try:
+                key, size, mtime = self.manifest.input_key(job.input)
+            except OSError as e:
+                todo.append(job)  # render_one reports the reason (permission, vanished file)
+                log.debug("%s: cannot hash (%s)", job.input, e)
+                continue
+            self._keys[job.output] = _Keyed(job, key, size, mtime)
+            if not resume:
+                todo.append(job)
+                continue
+            last = self.manifest.last(key, self.settings, self.model, job.output)
+            if last is not None and last.get("status") == "ok" and os.path.exists(job.output) \
+                    and not job.overwrite:
+                skipped.append(FileResult(job.input, job.output, "skipped", None, 0.0, [], None, 0))
+                continue
+            if last is not None and last.get("status") == "started" and os.path.exists(job.output):
+                job.overwrite = True  # written by the interrupted run that recorded 'started': ours to replace
+            todo.append(job)
+        return todo, skipped
+
+    def _base(self, job: RenderJob) -> dict[str, Any]:
+        k = self._keys.get(job.output)
+        return {"input": job.input, "key": k.key if k else None, "size": k.size if k else None,
+                "mtime_ns": k.mtime_ns if k else None, "settings": self.settings, "model": self.model,
+                "output": job.output}
+
+    def started(self, job: RenderJob, attempt: int) -> None:
+        self.manifest.append({**self._base(job), "event": "start", "status": "started", "attempt": attempt})
+
+    def finished(self, job: RenderJob, r: FileResult) -> None:
+        self.manifest.append({**self._base(job), "event": "done", "status": r.status, "error": r.error,
+                              "error_type": r.error_type, "seconds": round(r.seconds, 4), "attempts": r.attempts,
+                              "warnings": r.warnings[:5]})
+
+
 # ----------------------------------------------------------------------------------------------- worker side ----
 
 _PIPELINE = None
 
 
 def _init_worker(style: str, sets: list[str], extra: list[str], threads: int) -> None:
+    """Build the pipeline once in this process (models load here, not once per file)."""
     global _PIPELINE
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and shuts the pool down
     try:
         import torch
         torch.set_num_threads(max(1, threads))
@@ -100,11 +323,12 @@ def _init_worker(style: str, sets: list[str], extra: list[str], threads: int) ->
 
 
 def render_one(job: RenderJob, pipeline=None) -> FileResult:
-    """Decode, run the pipeline, encode and atomically write one file. Never raises for a bad input."""
-    import logging
+    """Decode, run the pipeline, encode and atomically write one file. Never raises for a bad input.
 
+    The output path is checked (not the input, not existing unless ``overwrite``) before any decoding.
+    """
     from .api import process
-    from .encode import write_image
+    from .encode import check_output_path, write_image
 
     t0 = time.perf_counter()
     pipeline = pipeline or _PIPELINE
@@ -115,64 +339,284 @@ def render_one(job: RenderJob, pipeline=None) -> FileResult:
             warned.append(record.getMessage())
 
     h = _Catch(level=logging.WARNING)
-    log = logging.getLogger("campipe")
-    log.addHandler(h)
+    lg = logging.getLogger("campipe")
+    lg.addHandler(h)
     try:
+        check_output_path(job.output, [job.input], job.overwrite)
         res = process(job.input, pipeline=pipeline, max_megapixels=job.max_megapixels, strict=job.strict,
                       half_size=job.half_size)
         write_image(job.output, res.image, job.fmt, job.quality, res.frame.meta, job.overwrite,
                     inputs=[job.input])
         return FileResult(job.input, job.output, "ok", None, time.perf_counter() - t0, warned)
     except CampipeError as e:
-        return FileResult(job.input, None, "failed", str(e), time.perf_counter() - t0, warned)
+        return FileResult(job.input, None, "failed", str(e), time.perf_counter() - t0, warned, type(e).__name__)
     except (ValueError, MemoryError, OSError) as e:
         return FileResult(job.input, None, "failed", f"{job.input}: {type(e).__name__}: {e}",
-                          time.perf_counter() - t0, warned)
+                          time.perf_counter() - t0, warned, type(e).__name__)
     except Exception as e:  # a bug must not stop the batch either; reported as an internal error
+        if os.environ.get("CAMPIPE_DEBUG"):
+            raise
         return FileResult(job.input, None, "failed", f"{job.input}: internal error: {type(e).__name__}: {e}",
-                          time.perf_counter() - t0, warned)
+                          time.perf_counter() - t0, warned, "InternalError")
     finally:
-        log.removeHandler(h)
+        lg.removeHandler(h)
 
 
-def _render_in_worker(job: RenderJob) -> FileResult:
-    return render_one(job)
+def _inject_fault(job: RenderJob, attempt: int) -> None:
+    """Test-only (see module docstring): crash/hang/sleep on matching inputs when CAMPIPE_TEST_FAULT is set."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    name = Path(job.input).name
+    for item in spec.split(";"):
+        action, _, pat = item.partition(":")
+        if not pat or (pat != "*" and pat not in name):
+            continue
+        if action.endswith("-once"):
+            if attempt > 1:
+                continue
+            action = action[:-5]
+        if action == "abort":
+            os.abort()
+        elif action == "segv":
+            import ctypes
+            ctypes.string_at(0)
+        elif action == "exit":
+            os._exit(3)
+        elif action == "hang":
+            time.sleep(3600)
+        elif action.startswith("sleep="):
+            time.sleep(float(action.split("=", 1)[1]))
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (no orphans after a SIGKILLed batch)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
+def _worker_main(conn, parent_pid: int, style: str, sets: list[str], extra: list[str], threads: int) -> None:
+    """Worker process: build the pipeline once, then render one job per message until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
+
+    def _term(signum, frame):
+        raise SystemExit(128 + signum)  # unwinds render_one: the atomic write removes its temporary file
+
+    signal.signal(signal.SIGTERM, _term)
+    _die_with_parent()
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    try:
+        _init_worker(style, sets, extra, threads)
+    except Exception as e:  # noqa: BLE001 - reported to the parent as one line
+        conn.send(("fatal", f"{type(e).__name__}: {e}"))
+        return
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        idx, job, attempt = msg
+        _inject_fault(job, attempt)
+        r = render_one(job)
+        conn.send(("result", idx, r))
+
+
+# ----------------------------------------------------------------------------------------------- parent side ----
+
+def _signal_name(code: int | None) -> str:
+    if code is None:
+        return "unknown"
+    if code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+class _Worker:
+    def __init__(self, ctx, init_args: tuple):
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child, os.getpid(), *init_args), daemon=True,
+                                name="campipe-worker")
+        self.proc.start()
+        child.close()
+        self.ready = False
+        self.job: int | None = None
+        self.since = 0.0
+        self.dead = False
+
+    def send(self, idx: int, job: RenderJob, attempt: int) -> None:
+        self.job, self.since = idx, time.monotonic()
+        self.conn.send((idx, job, attempt))
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self.proc.is_alive():
+            try:
+                self.proc.terminate()
+            except OSError:
+                pass
+            self.proc.join(grace)
+            if self.proc.is_alive():
+                self.proc.kill()
+                self.proc.join(2)
+        self.conn.close()
+
+
+def _run_pool(jobs: list[RenderJob], init_args: tuple, workers: int, emit: Callable[[int, FileResult], None],
+              dispatched: Callable[[int, int], None] | None, timeout: float | None) -> None:
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    ctx = mp.get_context("spawn")
+    pending: deque[int] = deque(range(len(jobs)))
+    attempts = [0] * len(jobs)
+    pool = [_Worker(ctx, init_args) for _ in range(min(workers, len(jobs)))]
+    boot_failures = 0
+    try:
+        while pending or any(w.job is not None for w in pool):
+            for w in pool:
+                if w.ready and w.job is None and pending and not w.dead:
+                    i = pending.popleft()
+                    attempts[i] += 1
+                    if dispatched:
+                        dispatched(i, attempts[i])
+                    w.send(i, jobs[i], attempts[i])
+            waitables = [w.conn for w in pool if not w.dead] + [w.proc.sentinel for w in pool if not w.dead]
+            wait(waitables, timeout=0.5)
+            for w in list(pool):
+                if w.dead:
+                    continue
+                try:
+                    while w.conn.poll():
+                        msg = w.conn.recv()
+                        if msg[0] == "ready":
+                            w.ready = True
+                        elif msg[0] == "fatal":
+                            raise CampipeError(f"batch worker could not start: {msg[1]}")
+                        elif msg[0] == "result":
+                            _, i, r = msg
+                            r.attempts = attempts[i]
+                            w.job = None
+                            emit(i, r)
+                except (EOFError, OSError):
+                    pass
+                if not w.proc.is_alive():
+                    w.proc.join()
+                    w.dead = True
+                    why = _signal_name(w.proc.exitcode)
+                    if w.job is not None:
+                        i = w.job
+                        job = jobs[i]
+                        if attempts[i] <= CRASH_RETRIES:
+                            log.warning("%s: worker process died (%s); resubmitting the file once", job.input, why)
+                            pending.appendleft(i)
+                        else:
+                            emit(i, FileResult(job.input, None, "failed",
+                                               f"{job.input}: worker process crashed ({why}) on every attempt "
+                                               f"({attempts[i]}); the file was skipped",
+                                               time.monotonic() - w.since, [], "WorkerCrash", attempts[i]))
+                    elif not w.ready:
+                        boot_failures += 1
+                        if boot_failures > 3:
+                            raise CampipeError(f"batch workers keep dying while starting ({why})")
+                    w.conn.close()
+                    pool.remove(w)
+                    busy = sum(x.job is not None for x in pool)
+                    if len(pool) < workers and len(pending) > len(pool) - busy:
+                        pool.append(_Worker(ctx, init_args))
+                elif timeout and w.job is not None and time.monotonic() - w.since > timeout:
+                    i = w.job
+                    w.proc.kill()
+                    w.proc.join()
+                    w.dead = True
+                    w.conn.close()
+                    pool.remove(w)
+                    emit(i, FileResult(jobs[i].input, None, "failed",
+                                       f"{jobs[i].input}: gave up after {timeout:g} s (decoder hung?); the file "
+                                       f"was skipped", float(timeout), [], "Timeout", attempts[i]))
+                    if pending:
+                        pool.append(_Worker(ctx, init_args))
+            if not pool and pending:
+                pool.append(_Worker(ctx, init_args))
+        for w in pool:
+            try:
+                w.conn.send(None)
+            except OSError:
+                pass
+        for w in pool:
+            w.proc.join(5)
+    finally:
+        for w in pool:
+            w.stop()
 
 
 def run_batch(jobs: list[RenderJob], style: str, sets: list[str], extra: list[str], workers: int = 1,
-              on_result: Callable[[FileResult], None] | None = None) -> list[FileResult]:
-    """Render ``jobs`` with ``workers`` processes (1 = in this process). Results in completion order."""
+              on_result: Callable[[FileResult], None] | None = None, *, in_process: bool | None = None,
+              ledger: BatchLedger | None = None, timeout: float | None = None) -> list[FileResult]:
+    """Render ``jobs``; results in completion order.
+
+    Args:
+        workers: worker processes. ``in_process`` (default: ``workers <= 1``) renders in this process instead
+            (fast for tests and single files, but a native crash then ends the whole run).
+        on_result: called with each FileResult as it completes.
+        ledger: records ``started``/``done`` lines in the batch manifest (see :class:`BatchLedger`).
+        timeout: seconds per file before a worker is declared hung and killed (worker mode only).
+
+    Raises KeyboardInterrupt after stopping the workers when interrupted (SIGINT, or SIGTERM if the caller maps it).
+    """
     results: list[FileResult] = []
-    if workers <= 1 or len(jobs) <= 1:
+
+    def emit(i: int, r: FileResult) -> None:
+        if ledger is not None:
+            ledger.finished(jobs[i], r)
+        results.append(r)
+        if on_result:
+            on_result(r)
+
+    if in_process is None:
+        in_process = workers <= 1
+    if not jobs:
+        return results
+    if in_process:
         from .api import build
 
         pipeline = build(style, sets, extra)
-        for job in jobs:
-            r = render_one(job, pipeline)
-            results.append(r)
-            if on_result:
-                on_result(r)
+        for i, job in enumerate(jobs):
+            if ledger is not None:
+                ledger.started(job, 1)
+            emit(i, render_one(job, pipeline))
         return results
+    workers = max(1, workers)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(style, sets, extra, threads)) as pool:
-        futs = {pool.submit(_render_in_worker, j): j for j in jobs}
-        try:
-            for fut in as_completed(futs):
-                job = futs[fut]
-                try:
-                    r = fut.result()
-                except Exception as e:  # worker died (segfault in a native decoder, OOM kill)
-                    r = FileResult(job.input, None, "failed", f"{job.input}: worker crashed ({type(e).__name__})")
-                results.append(r)
-                if on_result:
-                    on_result(r)
-        except KeyboardInterrupt:
-            for f in futs:
-                f.cancel()
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    started = (lambda i, a: ledger.started(jobs[i], a)) if ledger is not None else None
+    _run_pool(jobs, (style, sets, extra, threads), workers, emit, started, timeout)
     return results
+
+
+def output_folders_writable(folder: str | Path) -> str | None:
+    """None if campipe can create files in ``folder`` (probed for real: root ignores mode bits), else the reason."""
+    probe = Path(folder) / f".campipe-probe{TMP_MARK}{os.getpid()}-0"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as e:
+        return e.strerror or str(e)
+    os.close(fd)
+    try:
+        os.unlink(probe)
+    except OSError:
+        pass
+    return None
+
+
+__all__ = ["RenderJob", "FileResult", "find_inputs", "output_name", "render_one", "run_batch", "Manifest",
+           "BatchLedger", "file_digest", "settings_hash", "model_hash", "MANIFEST_NAME", "LOCK_NAME",
+           "output_folders_writable"]

@@ -108,18 +108,26 @@ def register(app: typer.Typer) -> None:
                 usage_exit(f"--output {output}: exists and is not a folder")
             output.mkdir(parents=True, exist_ok=True)
         from .batch import RenderJob, output_name, render_one
-        from .encode import remove_stale_temps
+        from .encode import check_output_path, remove_stale_temps
 
-        results = []
-        failed = 0
+        _interrupt_on_sigterm()
+        jobs = []
         for src in inputs:
             folder = output if output is not None else src.parent
             try:
                 out = folder / output_name(name, src, pipeline.preset_name, fmt)
             except CampipeError as e:
                 usage_exit(str(e))
-            remove_stale_temps(folder)
             job = RenderJob(str(src), str(out), fmt, quality, overwrite, max_megapixels, strict, half_size)
+            try:  # refuse output == input (also via ./, .. or links) before any work on any file
+                check_output_path(out, [src], True)
+            except CampipeError as e:
+                usage_exit(str(e))
+            jobs.append(job)
+        results = []
+        failed = 0
+        for job in jobs:
+            remove_stale_temps(Path(job.output).parent)
             if dump_stages is not None or report:
                 r = _render_with_hooks(job, pipeline, dump_stages, report)
             else:
@@ -130,7 +138,7 @@ def register(app: typer.Typer) -> None:
                     sys.stderr.write(f"campipe: wrote {r.output} ({r.seconds:.2f} s)\n")
             else:
                 failed += 1
-                err(r.error or f"{src}: failed")
+                err(r.error or f"{job.input}: failed")
         if as_json:
             print(json.dumps([r.to_dict() for r in results], indent=2))
         raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
@@ -150,49 +158,105 @@ def register(app: typer.Typer) -> None:
         portrait: Annotated[bool, typer.Option("--portrait")] = False,
         max_megapixels: Annotated[float, typer.Option("--max-megapixels")] = 200.0,
         strict: Annotated[bool, typer.Option("--strict")] = False,
+        timeout: Annotated[float, typer.Option("--timeout", help="Seconds per file before a hung worker is killed (0 = no limit).")] = 0.0,
+        no_resume: Annotated[bool, typer.Option("--no-resume", help="Render every file again, ignoring the manifest of earlier runs.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable per-file report on stdout.")] = False,
         verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     ):
-        """Render every supported file in a folder; one bad file never stops the batch."""
+        """Render every supported file in a folder; one bad file never stops the batch.
+
+        Re-running the same command resumes: files already rendered with the same settings and model are skipped
+        (see OUTPUT/.campipe-manifest.jsonl), failed ones are retried. Ctrl-C stops cleanly (exit 130).
+        """
         setup_logging(verbose)
         _check_format(fmt, quality)
         if not folder.is_dir():
             usage_exit(f"{folder}: not a folder")
-        _build_or_exit(style, set_ or [], portrait, None, None, None)  # fail fast on a bad style or --set
+        pipeline = _build_or_exit(style, set_ or [], portrait, None, None, None)  # fail fast on a bad style/--set
         from .api import effect_overrides
-        from .batch import RenderJob, find_inputs, output_name, run_batch
-        from .encode import remove_stale_temps
+        from .batch import (BatchLedger, Manifest, RenderJob, find_inputs, model_hash, output_folders_writable,
+                            output_name, settings_hash)
+        from .encode import check_output_path, remove_stale_temps
 
+        _interrupt_on_sigterm()
         extra, more = effect_overrides(portrait)
         sets = list(set_ or []) + more
-        output.mkdir(parents=True, exist_ok=True)
-        srcs = list(find_inputs(folder, recursive))
+        if output.exists() and not output.is_dir():
+            usage_exit(f"--output {output}: exists and is not a folder")
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            err(f"{output}: cannot create the output folder ({e.strerror or e})")
+            raise typer.Exit(EXIT_FAILED)
+        why = output_folders_writable(output)
+        if why:
+            err(f"{output}: cannot write in the output folder ({why}); nothing was rendered")
+            raise typer.Exit(EXIT_FAILED)
+        srcs = list(find_inputs(folder, recursive, exclude=[output]))
         style_name = Path(style).stem if style.endswith(".toml") else style
-        job_list = []
+        job_list: list = []
+        taken: dict[str, str] = {}
         for src in srcs:
             rel = src.parent.relative_to(folder)
             dest = output / rel
-            dest.mkdir(parents=True, exist_ok=True)
-            remove_stale_temps(dest)
             try:
                 out = dest / output_name(name, src, style_name, fmt)
             except CampipeError as e:
                 usage_exit(str(e))
+            if str(out) in taken:  # RAW+JPEG pairs (IMG_1.CR2, IMG_1.JPG) would share a name: keep both
+                first = taken[str(out)]
+                alt = src.with_name(f"{src.stem}_{src.suffix.lstrip('.').lower()}{src.suffix}")
+                out = dest / output_name(name, alt, style_name, fmt)
+                log.warning("%s: its output name is taken by %s; writing %s instead", src, first, out.name)
+            try:  # output == input (e.g. -o FOLDER --name {name}) is refused before any work
+                check_output_path(out, [src], True)
+            except CampipeError as e:
+                usage_exit(str(e))
+            taken[str(out)] = str(src)
             job_list.append(RenderJob(str(src), str(out), fmt, quality, overwrite, max_megapixels, strict))
+        for dest in sorted({Path(j.output).parent for j in job_list}):
+            try:
+                dest.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                err(f"{dest}: cannot create the output folder ({e.strerror or e})")
+                raise typer.Exit(EXIT_FAILED)
+            n = remove_stale_temps(dest)
+            if n:
+                log.info("removed %d temporary file(s) left by an interrupted run in %s", n, dest)
+        manifest = Manifest(output).load()
+        ledger = BatchLedger(manifest, settings_hash(pipeline, job_list[0]) if job_list else "", model_hash(pipeline))
+        todo, skipped = ledger.plan(job_list, resume=not no_resume)
+        if skipped:
+            sys.stderr.write(f"campipe: resuming: {len(skipped)} file(s) already rendered with these settings are "
+                             f"skipped ({manifest.path.name}; --no-resume renders them again)\n")
         workers = jobs if jobs > 0 else (os.cpu_count() or 1)
         t0 = time.perf_counter()
-        results = _run_with_progress(job_list, style, sets, extra, workers, show=sys.stderr.isatty() and not as_json)
+        done: list = []
+        try:
+            results = _run_with_progress(todo, style, sets, extra, workers, show=sys.stderr.isatty() and not as_json,
+                                         ledger=ledger, timeout=timeout or None, sink=done)
+        except KeyboardInterrupt:
+            ok = sum(r.status == "ok" for r in done)
+            sys.stderr.write(f"campipe: interrupted: {ok} rendered, {len(todo) - len(done)} not done; the file(s) in "
+                             f"progress were abandoned (no partial output). Run the same command again to resume.\n")
+            raise typer.Exit(EXIT_INTERRUPTED)
+        except CampipeError as e:
+            err(str(e))
+            raise typer.Exit(EXIT_FAILED)
         dt = time.perf_counter() - t0
+        results = list(results) + skipped
         ok = sum(r.status == "ok" for r in results)
         bad = [r for r in results if r.status == "failed"]
         for r in bad:
             err(r.error or r.input)
-        sys.stderr.write(f"campipe: batch done: {ok} rendered, {len(bad)} failed, {len(srcs)} found in {folder} "
-                         f"({dt:.1f} s, {len(srcs) / dt if dt > 0 else 0:.2f} files/s)\n")
+        sys.stderr.write(f"campipe: batch done: {ok} rendered, {len(skipped)} skipped (done before), {len(bad)} "
+                         f"failed, {len(srcs)} found in {folder} ({dt:.1f} s, "
+                         f"{ok / dt if dt > 0 else 0:.2f} files/s)\n")
         if as_json:
             order = {j.input: i for i, j in enumerate(job_list)}
             print(json.dumps({"folder": str(folder), "output": str(output), "style": style, "seconds": dt,
-                              "files": [r.to_dict() for r in sorted(results, key=lambda r: order[r.input])]},
+                              "manifest": str(manifest.path),
+                              "files": [r.to_dict() for r in sorted(results, key=lambda r: order.get(r.input, 0))]},
                              indent=2))
         raise typer.Exit(EXIT_FAILED if bad else EXIT_OK)
 
@@ -250,11 +314,26 @@ def register(app: typer.Typer) -> None:
         Console().print(t)
 
 
-def _run_with_progress(job_list, style, sets, extra, workers, show: bool):
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (kill, systemd, CI timeouts) behaves like Ctrl-C: stop cleanly, exit 130."""
+    import signal
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, _raise)
+    except ValueError:  # not the main thread (embedded use): leave the default
+        pass
+
+
+def _run_with_progress(job_list, style, sets, extra, workers, show: bool, ledger=None, timeout=None, sink=None):
     from .batch import run_batch
 
+    sink = sink if sink is not None else []
     if not show:
-        return run_batch(job_list, style, sets, extra, workers)
+        return run_batch(job_list, style, sets, extra, workers, sink.append, in_process=False, ledger=ledger,
+                         timeout=timeout)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     with Progress(TextColumn("[bold]rendering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -262,9 +341,11 @@ def _run_with_progress(job_list, style, sets, extra, workers, show: bool):
         task = prog.add_task("render", total=len(job_list), last="")
 
         def on_result(r):
+            sink.append(r)
             prog.update(task, advance=1, last=("[red]✗ " if r.status != "ok" else "[green]✓ ") + Path(r.input).name)
 
-        return run_batch(job_list, style, sets, extra, workers, on_result)
+        return run_batch(job_list, style, sets, extra, workers, on_result, in_process=False, ledger=ledger,
+                         timeout=timeout)
 
 
 def _render_with_hooks(job, pipeline, dump_dir: Optional[Path], report: bool):
