@@ -130,7 +130,7 @@ BODY = r"""
 <tr><td><kbd>[</kbd> <kbd>]</kbd></td><td>previous / next right image</td></tr>
 <tr><td><kbd>,</kbd> <kbd>.</kbd></td><td>step both images (consecutive stages)</td></tr>
 <tr><td><kbd>X</kbd></td><td>swap left and right</td></tr>
-<tr><td><kbd>Z</kbd>, double-click</td><td>1:1 pixels / fit; drag to pan at 1:1</td></tr>
+<tr><td><kbd>Z</kbd>, double-click</td><td>1:1 pixels / fit; at 1:1 drag to pan, <kbd>Shift</kbd>+drag moves the split</td></tr>
 <tr><td><kbd>G</kbd> <kbd>C</kbd></td><td>grid / contact sheet (again: back to split)</td></tr>
 <tr><td><kbd>S</kbd> <kbd>P</kbd> <kbd>H</kbd> <kbd>K</kbd> <kbd>T</kbd> <kbd>L</kbd></td>
 <td>mask overlays: sky, person, hair, skin, teeth, glasses</td></tr>
@@ -376,7 +376,7 @@ let drag = null;
 cv.addEventListener("pointerdown", (e) => {
   if (e.button !== 0) return;
   const onHandle = e.target.closest && e.target.closest("#handle");
-  if (S.zoom && !onHandle) { drag = {pan:true, x:e.clientX, y:e.clientY, sl:vp.scrollLeft, st:vp.scrollTop};
+  if (S.zoom && !onHandle && !e.shiftKey) { drag = {pan:true, x:e.clientX, y:e.clientY, sl:vp.scrollLeft, st:vp.scrollTop};
     vp.classList.add("panning"); }
   else { drag = {pan:false}; moveSplit(e); }
   cv.setPointerCapture(e.pointerId); e.preventDefault();

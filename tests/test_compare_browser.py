@@ -324,15 +324,21 @@ def test_slider_drag_keyboard_and_mask_toggle(page, browser, tmp_path):
     s4 = canvas_shot(b, shots / "5_sky_off.png")
     assert np.abs(s4[top] - s2[top]).mean() < 1.0
 
-    # 6. grid view shows both renders; 1:1 zoom shows image pixels at device pixels
+    # 6. holding Space shows the left render whole; releasing it restores the split
+    b.call("Input.dispatchKeyEvent", type="keyDown", key=" ", code="Space", windowsVirtualKeyCode=32, text=" ")
+    assert left_fraction(canvas_shot(b, shots / "6_space_held.png")) > 0.99
+    b.call("Input.dispatchKeyEvent", type="keyUp", key=" ", code="Space", windowsVirtualKeyCode=32)
+    assert left_fraction(canvas_shot(b, shots / "6_space_released.png")) == pytest.approx(0.7, abs=0.02)
+
+    # 7. grid view shows both renders; 1:1 zoom shows image pixels at device pixels
     b.key("g", "KeyG", 71)
     settle(b)
-    b.screenshot(str(shots / "6_grid.png"))
+    b.screenshot(str(shots / "7_grid.png"))
     assert b.eval("document.querySelectorAll('#grid figure').length") == 2
     b.key("g", "KeyG", 71)
     b.key("z", "KeyZ", 90)
     settle(b)
-    b.screenshot(str(shots / "7_zoom_1to1.png"))
+    b.screenshot(str(shots / "8_zoom_1to1.png"))
     assert canvas_rect(b)["width"] == pytest.approx(W, abs=1)
 
     # the page made no network request and raised no JS error
