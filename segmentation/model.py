@@ -7,6 +7,7 @@ Data flow for an input x (B, 3, H, W), float32 RGB normalised with the checkpoin
 3. convolutional decoder (U-Net: upsample x2, add 1x1-projected skip, residual depthwise-separable block) from P down
    to the output resolution (H/s, W/s), ending in the 16-channel mask-feature map F and the static semantic logits
    (one 1x1 conv on F); it never depends on the transformer, so ``scene_only`` outputs are identical;
+   optionally in row bands with a halo (``tiling.set_tiling(model, bands)``) to cap peak memory;
 4. transformer (skipped with ``scene_only=True``): encoder over P's tokens, decoder with N learned queries;
 5. HyperDETR head per kept decoder layer: class logits + dynamic 1x1 conv of F (see :mod:`.hyperdetr_head`).
 
@@ -28,6 +29,7 @@ from torch.nn import functional as F
 from .backbone import MobileNetV3Backbone
 from .config import HyperDETRConfig
 from .hyperdetr_head import HyperMaskHead
+from .tiling import tiled_decode
 from .transformer import PositionEmbeddingSine, Transformer
 
 
@@ -129,7 +131,11 @@ class HyperDETR(nn.Module):
     def forward(self, x: torch.Tensor, scene_only: bool = False) -> dict[str, torch.Tensor | list]:
         feats = self.backbone(x)
         p32 = self.input_proj(feats["s32"])
-        mask_features, sem_logits = self.decoder(p32, feats, x)
+        bands = getattr(self, "decoder_bands", 1)
+        if bands > 1:  # spatially tiled conv decoder (lower peak memory), see .tiling
+            mask_features, sem_logits = tiled_decode(self.decoder, p32, feats, x, bands, self.decoder_halo)
+        else:
+            mask_features, sem_logits = self.decoder(p32, feats, x)
         out: dict[str, torch.Tensor | list] = {"sem_logits": sem_logits}
         if scene_only:
             return out
