@@ -26,7 +26,7 @@ from .masks import bbox, check_mask, feather, grow, union
 
 
 def stage_light(img: np.ndarray, persons: list[np.ndarray], hair: np.ndarray | None = None, *,
-                strength: float = 1.0, falloff: float = 0.35, edge_softness: float = 0.02, mono: bool = False,
+                focus: int = -1, strength: float = 1.0, falloff: float = 0.35, edge_softness: float = 0.02, mono: bool = False,
                 mono_contrast: float = 0.5) -> np.ndarray:
     """Light the people on a black background; returns a new float32 (H, W, 3) linear image.
 
@@ -34,6 +34,7 @@ def stage_light(img: np.ndarray, persons: list[np.ndarray], hair: np.ndarray | N
         img: float32 (H, W, 3) linear working RGB, >= 0.
         persons: soft person masks (at least one non-empty), float32 (H, W) in [0, 1].
         hair: optional soft hair mask (only hair within a few pixels of a person is kept).
+        focus: -1 = every detected person is lit; K = only ``persons[K]`` is lit (the others go dark).
         strength: 0..1 blend (0 = identity).
         falloff: 0..1, fraction of the subjects' height over which the light fades to black at the bottom
             (0 = no vertical falloff).
@@ -55,9 +56,15 @@ def stage_light(img: np.ndarray, persons: list[np.ndarray], hair: np.ndarray | N
         raise ValueError(f"image must be (H, W, 3), got {x.shape}")
     shape = x.shape[:2]
     ps = [check_mask(m, shape, f"person {i}") for i, m in enumerate(persons)]
-    ps = [m for m in ps if float(m.max(initial=0.0)) >= 0.5]
-    if not ps:
+    keep = [i for i, m in enumerate(ps) if float(m.max(initial=0.0)) >= 0.5]
+    if not keep:
         raise ValueError("stage light needs a detected person; none found in the person masks")
+    if focus >= 0:
+        if focus not in keep:
+            raise ValueError(f"focus person {focus} does not exist; {len(keep)} person(s) detected "
+                             f"(indices {', '.join(map(str, keep))})")
+        keep = [focus]
+    ps = [ps[i] for i in keep]
     if strength == 0.0:
         return x.copy()
     a = union(*ps)

@@ -14,8 +14,8 @@ Stages and parameters (the defaults are the values below; see each function for 
 ``subject_tone``          strength (0..1), face_target_L (L*), contrast (-1..1), max_ev -> :func:`.subject_tone.subject_tone`
 ``portrait``              aperture (f-number), focal_length_35mm (mm, 0 = EXIF or 26), focus (-1 = auto),
                           grain, polygon_blades, max_blur_frac -> :func:`.bokeh.portrait_blur`
-``stage_light``           strength, falloff, edge_softness -> :func:`.stage_light.stage_light`
-``stage_light_mono``      strength, falloff, edge_softness, mono_contrast -> same, ``mono=True``
+``stage_light``           focus (-1 = everyone), strength, falloff, edge_softness -> :func:`.stage_light.stage_light`
+``stage_light_mono``      focus, strength, falloff, edge_softness, mono_contrast -> same, ``mono=True``
 ========================  =========================================================================================
 """
 from __future__ import annotations
@@ -119,21 +119,21 @@ def portrait_stage(frame: Frame, aperture: float, focal_length_35mm: float, focu
 
 
 @register_stage("stage_light", requires=("linear", "persons"),
-                params={"strength": 1.0, "falloff": 0.35, "edge_softness": 0.02})
-def stage_light_stage(frame: Frame, strength: float, falloff: float, edge_softness: float) -> Frame:
+                params={"focus": -1, "strength": 1.0, "falloff": 0.35, "edge_softness": 0.02})
+def stage_light_stage(frame: Frame, focus: int, strength: float, falloff: float, edge_softness: float) -> Frame:
     """Stage Light: the people lit on a black background with a soft falloff."""
     ps = _persons(frame, "stage light")
-    frame.image = stage_light(frame.image, ps, _mask(frame, "hair"), strength=strength, falloff=falloff,
-                              edge_softness=edge_softness)
+    frame.image = stage_light(frame.image, ps, _mask(frame, "hair"), focus=focus, strength=strength,
+                              falloff=falloff, edge_softness=edge_softness)
     return frame
 
 
 @register_stage("stage_light_mono", requires=("linear", "persons"),
-                params={"strength": 1.0, "falloff": 0.35, "edge_softness": 0.02, "mono_contrast": 0.5})
-def stage_light_mono_stage(frame: Frame, strength: float, falloff: float, edge_softness: float,
+                params={"focus": -1, "strength": 1.0, "falloff": 0.35, "edge_softness": 0.02, "mono_contrast": 0.5})
+def stage_light_mono_stage(frame: Frame, focus: int, strength: float, falloff: float, edge_softness: float,
                            mono_contrast: float) -> Frame:
     """Stage Light Mono: the people in black and white on a black background."""
     ps = _persons(frame, "stage light mono")
-    frame.image = stage_light(frame.image, ps, _mask(frame, "hair"), strength=strength, falloff=falloff,
-                              edge_softness=edge_softness, mono=True, mono_contrast=mono_contrast)
+    frame.image = stage_light(frame.image, ps, _mask(frame, "hair"), focus=focus, strength=strength,
+                              falloff=falloff, edge_softness=edge_softness, mono=True, mono_contrast=mono_contrast)
     return frame

@@ -171,3 +171,16 @@ def test_stage_light_mono_is_neutral():
     np.testing.assert_allclose(out[..., 1], out[..., 2], atol=1e-6)
     from campipe.colour import luminance
     np.testing.assert_allclose(luminance(out)[m > 0.5], luminance(img)[m > 0.5], rtol=1e-4)
+
+
+def test_stage_light_focus_lights_one_person():
+    img, m = scene()
+    other = np.zeros_like(m)
+    other[10:60, 10:40] = 1.0
+    both = stage_light(img, [m, other], falloff=0.0, edge_softness=0.0)
+    only = stage_light(img, [m, other], focus=0, falloff=0.0, edge_softness=0.0)
+    assert float(both[30, 20].sum()) > 0.0
+    np.testing.assert_allclose(only[30, 20], 0.0, atol=0)
+    np.testing.assert_allclose(only[m > 0.5], img[m > 0.5], atol=1e-6)
+    with pytest.raises(ValueError, match="focus person 5 does not exist"):
+        stage_light(img, [m, other], focus=5)

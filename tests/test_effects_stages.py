@@ -47,8 +47,9 @@ EXPECTED = {
                      {"linear", "masks", "persons"}),
     "portrait": ({"aperture": 2.8, "focal_length_35mm": 0.0, "focus": -1, "grain": True, "polygon_blades": 0,
                   "max_blur_frac": 0.05}, {"linear", "persons"}),
-    "stage_light": ({"strength": 1.0, "falloff": 0.35, "edge_softness": 0.02}, {"linear", "persons"}),
-    "stage_light_mono": ({"strength": 1.0, "falloff": 0.35, "edge_softness": 0.02, "mono_contrast": 0.5},
+    "stage_light": ({"focus": -1, "strength": 1.0, "falloff": 0.35, "edge_softness": 0.02}, {"linear", "persons"}),
+    "stage_light_mono": ({"focus": -1, "strength": 1.0, "falloff": 0.35, "edge_softness": 0.02,
+                          "mono_contrast": 0.5},
                          {"linear", "persons"}),
 }
 
