@@ -366,20 +366,21 @@ def load_raw(path: str | Path, *, half_size: bool = False, demosaic: str = "AHD"
             raise UnsupportedFormatError(f"{path}: unsupported raw layout ({rgb16.shape[2]} output channels)")
     meta.update(read_exif(path))
     meta["orientation_applied"] = True
-    cam = rgb16.astype(np.float32)
-    cam *= np.float32(1.0 / 65535.0)
+    cam = rgb16 * np.float32(1.0 / 65535.0)  # uint16 -> float32 in one pass
     cam_to_working = (cc.xyz_to_working() @ camera_to_xyz_matrix(xyz_to_cam)).astype(np.float32)
     meta["cam_to_working"] = cam_to_working.tolist()
-    # highlight weight: how close the most-exposed camera channel is to clipping (used by the highlights stage)
     img = cc.apply_matrix(cam, cam_to_working)
-    cmax = cam.max(axis=2)
-    meta["clip_fraction"] = float(np.mean(cmax >= 0.999))
-    if meta["clip_fraction"] > 0:
-        # internal (not serialised): 0 below 90 % of clipping, 1 at clipping; read by the highlights stage
-        w = cmax - np.float32(0.9)
-        w *= np.float32(10.0)
-        meta["_highlight_weight"] = np.clip(w, 0.0, 1.0, out=w)
-    del cmax
+    del cam
+    # highlight weight: how close the most-exposed camera channel is to clipping (used by the highlights stage).
+    # Kept sparse (flat pixel indices + weights) since few pixels are near clipping; internal, not serialised.
+    cmax = np.maximum(np.maximum(rgb16[..., 0], rgb16[..., 1]), rgb16[..., 2])
+    near = cmax >= np.uint16(0.9 * 65535)
+    meta["clip_fraction"] = float(np.count_nonzero(cmax >= np.uint16(0.999 * 65535)) / cmax.size)
+    if near.any():
+        idx = np.flatnonzero(near)
+        w = cmax.ravel()[idx] * np.float32(10.0 / 65535.0) - np.float32(9.0)
+        meta["_highlight_weight"] = (idx, np.clip(w, 0.0, 1.0))
+    del cmax, near, rgb16
     np.maximum(img, 0.0, out=img)  # negative values from the matrix are out-of-gamut noise
     _check_pixels(path, img)
     _warn_exposure(path, img, meta["clip_fraction"])
@@ -492,7 +493,9 @@ def _read_tiff(path, max_megapixels):
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] < 3:
-        raise DecodeError(f"{path}: unsupported TIFF layout {arr.shape}")
+        raise UnsupportedFormatError(f"{path}: unsupported layout: {arr.shape[2] if arr.ndim == 3 else arr.ndim} "
+                                     f"samples per pixel (campipe reads RGB/grey images, Bayer or X-Trans CFA raws, "
+                                     f"linear and monochrome DNGs)")
     arr = arr[..., :3]
     arr = _orient(arr, int(orient))
     return arr, icc
