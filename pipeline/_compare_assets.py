@@ -61,6 +61,7 @@ aside .chip{width:12px;height:12px;border-radius:3px;flex:none;border:1px solid 
 aside .key{margin-left:auto;color:var(--dim);font-size:11px;border:1px solid #3c3c3c;border-radius:3px;padding:0 4px}
 aside .note{color:var(--dim);font-size:12px}
 aside input[type=range]{width:100%;accent-color:#9a9a9a}
+aside canvas{width:206px;height:90px;display:block;border-radius:4px;border:1px solid #2e2e2e}
 #grid,#sheet{display:none;flex:1;overflow:auto;padding:12px;gap:12px;align-content:start;
 grid-template-columns:repeat(auto-fill,minmax(300px,1fr));grid-auto-rows:max-content}
 body.mode-grid #grid,body.mode-sheet #sheet{display:grid}
@@ -208,9 +209,40 @@ function buildSide(){
     r.addEventListener("input", () => { S.opacity = r.value/100; refreshOverlays(); });
     side.appendChild(r);
   }
+  if (g.renders.some(r => r.hist)) {
+    side.appendChild(h("h2", {text:"Histogram", style:"margin-top:16px"}));
+    side.appendChild(h("canvas", {id:"hist", width:"412", height:"180", title:"RGB of the right image (filled), " +
+      "luma of the right (solid) and left (dashed) image"}));
+    side.appendChild(h("div", {class:"note", id:"histlegend"}));
+  }
   if (g.note) { side.appendChild(h("h2", {text:"Notes", style:"margin-top:16px"}));
     side.appendChild(h("div", {class:"note", text:g.note})); }
   refreshOverlays();
+}
+
+function drawHist(){
+  const c = $("hist"); if (!c) return;
+  const g = grp(), L = g.renders[S.l].hist, R = g.renders[S.r].hist;
+  const ctx = c.getContext("2d"), W = c.width, H = c.height;
+  ctx.globalCompositeOperation = "source-over";
+  ctx.fillStyle = "#141414"; ctx.fillRect(0, 0, W, H);
+  ctx.strokeStyle = "#2c2c2c"; ctx.lineWidth = 1;
+  for (let i = 1; i < 4; i++) { const x = Math.round(W * i / 4) + 0.5;
+    ctx.beginPath(); ctx.moveTo(x, 0); ctx.lineTo(x, H); ctx.stroke(); }
+  const trace = (arr) => { const n = arr.length; ctx.beginPath(); ctx.moveTo(0, H);
+    arr.forEach((v, i) => { const y = H - v * (H - 6); ctx.lineTo(W * i / n, y); ctx.lineTo(W * (i + 1) / n, y); });
+    ctx.lineTo(W, H); };
+  if (R) {
+    ctx.globalCompositeOperation = "lighter";
+    for (const [k, col] of [["r", "rgba(230,60,60,0.6)"], ["g", "rgba(60,200,80,0.6)"], ["b", "rgba(70,110,255,0.6)"]]) {
+      trace(R[k]); ctx.closePath(); ctx.fillStyle = col; ctx.fill(); }
+    ctx.globalCompositeOperation = "source-over";
+    trace(R.y); ctx.strokeStyle = "rgba(235,235,235,0.95)"; ctx.lineWidth = 2; ctx.setLineDash([]); ctx.stroke();
+  }
+  if (L && S.l !== S.r) { trace(L.y); ctx.strokeStyle = "rgba(200,200,200,0.8)"; ctx.lineWidth = 2;
+    ctx.setLineDash([6, 5]); ctx.stroke(); ctx.setLineDash([]); }
+  $("histlegend").textContent = "filled: RGB of " + g.renders[S.r].label + "; solid: its luma; dashed: luma of " +
+    g.renders[S.l].label;
 }
 
 function buildSelects(){
@@ -251,7 +283,7 @@ function show(){
   $("tagL").textContent = "◂ " + L.label; $("tagR").textContent = R.label + " ▸";
   $("selL").value = String(S.l); $("selR").value = String(S.r);
   document.title = D.title + " — " + L.label + " | " + R.label;
-  layout(); setSplit(S.split); buildStats(); markSelection();
+  layout(); setSplit(S.split); buildStats(); markSelection(); drawHist();
   if (S.mode === "grid") buildGrid();
   saveHash();
 }

@@ -27,7 +27,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .compare_metrics import clipped_fractions, downscale, mean_delta_e, skin_delta_e, sky_noise
+from .compare_metrics import clipped_fractions, downscale, histograms, mean_delta_e, skin_delta_e, sky_noise
 from .compare_page import (METRIC_COLUMNS, Column, PageGroup, PageRender, fmt_value, metric_values, safe_name,
                            timing_columns, timing_values, write_overlays, write_page, write_thumb)
 from .errors import CampipeError
@@ -154,7 +154,7 @@ def compare_styles(source: str | Path, styles: list[str], out: str | Path, portr
         if not single:
             rel = f"renders/{i + 1:02d}_{safe_name(style)}.jpg"
             _write_render(out / rel, disp, meta)
-            renders.append(PageRender(label, rel, w, h, values))
+            renders.append(PageRender(label, rel, w, h, values, hist=histograms(disp)))
         thumbs.append(_to_height(to_uint8(disp), SIDE_BY_SIDE_HEIGHT))
         _log(console, f"  {label:<24} {time.perf_counter() - t0:6.2f} s  {w}×{h}")
         del res, disp, frame
@@ -279,7 +279,7 @@ def compare_folders(dir_a: str | Path, dir_b: str | Path, out: str | Path, overw
     for k, pr in enumerate(pairs):
         da, sa, icc_a = read_display(pr.a)
         db, sb, icc_b = read_display(pr.b)
-        de = mean_delta_e(db, da, space=sa)
+        de = mean_delta_e(db, da, space=sb, reference_space=sa)
         vals = []
         for d, is_b in ((da, False), (db, True)):
             c = clipped_fractions(d)
@@ -295,8 +295,8 @@ def compare_folders(dir_a: str | Path, dir_b: str | Path, out: str | Path, overw
             ta = write_thumb(out, f"thumbs/a_{stem}.jpg", to_uint8(da))
             tb = write_thumb(out, f"thumbs/b_{stem}.jpg", to_uint8(db))
             groups.append(PageGroup(pr.name, [
-                PageRender(la, ra, da.shape[1], da.shape[0], vals[0], ta),
-                PageRender(lb, rb, db.shape[1], db.shape[0], vals[1], tb)],
+                PageRender(la, ra, da.shape[1], da.shape[0], vals[0], ta, histograms(da)),
+                PageRender(lb, rb, db.shape[1], db.shape[0], vals[1], tb, histograms(db))],
                 note=f"{pr.a}\n{pr.b}" + ("" if da.shape == db.shape else
                                           f"\nsizes differ: {da.shape[1]}×{da.shape[0]} vs "
                                           f"{db.shape[1]}×{db.shape[0]}")))

@@ -86,16 +86,38 @@ def skin_delta_e(display: np.ndarray, reference: np.ndarray, skin: np.ndarray | 
     return float(np.sum(de * weight) / np.sum(weight))
 
 
-def mean_delta_e(display: np.ndarray, reference: np.ndarray, space: str = "srgb", max_side: int = 512) -> float:
-    """Mean CIEDE2000 over the whole frame (used for pairs of batch renders, which carry no masks)."""
+def mean_delta_e(display: np.ndarray, reference: np.ndarray, space: str = "srgb", max_side: int = 512,
+                 reference_space: str | None = None) -> float:
+    """Mean CIEDE2000 over the whole frame (used for pairs of batch renders, which carry no masks).
+
+    ``space`` / ``reference_space`` are the encodings of the two images (they may differ: sRGB vs Display P3).
+    """
     a = _check_rgb(display, "mean_delta_e display")
     b = _check_rgb(reference, "mean_delta_e reference")
     if a.shape != b.shape:
         b = cv2.resize(b, (a.shape[1], a.shape[0]), interpolation=cv2.INTER_AREA)
     a, b = downscale(a, max_side), downscale(b, max_side)
     lab_a = working_to_lab(display_to_working(a, space))
-    lab_b = working_to_lab(display_to_working(b, space))
+    lab_b = working_to_lab(display_to_working(b, reference_space or space))
     return float(delta_e_2000(lab_a, lab_b).mean())
+
+
+def histograms(display: np.ndarray, bins: int = 64, max_side: int = 1024) -> dict[str, list[float]]:
+    """Per-channel and luma histograms of the display-encoded values (what a camera's histogram shows).
+
+    Returns ``{'r', 'g', 'b', 'y'}`` -> ``bins`` counts normalised so the largest interior bin of the four is 1 (end
+    bins capped at 1; rounded to 3 decimals for the page). Computed on a copy area-downscaled to ``max_side`` (shape, not detail, matters here);
+    luma uses BT.709 weights on the encoded values, as in-camera histograms do.
+    """
+    a = downscale(_check_rgb(display, "histograms"), max_side)
+    q = np.clip(a * bins, 0, bins - 1).astype(np.int32)
+    y = np.clip((a @ np.array([0.2126, 0.7152, 0.0722], np.float32)) * bins, 0, bins - 1).astype(np.int32)
+    h = {c: np.bincount(q[..., i].ravel(), minlength=bins) for i, c in enumerate("rgb")}
+    h["y"] = np.bincount(y.ravel(), minlength=bins)
+    # Scale by the tallest *interior* bin: the end bins of a clipped image would otherwise flatten everything else
+    # (they are capped at 1, which is how in-camera histograms show clipping).
+    top = max(1, max(int(v[1:-1].max()) for v in h.values()))
+    return {k: [round(min(1.0, float(x) / top), 3) for x in v] for k, v in h.items()}
 
 
 def clipped_fractions(display: np.ndarray) -> dict[str, float]:

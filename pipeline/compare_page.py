@@ -58,6 +58,8 @@ class PageRender:
     height: int
     values: dict[str, str] = field(default_factory=dict)
     thumb: str | None = None
+    #: optional histograms from :func:`campipe.compare_metrics.histograms` (drawn in the side panel)
+    hist: dict[str, list[float]] | None = None
 
 
 @dataclass
@@ -297,7 +299,7 @@ def write_page(out_dir: str | Path, groups: Sequence[PageGroup], title: str, col
     doc = (
         "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src 'self' data: blob:; "
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src 'self' file: data: blob:; "
         "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">\n"
         f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body class=\"mode-split\">\n"
         f"{BODY}\n<script type=\"application/json\" id=\"campipe-data\">{data}</script>\n"

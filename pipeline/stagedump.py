@@ -259,9 +259,15 @@ class StageDumper:
         """Write ``index.html`` stepping through the dumped stages (split slider between consecutive stages)."""
         if not self.stages:
             return None
+        from .compare_metrics import histograms
         from .compare_page import Column, PageGroup, PageRender, fmt_value, write_overlays, write_page
 
-        renders = [PageRender(label, rel, w, h, {"ms": fmt_value(s, "ms")}) for label, rel, w, h, s in self.stages]
+        renders = []
+        for label, rel, w, h, s in self.stages:
+            with Image.open(self.out_dir / rel) as im:
+                im.draft("RGB", (512, 512))  # JPEG draft mode: decode at 1/2..1/8 size, enough for a histogram
+                small = np.asarray(im.convert("RGB"), dtype=np.float32) / np.float32(255.0)
+            renders.append(PageRender(label, rel, w, h, {"ms": fmt_value(s, "ms")}, hist=histograms(small)))
         overlays = write_overlays(self.out_dir, self._masks, self._persons, subdir="overlays")
         group = PageGroup(title, renders, overlays, left=0, right=min(1, len(renders) - 1),
                           note="Keys , and . step both sides through the stages. Before the output stage the "

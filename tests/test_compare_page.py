@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from campipe.colour import delta_e_2000, display_to_working, working_to_display, working_to_lab
-from campipe.compare_metrics import (CLIP_HI, clipped_fractions, mean_delta_e, render_metrics, skin_delta_e,
-                                     sky_noise)
+from campipe.compare_metrics import (CLIP_HI, clipped_fractions, histograms, mean_delta_e, render_metrics,
+                                     skin_delta_e, sky_noise)
 from campipe.compare_page import (METRIC_COLUMNS, Column, PageGroup, PageRender, fmt_value, overlay_rgba,
                                   page_data, safe_name, timing_columns, timing_values, write_overlays, write_page)
 from campipe.frame import PersonInstance
@@ -104,6 +104,26 @@ def test_mean_delta_e_and_render_metrics(linear_image):
     assert 0.0 <= m["clip_hi"] <= 1.0 and 0.0 <= m["clip_lo"] <= 1.0
     with pytest.raises(ValueError, match="RGB"):
         clipped_fractions(disp[..., 0])
+
+
+def test_histograms_exact_and_clipping_capped():
+    img = np.zeros((4, 4, 3), np.float32)
+    img[:2] = (0.5, 0.25, 1.0)   # 8 pixels: r bin 2, g bin 1, b bin 3 (4 bins); luma 0.3580 -> bin 1
+    img[2:] = (0.5, 0.5, 0.5)    # 8 pixels: all bin 2
+    h = histograms(img, bins=4)
+    assert h["r"] == [0, 0, 1, 0] and h["g"] == [0, 0.5, 0.5, 0]
+    assert h["b"] == [0, 0, 0.5, 0.5] and h["y"] == [0, 0.5, 0.5, 0]
+    clipped = np.ones((8, 8, 3), np.float32)
+    clipped[0, :2] = 0.5
+    hc = histograms(clipped, bins=4)
+    assert hc["y"][3] == 1.0 and hc["y"][2] == 1.0   # end bin capped, interior bin sets the scale
+
+
+def test_mean_delta_e_uses_each_images_space():
+    srgb = np.full((8, 8, 3), (0.8, 0.3, 0.2), np.float32)
+    same_colour_p3 = working_to_display(display_to_working(srgb, "srgb"), "display-p3")
+    assert mean_delta_e(same_colour_p3, srgb, space="display-p3", reference_space="srgb") < 0.05
+    assert mean_delta_e(same_colour_p3, srgb, space="srgb") > 1
 
 
 # ------------------------------------------------------------------------------------------------------ overlays
