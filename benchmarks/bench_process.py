@@ -9,7 +9,8 @@ interleaved, each contender is run ``--runs`` times as a separate child process 
   auto-bright, 8-bit sRGB) and ``PIL.Image.save(OUT.jpg, quality=95)``.
 
 Per run: wall time (perf_counter around the child) and the child's own peak RSS (``os.wait4`` rusage, ru_maxrss).
-Printed: median wall time, median peak RSS and the campipe / rawpy ratios (target: wall-time ratio <= 1.5x).
+Printed: median wall time, median peak RSS and the campipe / rawpy ratios (target: wall-time ratio <= 1.5x), then
+(unless --no-breakdown) one in-process ``campipe.process`` per size with its per-stage timings.
 Both children pay the Python start-up and import cost; that is part of what a user waits for.
 
 Usage::
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="12,24", help="megapixel sizes, from: 1 (smoke test), 12, 24")
     ap.add_argument("--style", default="standard")
     ap.add_argument("--keep", type=Path, default=None, help="keep the simulated DNGs and outputs in this folder")
+    ap.add_argument("--no-breakdown", dest="breakdown", action="store_false",
+                    help="skip the in-process per-stage timing of campipe.process")
     ap.add_argument("extra", nargs="*", help="extra arguments for campipe process (after --)")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -124,6 +127,22 @@ def main(argv: list[str] | None = None) -> int:
         ratio = tc / tr
         print(f"{mp:>4}MP | {tc:9.2f} | {tr:8.2f} | {ratio:5.2f}x | {rc_:11.0f} | {rr:9.0f} | {rc_ / rr:4.2f}x | "
               f"{'met' if ratio <= 1.5 else 'NOT met'} (<= 1.5x)")
+    if args.breakdown:
+        # where campipe's time goes: one in-process run per size (not part of the medians above)
+        import campipe
+        from campipe.decode import load_raw
+
+        print()
+        for mp in sizes:
+            dng = work / f"bench_{mp}mp.dng"
+            t0 = time.perf_counter()
+            load_raw(str(dng))
+            t_dec = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            res = campipe.process(str(dng), style=args.style)
+            t_all = time.perf_counter() - t0
+            stages = ", ".join(f"{k} {v:.2f}" for k, v in res.frame.timings.items())
+            print(f"{mp}MP in-process: load_raw {t_dec:.2f} s; process {t_all:.2f} s (no encode); stages: {stages}")
     if not args.keep:
         for p in sorted(work.rglob("*"), reverse=True):
             p.unlink() if p.is_file() else p.rmdir()
