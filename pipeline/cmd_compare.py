@@ -287,7 +287,7 @@ def compare_folders(dir_a: str | Path, dir_b: str | Path, out: str | Path, overw
             vals.append(v)
         tile = side_by_side([da, db], [la, lb], height=240, gap=4, label_size=13)
         sheet_tiles.append(tile)
-        sheet_labels.append(f"{pr.name}  ΔE00 {fmt_value(de, 'de')}")
+        sheet_labels.append(f"{pr.name}   dE00 {fmt_value(de, 'de')}")
         if not single:
             stem = f"{k + 1:03d}_{safe_name(pr.name)}"
             ra = _page_copy(pr.a, out, f"a/{stem}", da, icc_a)
@@ -301,7 +301,8 @@ def compare_folders(dir_a: str | Path, dir_b: str | Path, out: str | Path, overw
                                           f"\nsizes differ: {da.shape[1]}×{da.shape[0]} vs "
                                           f"{db.shape[1]}×{db.shape[0]}")))
         _log(console, f"  {pr.name:<32} ΔE00 {fmt_value(de, 'de')}")
-    sheet = contact_sheet(sheet_tiles, sheet_labels, columns=3, cell=max(t.shape[1] for t in sheet_tiles))
+    cell = (max(t.shape[1] for t in sheet_tiles), max(t.shape[0] for t in sheet_tiles))
+    sheet = contact_sheet(sheet_tiles, sheet_labels, columns=2 if cell[0] > 900 else 3, cell=cell)
     if single:
         write_rgb8(out, sheet)
         return out

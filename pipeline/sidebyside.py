@@ -107,30 +107,36 @@ def side_by_side(images: Sequence[np.ndarray], labels: Sequence[str], height: in
     return np.asarray(pil)
 
 
-def contact_sheet(images: Sequence[np.ndarray], labels: Sequence[str], columns: int = 4, cell: int = 320,
-                  gap: int = 8, label_size: int = 14) -> np.ndarray:
-    """Thumbnails fitted in ``cell`` x ``cell`` boxes on a ``columns``-wide grid, each labelled. uint8 RGB out."""
+def contact_sheet(images: Sequence[np.ndarray], labels: Sequence[str], columns: int = 4,
+                  cell: int | tuple[int, int] = 320, gap: int = 8, label_size: int = 14) -> np.ndarray:
+    """Thumbnails fitted in ``cell`` boxes (side, or (width, height)) on a ``columns``-wide grid, each labelled.
+
+    Returns uint8 RGB. Labels should stick to Latin-1 characters (the bundled font has no Greek: write dE, not ΔE).
+    """
     if len(images) == 0:
         raise ValueError("contact_sheet: no images given")
     if len(images) != len(labels):
         raise ValueError(f"contact_sheet: {len(images)} images but {len(labels)} labels")
+    cell_w, cell_h = (cell, cell) if isinstance(cell, int) else (int(cell[0]), int(cell[1]))
     columns = max(1, min(columns, len(images)))
     rows = -(-len(images) // columns)
     bar = round(label_size * 1.9)
-    cw, ch = cell + gap, cell + bar + gap
+    cw, ch = cell_w + gap, cell_h + bar + gap
     canvas = np.empty((rows * ch + gap, columns * cw + gap, 3), np.uint8)
     canvas[...] = BACKGROUND
     boxes = []
     for i, im in enumerate(images):
         r, c = divmod(i, columns)
-        t = _fit(to_uint8(im), cell, cell)
+        t = to_uint8(im)
+        if t.shape[1] > cell_w or t.shape[0] > cell_h or (t.shape[1] < cell_w and t.shape[0] < cell_h):
+            t = _fit(t, cell_w, cell_h)
         x0, y0 = gap + c * cw, gap + r * ch
-        ox, oy = (cell - t.shape[1]) // 2, (cell - t.shape[0]) // 2
+        ox, oy = (cell_w - t.shape[1]) // 2, (cell_h - t.shape[0]) // 2
         canvas[y0 + oy:y0 + oy + t.shape[0], x0 + ox:x0 + ox + t.shape[1]] = t
-        boxes.append((x0, y0 + cell))
+        boxes.append((x0, y0 + cell_h))
     pil = Image.fromarray(canvas)
     for (x0, y0), text in zip(boxes, labels):
-        _draw_label(pil, str(text), x0, y0, cell, bar, label_size)
+        _draw_label(pil, str(text), x0, y0, cell_w, bar, label_size)
     return np.asarray(pil)
 
 
