@@ -358,3 +358,35 @@ def test_no_masks_page_explains(tmp_path, browser):
     b.key("m", "KeyM", 77)  # toggling with no overlays must not throw
     b.key("ArrowRight", "ArrowRight", 39)
     assert b.exceptions() == []
+
+
+def test_contact_sheet_opens_a_pair(tmp_path, browser):
+    groups = []
+    for k, (ca, cb) in enumerate(((LEFT, RIGHT), ((30, 160, 60), (230, 230, 230)))):
+        renders = []
+        for side, col in (("A", ca), ("B", cb)):
+            rel = f"{side}/{k}.png"
+            write_rgb8(tmp_path / rel, np.full((60, 90, 3), col, np.uint8))
+            renders.append(PageRender(f"run{side}", rel, 90, 60, {"de": "1.00"}, thumb=rel))
+        groups.append(PageGroup(f"pair{k}", renders))
+    page = write_page(tmp_path, groups, "pairs", start_mode="sheet")
+    b = browser
+    b.goto(page.resolve().as_uri())
+    b.wait_js("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    settle(b)
+    b.screenshot(str(_artifacts(tmp_path) / "9_sheet.png"))
+    assert b.eval("document.body.className").strip() == "mode-sheet"
+    assert b.eval("document.querySelectorAll('#sheet figure').length") == 2
+    fig = json.loads(b.eval("JSON.stringify(document.querySelector('#sheet figure[data-g=\"1\"]')"
+                            ".getBoundingClientRect())"))
+    b.click(fig["left"] + fig["width"] / 2, fig["top"] + fig["height"] / 2)
+    b.wait_js("document.getElementById('imgL').complete && document.getElementById('imgR').complete")
+    crop = canvas_shot(b, _artifacts(tmp_path) / "10_pair_opened.png")
+    line = crop[int(0.7 * crop.shape[0])]
+    green = (line[:, 1] > 120) & (line[:, 0] < 80)
+    white = line.min(axis=1) > 200
+    assert b.eval("document.body.className").strip() == "mode-split"
+    assert green.mean() == pytest.approx(0.5, abs=0.03) and white.mean() == pytest.approx(0.5, abs=0.03)
+    b.key("ArrowUp", "ArrowUp", 38)   # previous pair
+    assert b.eval("window.campipeCompare.state.g") == 0
+    assert b.exceptions() == []
