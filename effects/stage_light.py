@@ -26,8 +26,8 @@ from .masks import bbox, check_mask, feather, grow, union
 
 
 def stage_light(img: np.ndarray, persons: list[np.ndarray], hair: np.ndarray | None = None, *,
-                focus: int = -1, strength: float = 1.0, falloff: float = 0.35, edge_softness: float = 0.02, mono: bool = False,
-                mono_contrast: float = 0.5) -> np.ndarray:
+                focus: int = -1, strength: float = 1.0, falloff: float = 0.35, edge_softness: float = 0.02,
+                mono: bool = False, mono_contrast: float = 0.5) -> np.ndarray:
     """Light the people on a black background; returns a new float32 (H, W, 3) linear image.
 
     Args:

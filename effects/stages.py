@@ -7,16 +7,17 @@ versions, ``subject_tone`` does nothing, and ``portrait`` / ``stage_light`` rais
 
 Stages and parameters (the defaults are the values below; see each function for units and ranges):
 
-========================  =========================================================================================
-``style``                 tone, warmth, colour (-1..1), skin_protect (0..1) -> :func:`.styles.apply_style`
-``denoise``               strength (>= 0), sky_boost, skin_boost (>= 0), radius (px, 0 = auto) -> :func:`.denoise.denoise`
-``sharpen``               amount (>= 0), radius (px), noise_floor (sigmas) -> :func:`.sharpen.sharpen`
-``subject_tone``          strength (0..1), face_target_L (L*), contrast (-1..1), max_ev -> :func:`.subject_tone.subject_tone`
-``portrait``              aperture (f-number), focal_length_35mm (mm, 0 = EXIF or 26), focus (-1 = auto),
-                          grain, polygon_blades, max_blur_frac -> :func:`.bokeh.portrait_blur`
-``stage_light``           focus (-1 = everyone), strength, falloff, edge_softness -> :func:`.stage_light.stage_light`
-``stage_light_mono``      focus, strength, falloff, edge_softness, mono_contrast -> same, ``mono=True``
-========================  =========================================================================================
+====================  ===============================================================================================
+``style``             tone, warmth, colour (-1..1), skin_protect (0..1) -> :func:`.styles.apply_style`
+``denoise``           strength (>= 0), sky_boost, skin_boost (>= 0), radius (px, 0 = auto) -> :func:`.denoise.denoise`
+``sharpen``           amount (>= 0), radius (px), noise_floor (sigmas) -> :func:`.sharpen.sharpen`
+``subject_tone``      strength (0..1), face_target_L (L*), contrast (-1..1), max_ev (stops)
+                      -> :func:`.subject_tone.subject_tone`
+``portrait``          aperture (f-number), focal_length_35mm (mm, 0 = EXIF or 26), focus (-1 = auto),
+                      grain, polygon_blades, max_blur_frac -> :func:`.bokeh.portrait_blur`
+``stage_light``       focus (-1 = everyone), strength, falloff, edge_softness -> :func:`.stage_light.stage_light`
+``stage_light_mono``  focus, strength, falloff, edge_softness, mono_contrast -> same, ``mono=True``
+====================  ===============================================================================================
 """
 from __future__ import annotations
 
