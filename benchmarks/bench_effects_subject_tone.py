@@ -3,7 +3,8 @@
 Scene (linear working RGB, scene-referred): a bright sky gradient from 0.55 to 0.97 of the clipping level (the
 exposure a camera picks to hold a backlit sky) with a clipped sun disc at 30, textured ground at 0.12, and four
 people (head + torso silhouettes with exact anti-aliased coverage, a skin face, hair, clothes) whose lighting is
-2^EV times a nominal level that puts the face at Y = 0.18 (EV = -2, -1, 0, +1: faces from Y 0.045 to 0.36). Masks: per-person coverage, skin (faces), sky.
+2^EV times a nominal level that puts the face at Y = 0.18 (EV = -2, -1, 0, +1: faces from Y 0.045 to 0.36).
+Masks: per-person coverage, skin (faces), sky.
 
 Renders: global only = the lead's global filmic tone curve (``campipe.isp.tone_map``, defaults) on the frame as is;
 semantic = ``subject_tone`` (stage defaults: strength 1, face_target_L 60, contrast 0) and then the same curve.
