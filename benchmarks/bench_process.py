@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             res = campipe.process(str(dng), style=args.style)
             t_all = time.perf_counter() - t0
             stages = ", ".join(f"{k} {v:.2f}" for k, v in res.frame.timings.items())
-            print(f"{mp}MP in-process: load_raw {t_dec:.2f} s; process {t_all:.2f} s (no encode); stages: {stages}")
+            print(f"{mp}MP in-process: load_raw {t_dec:.2f} s; process {t_all:.2f} s (decode + stages, no encode); stages: {stages}")
     if not args.keep:
         for p in sorted(work.rglob("*"), reverse=True):
             p.unlink() if p.is_file() else p.rmdir()
