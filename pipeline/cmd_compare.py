@@ -103,17 +103,25 @@ def compare_styles(source: str | Path, styles: list[str], out: str | Path, portr
                    console=None, process: Callable | None = None) -> Path:
     """Render ``source`` with each style and write the page folder, or only the side-by-side when ``out`` is .png/.jpg.
 
-    ``process`` defaults to :func:`campipe.api.process` (injectable for tests). Returns the written page or image.
+    The input is decoded once (:func:`campipe.decode.decode_file`) and every style renders a copy of that frame.
+    ``process`` defaults to :func:`campipe.api.process` (injectable for tests; it receives the decoded
+    :class:`~campipe.frame.Frame` copy). Returns the written page or image.
     """
     out = Path(out)
     source = Path(source)
     if not source.is_file():
         raise CompareError(f"{source}: input file not found")
     single = _check_out(out, overwrite)
-    if process is None:
-        from .api import process as process_fn
-        process = process_fn
     styles = resolve_styles(styles)
+    if process is None:
+        from .api import process
+        from .decode import decode_file
+
+        t0 = time.perf_counter()
+        decoded = decode_file(source, half_size=half_size)
+        _log(console, f"  decoded {source.name} in {time.perf_counter() - t0:.2f} s")
+    else:
+        decoded = None
     if len(styles) < 2:
         _log(console, f"[yellow]only one style ({styles[0]}): the page shows it alone[/]")
 
@@ -125,7 +133,7 @@ def compare_styles(source: str | Path, styles: list[str], out: str | Path, portr
     space = "srgb"
     for i, style in enumerate(styles):
         t0 = time.perf_counter()
-        res = process(source, style=style, sets=sets, portrait=portrait, half_size=half_size)
+        res = process(decoded.copy() if decoded is not None else source, style=style, sets=sets, portrait=portrait)
         disp = np.asarray(res.image, dtype=np.float32)
         frame = res.frame
         meta = dict(frame.meta)
@@ -155,7 +163,7 @@ def compare_styles(source: str | Path, styles: list[str], out: str | Path, portr
             rel = f"renders/{i + 1:02d}_{safe_name(style)}.jpg"
             _write_render(out / rel, disp, meta)
             renders.append(PageRender(label, rel, w, h, values, hist=histograms(disp)))
-        thumbs.append(_to_height(to_uint8(disp), SIDE_BY_SIDE_HEIGHT))
+        thumbs.append(to_uint8(_to_height(disp, SIDE_BY_SIDE_HEIGHT)))
         _log(console, f"  {label:<24} {time.perf_counter() - t0:6.2f} s  {w}×{h}")
         del res, disp, frame
 
@@ -174,13 +182,14 @@ def compare_styles(source: str | Path, styles: list[str], out: str | Path, portr
     return write_page(out, [group], "campipe compare", METRIC_COLUMNS + timing_columns(stage_order), subtitle=sub)
 
 
-def _to_height(rgb8: np.ndarray, height: int) -> np.ndarray:
+def _to_height(img: np.ndarray, height: int) -> np.ndarray:
+    """Area-downscale (float or uint8) to ``height`` rows; smaller images are returned as they are."""
     import cv2
 
-    h, w = rgb8.shape[:2]
+    h, w = img.shape[:2]
     if h <= height:
-        return rgb8
-    return cv2.resize(rgb8, (max(1, round(w * height / h)), height), interpolation=cv2.INTER_AREA)
+        return img
+    return cv2.resize(img, (max(1, round(w * height / h)), height), interpolation=cv2.INTER_AREA)
 
 
 # --------------------------------------------------------------------------------------------------- pair compare

@@ -35,7 +35,7 @@ def data_of(page: Path) -> dict:
 def fake_process(linear_image):
     calls = []
 
-    def process(source, style="standard", sets=None, portrait=False, half_size=False, on_stage=None):
+    def process(source, style="standard", sets=None, portrait=False, on_stage=None):
         calls.append((style, tuple(sets or ()), portrait))
         disp = working_to_display(np.clip(linear_image * np.float32(GAINS[style]), 0, 1))
         h, w = disp.shape[:2]
