@@ -214,6 +214,9 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log_fn=N
         sys.stdout.flush()
 
     torch.set_num_threads(max(1, cfg.threads))
+    import cv2
+
+    cv2.setNumThreads(1)  # augmentation runs in one prefetch thread; no OpenCV thread pool on a shared CPU
     seed_everything(cfg.seed)
     mcfg = HyperDETRConfig.from_dict({**cfg.model, "aux_loss": True})
     model = make_channels_last(build_model(mcfg)).train()

@@ -1,0 +1,210 @@
+"""Training data: label mapping into campipe's space with known masks, split, augmentation, synthesis, body skin."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from campipe.segmentation.training import datasets as D
+from campipe.segmentation.training.augment import AugmentConfig, augment, geometric, resize_only
+from campipe.segmentation.training.batches import collate
+from campipe.segmentation.training.skin import derive_body_skin, fit_skin_model, skin_distance2
+from campipe.segmentation.training.synth import person_cutouts, synth_scene
+
+C = {c: i for i, c in enumerate(D.CLASSES)}
+
+
+def _u(lab):
+    return D.unpack(lab)
+
+
+def test_celebamask_mapping_exact():
+    raw = np.array([[0, 1, 13, 10], [3, 17, 18, 2]], np.uint8)
+    lab, ik = D.map_labels("celebamask", raw)
+    u = _u(lab)
+    assert ik
+    np.testing.assert_array_equal(u["sem"][C["person"]], raw != 0)
+    np.testing.assert_array_equal(u["sem"][C["hair"]], raw == 13)
+    np.testing.assert_array_equal(u["sem"][C["skin"]], np.isin(raw, (1, 2, 8, 9, 17)))
+    np.testing.assert_array_equal(u["sem"][C["teeth"]], raw == 10)
+    np.testing.assert_array_equal(u["sem"][C["glasses"]], raw == 3)
+    # everything known except sky, which is known (negative) only on person pixels
+    for c in ("person", "hair", "skin", "teeth", "glasses"):
+        assert u["known"][C[c]].all()
+    np.testing.assert_array_equal(u["known"][C["sky"]], raw != 0)
+    assert not u["sem"][C["sky"]].any()
+    np.testing.assert_array_equal(u["inst"], (raw != 0).astype(np.uint8))
+    assert u["valid"].all()
+
+
+def test_hair_sets_only_hair_known():
+    raw = np.array([[0, 255], [255, 0]], np.uint8)
+    for s in ("figaro1k", "lfw_hair"):
+        lab, ik = D.map_labels(s, raw)
+        u = _u(lab)
+        assert not ik
+        np.testing.assert_array_equal(u["sem"][C["hair"]], raw == 255)
+        assert u["known"][C["hair"]].all()
+        # non-hair pixels: person, skin, sky ... unknown (a hair set must not teach "no person here")
+        for c in ("person", "sky", "skin", "teeth", "glasses"):
+            assert not u["known"][c if isinstance(c, int) else C[c]][raw == 0].any()
+        # hair pixels are person and not sky
+        assert u["sem"][C["person"]][raw == 255].all() and u["known"][C["person"]][raw == 255].all()
+        assert u["known"][C["sky"]][raw == 255].all() and not u["sem"][C["sky"]].any()
+
+
+def test_camvid_mapping_and_unlabelled():
+    raw = np.array([[0, 9, 10, 11, 3]], np.uint8)
+    lab, ik = D.map_labels("camvid", raw)
+    u = _u(lab)
+    assert not ik  # a pedestrian without instance label
+    np.testing.assert_array_equal(u["sem"][C["sky"]][0], [1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(u["known"][C["sky"]][0], [1, 1, 1, 0, 1])
+    np.testing.assert_array_equal(u["sem"][C["person"]][0], [0, 1, 0, 0, 0])
+    np.testing.assert_array_equal(u["known"][C["person"]][0], [1, 1, 0, 0, 1])  # bicyclist, unlabelled unknown
+    np.testing.assert_array_equal(u["known"][C["hair"]][0], [1, 0, 0, 0, 1])  # no hair outside people
+    _, ik2 = D.map_labels("camvid", np.array([[0, 3]], np.uint8))
+    assert ik2  # no person at all: the instance set (empty) is complete
+
+
+def test_pennfudan_instances_and_derived_skin():
+    raw = np.zeros((40, 30), np.uint8)
+    raw[5:35, 3:12] = 1
+    raw[8:38, 16:27] = 2
+    img = np.full((40, 30, 3), 60, np.uint8)
+    lab, ik = D.map_labels("pennfudan", raw, img)
+    u = _u(lab)
+    assert ik
+    np.testing.assert_array_equal(u["inst"], raw)
+    np.testing.assert_array_equal(u["sem"][C["person"]], raw > 0)
+    assert u["known"][C["person"]].all()
+    assert not u["known"][C["hair"]][raw > 0].any() and u["known"][C["hair"]][raw == 0].all()
+    assert not u["sem"][C["skin"]][raw == 0].any() and u["known"][C["skin"]][raw == 0].all()
+
+
+def test_unknown_set_rejected():
+    with pytest.raises(ValueError, match="unknown data set"):
+        D.map_labels("nope", np.zeros((2, 2), np.uint8))
+
+
+def test_split_deterministic_and_disjoint():
+    stems = [f"img{i:04d}" for i in range(400)]
+    val = [s for s in stems if D.is_val("celebamask", s)]
+    assert val == [s for s in stems if D.is_val("celebamask", s)]
+    assert 0.08 < len(val) / len(stems) < 0.22
+
+
+def _toy_record(h=48, w=64):
+    raw = np.zeros((h, w), np.uint8)
+    raw[10:40, 20:44] = 1   # face skin
+    raw[4:12, 18:46] = 13  # hair
+    raw[40:, 10:54] = 18  # cloth
+    img = np.zeros((h, w, 3), np.uint8)
+    img[raw == 1] = (200, 150, 120)
+    img[raw == 13] = (40, 30, 20)
+    img[raw == 18] = (30, 60, 160)
+    lab, ik = D.map_labels("celebamask", raw)
+    return D.Record("celebamask", "toy", img, lab, ik), raw
+
+
+def test_augment_keeps_labels_on_their_pixels(rng):
+    rec, _ = _toy_record()
+    cfg = AugmentConfig(brightness=0, contrast=0, saturation=0, hue_deg=0, p_blur_resize=0)
+    for _ in range(10):
+        img, lab = augment(rec.image, rec.lab, (32, 32), rng, cfg)
+        u = _u(lab)
+        skin = u["sem"][C["skin"]].astype(bool) & u["valid"].astype(bool)
+        # nearest-warped labels stay consistent with the bilinear-warped colours away from edges
+        if skin.sum() > 20:
+            inner = skin & np.roll(skin, 1, 0) & np.roll(skin, -1, 0) & np.roll(skin, 1, 1) & np.roll(skin, -1, 1)
+            if inner.any():
+                assert np.abs(img[inner].astype(int) - (200, 150, 120)).max() <= 12
+        # outside the photo: nothing known
+        invalid = u["valid"] == 0
+        assert not u["known"][:, invalid].any()
+
+
+def test_small_rotation_masks_invalid_corners(rng):
+    rec, _ = _toy_record()
+    cfg = AugmentConfig(p_small_rot=1.0, max_small_rot_deg=15.0, min_area=1.0, max_area=1.0, p_rot90=0,
+                        p_rot180=0, p_letterbox=0)
+    found = False
+    for _ in range(8):
+        _, lab = geometric(rec.image, rec.lab, (48, 64), rng, cfg)
+        v = _u(lab)["valid"]
+        found |= bool((v == 0).any())
+    assert found
+
+
+def test_resize_only_identity_at_same_size():
+    rec, _ = _toy_record()
+    img, lab = resize_only(rec.image, rec.lab, rec.image.shape[:2])
+    np.testing.assert_array_equal(lab, rec.lab)
+    np.testing.assert_array_equal(img, rec.image)
+
+
+def test_synth_scene_exact_instances(rng):
+    bg_raw = np.full((60, 80), 3, np.uint8)
+    bg_raw[:20] = 0
+    bg_lab, _ = D.map_labels("camvid", bg_raw)
+    bg = D.Record("camvid", "bg", np.full((60, 80, 3), 90, np.uint8), bg_lab, True)
+    rec, _ = _toy_record()
+    cut = person_cutouts([rec], min_pixels=10)
+    assert len(cut) == 1
+    s = synth_scene(bg, cut, rng, n_people=3)
+    u = _u(s.lab)
+    assert s.inst_known
+    person = u["sem"][C["person"]].astype(bool)
+    # instance ids cover exactly the person pixels (no pedestrians in this background)
+    np.testing.assert_array_equal(u["inst"] > 0, person)
+    assert set(np.unique(u["inst"])) - {0} <= {1, 2, 3}
+    # a pasted person hides the sky label under it
+    assert not (u["sem"][C["sky"]].astype(bool) & person).any()
+    assert u["known"][:, person].all()
+
+
+def test_collate_shapes_and_known_exclusion(rng):
+    rec, _ = _toy_record()
+    imgs = np.stack([rec.image] * 2)
+    labs = np.stack([rec.lab] * 2)
+    labs[1, :, :8, 1] = 0  # first columns invalid / unknown
+    b = collate(imgs, labs, [True, False], (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    assert b["image"].shape == (2, 3, 48, 64) and b["sem"].shape == (2, 6, 48, 64)
+    assert b["known"][1, :, :, :8].sum() == 0
+    assert len(b["instances"]) == 2 and b["instances"][0].shape == (1, 48, 64)
+    assert b["inst_known"].tolist() == [True, False]
+
+
+def test_body_skin_from_face_model():
+    h, w = 40, 60
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:] = (30, 90, 40)  # green background
+    person = np.zeros((h, w), bool)
+    person[5:40, 10:50] = True
+    face = np.zeros((h, w), bool)
+    face[5:15, 22:38] = True
+    arm = np.zeros((h, w), bool)
+    arm[20:38, 10:16] = True
+    shirt = person & ~face & ~arm
+    img[person] = (40, 60, 170)    # blue shirt
+    img[face] = (205, 150, 125)    # face skin
+    img[arm] = (195, 140, 118)     # arm: same skin tone, slightly darker
+    sk = derive_body_skin(img, person, face_skin=face)
+    assert (sk[arm] == 1).all()
+    assert (sk[shirt] == 0).all()
+    assert (sk[~person] == 0).all()
+    m = fit_skin_model(img, face)
+    assert skin_distance2(img, m)[arm].max() < skin_distance2(img, m)[shirt].min()
+
+
+@pytest.mark.shared_data
+def test_real_sets_map(shared_data):
+    for s in D.SETS:
+        recs = D.load_set(shared_data, s, "val", max_side=128, threads=1, limit=2)
+        assert len(recs) == 2
+        for r in recs:
+            u = _u(r.lab)
+            assert r.image.dtype == np.uint8 and r.image.shape[:2] == r.lab.shape[:2]
+            assert u["known"].any()
+    train = set(D.list_stems(shared_data, "camvid", "train"))
+    val = set(D.list_stems(shared_data, "camvid", "val"))
+    assert train and val and not (train & val)

@@ -1,0 +1,111 @@
+"""Evaluation: pooled IoU and panoptic quality on hand-made arrays, and the eval pipeline on a tiny hand-made set."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from campipe.segmentation.config import HyperDETRConfig
+from campipe.segmentation.training.evaluate import (IoUAccumulator, PQAccumulator, evaluate_model, format_table,
+                                                    panoptic_segments)
+
+
+def test_pooled_iou_is_not_mean_of_ious():
+    acc = IoUAccumulator()
+    a = np.zeros((4, 4), bool)
+    a[:2] = True                      # 8 px
+    acc.update(a, a)                  # I 8, U 8
+    b = np.zeros((4, 4), bool)
+    b[0, 0] = True
+    acc.update(b, np.zeros((4, 4), bool))  # I 0, U 1
+    assert acc.iou == pytest.approx(8 / 9)  # mean of per-image IoUs would be 0.5
+
+
+def test_iou_ignore_region():
+    acc = IoUAccumulator()
+    p = np.array([[1, 1, 0, 0]], bool)
+    g = np.array([[1, 0, 0, 1]], bool)
+    ign = np.array([[0, 0, 0, 1]], bool)
+    acc.update(p, g, ign)
+    assert acc.iou == pytest.approx(1 / 2)
+
+
+def test_panoptic_quality_hand_made():
+    gt = np.zeros((2, 4, 8), bool)
+    gt[0, :, :4] = True
+    gt[1, :, 4:] = True
+    pred = np.zeros((2, 4, 8), bool)
+    pred[0, :, :3] = True   # IoU 12/16 = 0.75 with gt0
+    pred[1, :1, 6:] = True  # IoU 2/16 with gt1: no match
+    pq = PQAccumulator()
+    pq.update(pred, gt)
+    assert (pq.tp, pq.fp, pq.fn) == (1, 1, 1)
+    assert pq.sq == pytest.approx(0.75)
+    assert pq.rq == pytest.approx(1 / 2)
+    assert pq.pq == pytest.approx(0.75 / 2)
+
+
+def test_panoptic_segments_resolve_overlap():
+    probs = np.zeros((2, 2, 2), np.float32)
+    probs[0] = [[0.9, 0.9], [0.2, 0.6]]
+    probs[1] = [[0.8, 0.1], [0.1, 0.9]]
+    seg = panoptic_segments(probs, np.array([0.9, 0.8], np.float32))
+    assert not (seg[0] & seg[1]).any()
+    assert seg[0].tolist() == [[True, True], [False, False]]
+    assert seg[1].tolist() == [[False, False], [False, True]]
+
+
+class _RedIsEverything(torch.nn.Module):
+    """Fake model: every class and one person query = 'red channel is bright' (known, hand-checkable output)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cfg = HyperDETRConfig(input_size=(64, 64), mask_stride=1)
+        self.num_dec_layers = 2
+
+    def forward(self, x, scene_only=False):
+        red = (x[:, :1] > 0.5).float() * 20 - 10
+        out = {"sem_logits": red.repeat(1, 6, 1, 1)}
+        if not scene_only:
+            out["pred_logits"] = torch.tensor([[[4.0, -4.0], [-4.0, 4.0]]]).repeat(x.shape[0], 1, 1)
+            out["pred_masks"] = torch.cat([red, red * 0 - 10], 1)
+        return out
+
+
+def _write(d: Path, set_name: str, stem: str, img: np.ndarray, raw: np.ndarray) -> None:
+    (d / set_name / "images").mkdir(parents=True, exist_ok=True)
+    (d / set_name / "masks").mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(d / set_name / "images" / f"{stem}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(d / set_name / "masks" / f"{stem}.png"), raw)
+
+
+def test_evaluate_model_on_tiny_hand_made_set(tmp_path):
+    # two 64x64 "Penn-Fudan" images; red (predicted person) rows vs labelled rows
+    red_rows = [(0, 32), (0, 16)]
+    gt_rows = [(16, 48), (0, 16)]
+    for i, ((r0, r1), (g0, g1)) in enumerate(zip(red_rows, gt_rows)):
+        img = np.zeros((64, 64, 3), np.uint8)
+        img[r0:r1] = (255, 0, 0)
+        raw = np.zeros((64, 64), np.uint8)
+        raw[g0:g1] = 1
+        _write(tmp_path, "pennfudan", f"p{i}", img, raw)
+    res = evaluate_model(_RedIsEverything(), tmp_path, sets=["pennfudan"], split="all")
+    r = res["pennfudan"]
+    # image 0: I = 16 rows, U = 48 rows; image 1: I = U = 16 rows -> pooled (16+16)/(48+16)
+    assert r["iou_person"] == pytest.approx(32 / 64)
+    # PQ: image 0 IoU 1/3 (no match: FP + FN), image 1 IoU 1 (TP)
+    assert (r["tp"], r["fp"], r["fn"]) == (1, 1, 1)
+    assert r["pq"] == pytest.approx(1.0 / 2)
+    assert r["n_images"] == 2
+
+
+def test_eval_table_rows():
+    rep = {"results": {"a": {"camvid": {"iou_sky": 0.5, "n_images": 3}}, "b": {"camvid": {"iou_sky": 0.25}}}}
+    rows = format_table(rep)
+    assert rows[0] == ["set", "metric", "target", "a", "b"]
+    assert rows[1] == ["camvid", "iou_sky", "0.92", "0.500", "0.250"]
+    json.dumps(rep)
