@@ -16,17 +16,16 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["process", "load_raw", "load_image", "Frame", "__version__"]
+__all__ = ["process", "load_raw", "load_image", "decode_file", "Frame", "__version__"]
 
 
 def __getattr__(name):  # lazy: `import campipe` stays fast (no torch/rawpy import)
+    import importlib
+
     if name in ("process", "ProcessResult"):
-        from . import api
-        return getattr(api, name)
-    if name in ("load_raw", "load_image", "decode"):
-        from . import decode
-        return getattr(decode, name if name != "decode" else "decode_file")
+        return getattr(importlib.import_module(__name__ + ".api"), name)
+    if name in ("load_raw", "load_image", "decode_file"):
+        return getattr(importlib.import_module(__name__ + ".decode"), name)
     if name == "Frame":
-        from .frame import Frame
-        return Frame
+        return importlib.import_module(__name__ + ".frame").Frame
     raise AttributeError(f"module 'campipe' has no attribute {name!r}")

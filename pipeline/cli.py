@@ -23,6 +23,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+@app.callback()
+def _root() -> None:
+    """Camera-pipeline simulator: RAW -> linear RGB -> semantic masks -> camera effects -> colour-managed output."""
+
+
 #: Modules contributing commands (each has ``register(app)``). A module not written yet is skipped.
 COMMAND_MODULES = (
     "campipe.cmd_process",    # process, batch, info, styles

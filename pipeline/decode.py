@@ -332,7 +332,7 @@ def load_raw(path: str | Path, *, half_size: bool = False, demosaic: str = "AHD"
         except AttributeError:
             raise DecodeError(f"unknown demosaic algorithm {demosaic!r}") from None
         wb_ok = all(x > 0 for x in cam_wb[:3]) and not mono
-        kw = dict(half_size=half_size, no_auto_bright=True, output_bps=16, gamma=(1, 1),
+        kw = dict(half_size=half_size, no_auto_bright=True, adjust_maximum_thr=0.0, output_bps=16, gamma=(1, 1),
                   output_color=rawpy.ColorSpace.raw, user_flip=None, use_camera_wb=wb_ok,
                   user_wb=[1.0, 1.0, 1.0, 1.0] if mono else None)
         native = _NativeStderr()

@@ -113,3 +113,10 @@ def test_console_script_help_runs():
 
     out = subprocess.run([sys.executable, "-m", "campipe.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "process" in out.stdout and "batch" in out.stdout
+
+
+def test_public_api_attributes():
+    f = campipe.load_raw(SAMPLE)
+    assert isinstance(f, campipe.Frame) and callable(campipe.decode_file) and callable(campipe.load_image)
+    # exposure is fixed by the white level, not by image content (LibRaw's adjust_maximum is off)
+    assert 1.0 < float(f.image.max()) < 1.5
