@@ -28,6 +28,7 @@ button:hover{background:#383838}
 label.sel{color:var(--dim);display:inline-flex;align-items:center;gap:5px}
 select{background:var(--panel2);color:var(--text);border:1px solid #3a3a3a;border-radius:5px;padding:3px 6px;font:inherit}
 #main{flex:1;display:flex;min-height:0}
+#stagewrap{flex:1;position:relative;display:flex;min-width:0;overflow:hidden}
 #viewport{flex:1;position:relative;overflow:hidden;display:flex;align-items:center;justify-content:center;min-width:0}
 #viewport.zoom{overflow:auto;align-items:flex-start;justify-content:flex-start}
 #viewport.zoom #canvas{margin:auto}
@@ -47,11 +48,11 @@ box-shadow:0 0 0 .5px rgba(0,0,0,.5);cursor:ew-resize}
 background:rgba(18,18,18,.78);border:1px solid rgba(255,255,255,.9);color:#eee;font-size:11px;display:flex;
 align-items:center;justify-content:center;letter-spacing:-1px}
 body.before #handle,body.before #after{visibility:hidden}
-.tag{position:absolute;top:8px;padding:2px 8px;background:rgba(0,0,0,.6);color:#eee;border-radius:4px;font-size:12px;
+.tag{position:absolute;top:8px;z-index:2;padding:2px 8px;background:rgba(0,0,0,.6);color:#eee;border-radius:4px;font-size:12px;
 pointer-events:none;white-space:nowrap;max-width:45%;overflow:hidden;text-overflow:ellipsis}
 .tag.l{left:8px}.tag.r{right:8px}
 body.before .tag.r{display:none}
-#zoomtag{position:absolute;bottom:8px;left:8px;padding:2px 8px;background:rgba(0,0,0,.6);border-radius:4px;
+#zoomtag{position:absolute;bottom:8px;left:8px;z-index:2;padding:2px 8px;background:rgba(0,0,0,.6);border-radius:4px;
 font-size:12px;color:#ccc;pointer-events:none}
 aside{width:230px;flex:none;background:var(--panel);border-left:1px solid var(--line);padding:10px 12px;overflow:auto}
 aside h2{font-size:11px;text-transform:uppercase;letter-spacing:.08em;color:var(--dim);margin:4px 0 8px;font-weight:600}
@@ -65,7 +66,7 @@ aside canvas{width:206px;height:90px;display:block;border-radius:4px;border:1px 
 #grid,#sheet{display:none;flex:1;overflow:auto;padding:12px;gap:12px;align-content:start;
 grid-template-columns:repeat(auto-fill,minmax(300px,1fr));grid-auto-rows:max-content}
 body.mode-grid #grid,body.mode-sheet #sheet{display:grid}
-body.mode-grid #viewport,body.mode-sheet #viewport,body.mode-sheet aside{display:none}
+body.mode-grid #stagewrap,body.mode-sheet #stagewrap,body.mode-sheet aside{display:none}
 figure{margin:0;background:var(--panel);border:1px solid var(--line);border-radius:6px;cursor:pointer}
 figure:hover{border-color:#555}
 figure.is-r{outline:2px solid #bbb}
@@ -112,13 +113,13 @@ BODY = r"""
  <button class="b" id="helpbtn" title="keyboard shortcuts (?)">?</button>
 </header>
 <div id="main">
- <div id="viewport"><div id="canvas">
+ <div id="stagewrap"><div id="viewport"><div id="canvas">
   <img id="imgL" alt=""><div id="after"><img id="imgR" alt=""></div>
   <div class="ovl" id="ovl"></div>
   <div id="handle"><div class="grip">◂▸</div></div>
-  <div class="tag l" id="tagL"></div><div class="tag r" id="tagR"></div>
-  <div id="zoomtag"></div>
  </div></div>
+ <div class="tag l" id="tagL"></div><div class="tag r" id="tagR"></div><div id="zoomtag"></div>
+ </div>
  <div id="grid"></div>
  <div id="sheet"></div>
  <aside id="side"></aside>
@@ -266,7 +267,21 @@ function layout(){
   $("fit").classList.toggle("on", !S.zoom); $("one").classList.toggle("on", S.zoom);
   const pct = Math.round(100 * w * (window.devicePixelRatio || 1) / W);
   $("zoomtag").textContent = (S.zoom ? "1:1" : "fit") + " · " + pct + " % · " + W + "×" + H;
+  placeTags();
 }
+
+// labels sit at the corners of the visible part of the image (image corners when fitted, viewport corners at 1:1)
+function placeTags(){
+  const wr = $("stagewrap").getBoundingClientRect(), cr = cv.getBoundingClientRect();
+  const vr = {left:vp.getBoundingClientRect().left, top:vp.getBoundingClientRect().top,
+              right:vp.getBoundingClientRect().left + vp.clientWidth, bottom:vp.getBoundingClientRect().top + vp.clientHeight};
+  const l = Math.max(cr.left, vr.left) - wr.left, r = wr.right - Math.min(cr.right, vr.right);
+  const t = Math.max(cr.top, vr.top) - wr.top, b = wr.bottom - Math.min(cr.bottom, vr.bottom);
+  $("tagL").style.left = (l + 8) + "px"; $("tagL").style.top = (t + 8) + "px";
+  $("tagR").style.right = (r + 8) + "px"; $("tagR").style.top = (t + 8) + "px";
+  $("zoomtag").style.left = (l + 8) + "px"; $("zoomtag").style.bottom = (b + 8) + "px";
+}
+vp.addEventListener("scroll", placeTags);
 
 function setSplit(x){
   S.split = clamp(x, 0, 1);
@@ -400,6 +415,7 @@ function zoomAt(clientX, clientY){
   S.zoom = !S.zoom; layout();
   if (S.zoom) { const vr = vp.getBoundingClientRect();
     vp.scrollLeft = fx * cv.offsetWidth - (clientX - vr.left); vp.scrollTop = fy * cv.offsetHeight - (clientY - vr.top); }
+  placeTags();
   saveHash();
 }
 
