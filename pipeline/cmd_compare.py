@@ -339,10 +339,20 @@ def register(app) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing page / image"),
         open_page: bool = typer.Option(False, "--open", help="open the page in the default browser"),
     ) -> None:
-        """Compare styles of one input (split slider, grid, mask overlays, numbers), or two batch runs."""
+        """Compare styles of one input, or two batch runs, on a self-contained page (works offline).
+
+        [b]campipe compare IMG.dng --styles standard,warm,cool -o OUT/[/]   page + renders + sidebyside.png
+
+        [b]campipe compare IMG.dng --styles standard,warm -o side.png[/]    just the labelled side-by-side
+
+        [b]campipe compare RUN_A/ RUN_B/ -o OUT/[/]                         same-named files paired, contact sheet
+
+        Open OUT/index.html: drag the split, 1-9 pick images, G grid, Z 1:1, S/P/H/K/T/L mask overlays, ? help.
+        """
         from rich.console import Console
 
         from .cli import EXIT_FAILED, EXIT_USAGE
+        from .presets import PresetError
 
         console = Console(stderr=True)
         try:
@@ -360,15 +370,16 @@ def register(app) -> None:
                 missing = [str(p) for p in inputs if not p.exists()]
                 why = f"not found: {', '.join(missing)}" if missing else \
                     f"got {len(inputs)} input(s): {', '.join(map(str, inputs))}"
-                console.print(f"[red]campipe compare: give one image file, or two folders ({why})[/]")
+                console.print(f"[red]campipe compare: give one image file, or two folders ({why})[/]",
+                              highlight=False, soft_wrap=True)
                 raise typer.Exit(EXIT_USAGE)
         except typer.Exit:
             raise
-        except CompareError as e:
-            console.print(f"[red]campipe compare: {e}[/]", highlight=False)
+        except (CompareError, PresetError) as e:  # bad arguments: usage error
+            console.print(f"[red]campipe compare: {e}[/]", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_USAGE)
         except (CampipeError, ValueError, OSError) as e:  # PresetError, DecodeError, EncodeError: one-line messages
-            console.print(f"[red]campipe compare: {e}[/]", highlight=False)
+            console.print(f"[red]campipe compare: {e}[/]", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_FAILED)
         console.print(f"wrote {path}", highlight=False)
         if open_page and path.suffix == ".html":

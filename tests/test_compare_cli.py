@@ -181,6 +181,8 @@ def test_cli_usage_errors(tmp_path, rng):
     r = runner.invoke(app, ["compare", str(tmp_path / "nope.dng"), "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and "not found" in r.output
     a, b = _write_runs(tmp_path, rng)
+    r = runner.invoke(app, ["compare", str(SAMPLE), "--styles", "warm,bogus", "-o", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "unknown style 'bogus'" in r.output
     r = runner.invoke(app, ["compare", str(a), str(b), "--portrait", "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and "--portrait" in r.output
     r = runner.invoke(app, ["compare", str(a), str(b), "-o", str(tmp_path / "o")])
