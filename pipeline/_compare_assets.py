@@ -24,6 +24,7 @@ header .sp{flex:1}
 .seg button+button{border-left:1px solid #3a3a3a}
 .seg button.on{background:#4a4a4a;color:#fff}
 button.b{border:1px solid #3a3a3a;border-radius:5px}
+button.b.on{background:#4a4a4a;color:#fff}
 button:hover{background:#383838}
 label.sel{color:var(--dim);display:inline-flex;align-items:center;gap:5px}
 select{background:var(--panel2);color:var(--text);border:1px solid #3a3a3a;border-radius:5px;padding:3px 6px;font:inherit}
@@ -40,6 +41,10 @@ background:#000;box-shadow:0 0 0 1px #000,0 6px 30px rgba(0,0,0,.5)}
 pointer-events:none}
 #viewport.zoom #canvas img{image-rendering:pixelated}
 #after{position:absolute;inset:0;clip-path:inset(0 0 0 50%)}
+#pair{position:absolute;inset:0;isolation:isolate}
+body.diff #after{clip-path:none!important;mix-blend-mode:difference}
+body.diff #pair{filter:brightness(var(--gain,4))}
+body.diff #handle{display:none}
 .ovl img{opacity:var(--ovl)}
 .ovl img.off{display:none!important}
 #handle{position:absolute;top:0;bottom:0;left:50%;width:0;border-left:1px solid rgba(255,255,255,.9);
@@ -108,13 +113,14 @@ BODY = r"""
  <label class="sel">left <select id="selL" title="left image (Shift+1..9)"></select></label>
  <button class="b" id="swap" title="swap left and right (X)">⇄</button>
  <label class="sel">right <select id="selR" title="right image (1..9, [ ])"></select></label>
+ <button class="b" id="diffbtn" title="difference |right - left| x4 (D)">Diff</button>
  <span class="seg"><button id="fit" class="on" title="fit to window (Z)">Fit</button><button id="one"
  title="1:1 pixels (Z, double-click)">1:1</button></span>
  <button class="b" id="helpbtn" title="keyboard shortcuts (?)">?</button>
 </header>
 <div id="main">
  <div id="stagewrap"><div id="viewport"><div id="canvas">
-  <img id="imgL" alt=""><div id="after"><img id="imgR" alt=""></div>
+  <div id="pair"><img id="imgL" alt=""><div id="after"><img id="imgR" alt=""></div></div>
   <div class="ovl" id="ovl"></div>
   <div id="handle"><div class="grip">◂▸</div></div>
  </div></div>
@@ -132,6 +138,7 @@ BODY = r"""
 <tr><td><kbd>[</kbd> <kbd>]</kbd></td><td>previous / next right image</td></tr>
 <tr><td><kbd>,</kbd> <kbd>.</kbd></td><td>step both images (consecutive stages)</td></tr>
 <tr><td><kbd>X</kbd></td><td>swap left and right</td></tr>
+<tr><td><kbd>D</kbd></td><td>difference view |right − left| ×4 (what a stage or style changed)</td></tr>
 <tr><td><kbd>Z</kbd>, double-click</td><td>1:1 pixels / fit; at 1:1 drag to pan, <kbd>Shift</kbd>+drag moves the split</td></tr>
 <tr><td><kbd>G</kbd> <kbd>C</kbd></td><td>grid / contact sheet (again: back to split)</td></tr>
 <tr><td><kbd>S</kbd> <kbd>P</kbd> <kbd>H</kbd> <kbd>K</kbd> <kbd>T</kbd> <kbd>L</kbd></td>
@@ -151,7 +158,7 @@ JS = r"""
 const D = JSON.parse(document.getElementById("campipe-data").textContent);
 const $ = (id) => document.getElementById(id);
 const body = document.body, vp = $("viewport"), cv = $("canvas"), after = $("after");
-const S = {g:0, l:0, r:1, split:0.5, mode:"split", zoom:false, active:new Set(), lastActive:null, opacity:0.6};
+const S = {g:0, l:0, r:1, split:0.5, mode:"split", zoom:false, diff:false, active:new Set(), lastActive:null, opacity:0.6};
 const clamp = (x,a,b) => Math.min(b, Math.max(a, x));
 const grp = () => D.groups[S.g];
 function h(tag, attrs, kids){
@@ -296,10 +303,20 @@ function show(){
   const L = g.renders[S.l], R = g.renders[S.r];
   $("imgL").src = L.src; $("imgR").src = R.src;
   $("tagL").textContent = "◂ " + L.label; $("tagR").textContent = R.label + " ▸";
+  if (S.diff) toggleDiff(true);
   $("selL").value = String(S.l); $("selR").value = String(S.r);
   document.title = D.title + " — " + L.label + " | " + R.label;
   layout(); setSplit(S.split); buildStats(); markSelection(); drawHist();
   if (S.mode === "grid") buildGrid();
+  saveHash();
+}
+
+function toggleDiff(on){
+  S.diff = on === undefined ? !S.diff : !!on;
+  body.classList.toggle("diff", S.diff); $("diffbtn").classList.toggle("on", S.diff);
+  $("tagR").textContent = S.diff ? "|" + grp().renders[S.r].label + " − " + grp().renders[S.l].label + "| ×4"
+                                 : grp().renders[S.r].label + " ▸";
+  $("tagL").style.visibility = S.diff ? "hidden" : "";
   saveHash();
 }
 
@@ -444,6 +461,7 @@ document.querySelectorAll("#modes button").forEach(b => b.addEventListener("clic
 $("selL").addEventListener("change", (e) => { S.l = Number(e.target.value); e.target.blur(); show(); });
 $("selR").addEventListener("change", (e) => { S.r = Number(e.target.value); e.target.blur(); show(); });
 $("swap").addEventListener("click", () => { [S.l, S.r] = [S.r, S.l]; show(); });
+$("diffbtn").addEventListener("click", () => toggleDiff());
 $("fit").addEventListener("click", () => { S.zoom = false; layout(); saveHash(); });
 $("one").addEventListener("click", () => { const r = vp.getBoundingClientRect();
   if (!S.zoom) zoomAt(r.left + r.width/2, r.top + r.height/2); });
@@ -465,6 +483,7 @@ document.addEventListener("keydown", (e) => {
   else if (k === "," || k === ".") { const d = k === "." ? 1 : -1;
     if (S.l + d >= 0 && S.r + d >= 0 && S.l + d < n && S.r + d < n) { S.l += d; S.r += d; show(); } }
   else if (k === "x" || k === "X") { [S.l, S.r] = [S.r, S.l]; show(); }
+  else if (k === "d" || k === "D") toggleDiff();
   else if (k === "g" || k === "G") setMode(S.mode === "grid" ? "split" : "grid");
   else if (k === "c" || k === "C") setMode(S.mode === "sheet" ? "split" : "sheet");
   else if (k === "z" || k === "Z") { const r = vp.getBoundingClientRect(); zoomAt(r.left + r.width/2, r.top + r.height/2); }
@@ -491,7 +510,7 @@ function saveHash(){
   clearTimeout(hashTimer);
   hashTimer = setTimeout(() => {
     const p = new URLSearchParams({g:S.g, l:S.l, r:S.r, x:S.split.toFixed(3), m:S.mode, z:S.zoom ? 1 : 0,
-      o:[...S.active].join(",")});
+      d:S.diff ? 1 : 0, o:[...S.active].join(",")});
     history.replaceState(null, "", "#" + p.toString());
   }, 150);
 }
@@ -502,7 +521,7 @@ function loadHash(){
   const g = grp();
   S.active = new Set((p.get("o") || "").split(",").filter(k => g.overlays.some(o => o.key === k)));
   return {l:num("l", g.left), r:num("r", g.right), x:num("x", 0.5), m:p.get("m") || D.mode || "split",
-    z:num("z", 0) === 1};
+    z:num("z", 0) === 1, d:num("d", 0) === 1};
 }
 
 // ---- start
@@ -510,8 +529,8 @@ $("subtitle").textContent = D.subtitle || "";
 $("modes").querySelector('[data-mode="sheet"]').style.display = D.groups.length > 1 ? "" : "none";
 const st = loadHash();
 selectGroup(S.g); S.l = st.l; S.r = st.r; S.split = clamp(st.x, 0, 1); S.zoom = st.z;
-show(); setMode(["split","grid","sheet"].includes(st.m) ? st.m : "split");
+show(); setMode(["split","grid","sheet"].includes(st.m) ? st.m : "split"); if (st.d) toggleDiff(true);
 $("imgL").addEventListener("load", layout);
-window.campipeCompare = {state:S, show, setSplit, setMode, toggleMask, selectGroup};
+window.campipeCompare = {state:S, show, setSplit, setMode, toggleMask, selectGroup, toggleDiff};
 })();
 """

@@ -330,15 +330,25 @@ def test_slider_drag_keyboard_and_mask_toggle(page, browser, tmp_path):
     b.call("Input.dispatchKeyEvent", type="keyUp", key=" ", code="Space", windowsVirtualKeyCode=32)
     assert left_fraction(canvas_shot(b, shots / "6_space_released.png")) == pytest.approx(0.7, abs=0.02)
 
-    # 7. grid view shows both renders; 1:1 zoom shows image pixels at device pixels
+    # 7. difference view: |right - left| x 4 over the whole frame, then back to the split
+    b.key("d", "KeyD", 68)
+    sd = canvas_shot(b, shots / "7_difference.png")
+    hh, ww = sd.shape[:2]
+    mid = sd[int(0.3 * hh):int(0.6 * hh), int(0.2 * ww):int(0.8 * ww)].reshape(-1, 3).mean(axis=0)
+    expect = np.minimum(255, 4 * np.abs(np.subtract(RIGHT, LEFT)))   # (255, 80, 255)
+    assert np.abs(mid - expect).max() < 8, (mid, expect)
+    b.key("d", "KeyD", 68)
+    assert left_fraction(canvas_shot(b, shots / "7_difference_off.png")) == pytest.approx(0.7, abs=0.02)
+
+    # 8. grid view shows both renders; 1:1 zoom shows image pixels at device pixels
     b.key("g", "KeyG", 71)
     settle(b)
-    b.screenshot(str(shots / "7_grid.png"))
+    b.screenshot(str(shots / "8_grid.png"))
     assert b.eval("document.querySelectorAll('#grid figure').length") == 2
     b.key("g", "KeyG", 71)
     b.key("z", "KeyZ", 90)
     settle(b)
-    b.screenshot(str(shots / "8_zoom_1to1.png"))
+    b.screenshot(str(shots / "9_zoom_1to1.png"))
     assert canvas_rect(b)["width"] == pytest.approx(W, abs=1)
 
     # the page made no network request and raised no JS error
@@ -374,14 +384,14 @@ def test_contact_sheet_opens_a_pair(tmp_path, browser):
     b.goto(page.resolve().as_uri())
     b.wait_js("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
     settle(b)
-    b.screenshot(str(_artifacts(tmp_path) / "9_sheet.png"))
+    b.screenshot(str(_artifacts(tmp_path) / "10_sheet.png"))
     assert b.eval("document.body.className").strip() == "mode-sheet"
     assert b.eval("document.querySelectorAll('#sheet figure').length") == 2
     fig = json.loads(b.eval("JSON.stringify(document.querySelector('#sheet figure[data-g=\"1\"]')"
                             ".getBoundingClientRect())"))
     b.click(fig["left"] + fig["width"] / 2, fig["top"] + fig["height"] / 2)
     b.wait_js("document.getElementById('imgL').complete && document.getElementById('imgR').complete")
-    crop = canvas_shot(b, _artifacts(tmp_path) / "10_pair_opened.png")
+    crop = canvas_shot(b, _artifacts(tmp_path) / "11_pair_opened.png")
     line = crop[int(0.7 * crop.shape[0])]
     green = (line[:, 1] > 120) & (line[:, 0] < 80)
     white = line.min(axis=1) > 200
