@@ -259,20 +259,27 @@ class StageDumper:
         """Write ``index.html`` stepping through the dumped stages (split slider between consecutive stages)."""
         if not self.stages:
             return None
-        from .compare_metrics import histograms
+        from .compare_metrics import histograms, mean_delta_e
         from .compare_page import Column, PageGroup, PageRender, fmt_value, write_overlays, write_page
 
         renders = []
+        prev = None
         for label, rel, w, h, s in self.stages:
             with Image.open(self.out_dir / rel) as im:
-                im.draft("RGB", (512, 512))  # JPEG draft mode: decode at 1/2..1/8 size, enough for a histogram
+                im.draft("RGB", (512, 512))  # JPEG draft mode: decode at 1/2..1/8 size, enough for these numbers
                 small = np.asarray(im.convert("RGB"), dtype=np.float32) / np.float32(255.0)
-            renders.append(PageRender(label, rel, w, h, {"ms": fmt_value(s, "ms")}, hist=histograms(small)))
+            de = mean_delta_e(small, prev) if prev is not None and prev.shape == small.shape else None
+            vals = {"ms": fmt_value(s, "ms"), "de_prev": fmt_value(de, "de") if prev is not None else "–"}
+            renders.append(PageRender(label, rel, w, h, vals, hist=histograms(small)))
+            prev = small
         overlays = write_overlays(self.out_dir, self._masks, self._persons, subdir="overlays")
         group = PageGroup(title, renders, overlays, left=0, right=min(1, len(renders) - 1),
                           note="Keys , and . step both sides through the stages. Before the output stage the "
                                "linear image is shown with a plain sRGB encoding (no tone curve).")
-        return write_page(self.out_dir, [group], title, [Column("ms", "time (ms)", "stage wall time")])
+        cols = [Column("ms", "time (ms)", "stage wall time"),
+                Column("de_prev", "ΔE00 vs previous", "mean CIEDE2000 between this stage's dump and the previous one "
+                                                      "(how much the stage changed the picture)")]
+        return write_page(self.out_dir, [group], title, cols)
 
 
 def make_stage_dumper(out_dir: str | Path, report: StageReport | None = None, max_side: int | None = None,

@@ -226,6 +226,9 @@ def test_stage_dumper_and_report(tmp_path, linear_image):
     page = dumper.finish()
     d = data_of(page)
     assert [r["label"] for r in d["groups"][0]["renders"]] == pipe.names
+    vals = [r["values"] for r in d["groups"][0]["renders"]]
+    assert vals[0]["de_prev"] == "–" and all(float(v["de_prev"]) >= 0 for v in vals[1:])
+    assert float(vals[pipe.names.index("tone")]["de_prev"]) > 0.5   # the tone curve visibly changes the picture
     console = Console(record=True, width=120)
     report.print(console=console)
     text = console.export_text()
