@@ -14,10 +14,12 @@ Data model (all paths relative to the page's folder, POSIX separators):
   a batch pair; several groups make a contact sheet.
 
 Viewer keys (also shown by ``?`` on the page): ←/→ move the split (Shift: fine), drag or click to place it, hold
-Space to see the left image whole, 1–9 right image, Shift+1–9 left image, [ ] previous/next right image, , . step
-both (consecutive stages), X swap, G grid, C contact sheet, Z or double-click 1:1 zoom (drag to pan), F full screen,
-mask keys as labelled (S sky, P person, H hair, K skin, T teeth, L glasses, M all), O/Shift+O overlay opacity,
-↑/↓ previous/next group, I numbers table.
+Space to see the left image whole, D difference view (|right − left| × 4), 1–9 right image, Shift+1–9 left image,
+[ ] previous/next right image, , . step both (consecutive stages), X swap, G grid, C contact sheet, Z or
+double-click 1:1 zoom (drag to pan, Shift+drag moves the split), F full screen, mask keys as labelled (S sky,
+P person, H hair, K skin, T teeth, L glasses, M all), O/Shift+O overlay opacity, ↑/↓ previous/next group, I numbers
+table. The side panel also plots RGB/luma histograms of the two compared images (:attr:`PageRender.hist`). The view
+state is kept in the URL hash, so a particular comparison can be bookmarked or linked.
 
 References: the "juxtapose"/before-after slider idiom (clip-path on the top image), CSS ``image-rendering`` for 1:1
 pixel inspection, HTML ``<script type="application/json">`` data islands.
