@@ -32,7 +32,7 @@ import numpy as np
 
 from campipe.colour import luminance_weights, xyz_to_working
 
-from .masks import check_mask, feather
+from .masks import bbox, check_mask, feather
 
 REF_CCT = 6504.0
 MID_GREY = 0.18
@@ -103,21 +103,36 @@ def apply_style(img: np.ndarray, skin: np.ndarray | None = None, *, tone: float 
     out = x * warmth_gains(float(warmth)) if warmth != 0.0 else x.copy()
     w = luminance_weights()
     if colour != 0.0:
-        y = out @ w
-        mx = out.max(axis=2)
-        mn = out.min(axis=2)
-        sat = np.where(mx > 1e-8, (mx - mn) / np.maximum(mx, 1e-8), 0.0).astype(np.float32)
-        k = colour * (1.0 - 0.5 * sat) if colour > 0 else np.full_like(sat, colour)
-        out -= y[..., None]
-        out *= (1.0 + k)[..., None]
-        out += y[..., None]
+        y = (out @ w)[..., None]
+        r, g, b = out[..., 0], out[..., 1], out[..., 2]
+        if colour > 0:
+            mx = np.maximum(np.maximum(r, g), b)
+            sat = np.minimum(np.minimum(r, g), b)
+            np.subtract(mx, sat, out=sat)
+            np.maximum(mx, np.float32(1e-8), out=mx)
+            sat /= mx  # (max - min) / max in [0, 1]; 0 for black
+            k = np.float32(1.0 + colour) - np.float32(0.5 * colour) * sat
+            k = k[..., None]
+        else:
+            k = np.float32(1.0 + colour)
+        out -= y
+        out *= k
+        out += y
         np.maximum(out, 0.0, out=out)
     if tone != 0.0:
         out *= tone_gain(out @ w, float(tone))[..., None]
     if skin is not None and skin_protect > 0.0:
         s = check_mask(skin, x.shape[:2], "skin")
-        if s.any():
+        box = bbox(s, 0.0)
+        if box is not None:
             diag = float(np.hypot(*x.shape[:2]))
-            p = np.maximum(s, feather(s, feather_frac * diag)) * np.float32(skin_protect)
-            out += p[..., None] * (x - out)
+            sigma = feather_frac * diag
+            # the blend only touches the skin's bounding box grown by the feather's reach (3 sigma)
+            m = int(np.ceil(3 * sigma)) + 1
+            y0, x0 = max(0, box[0] - m), max(0, box[1] - m)
+            y1, x1 = min(x.shape[0], box[2] + m), min(x.shape[1], box[3] + m)
+            sc = s[y0:y1, x0:x1]
+            p = np.maximum(sc, feather(sc, sigma)) * np.float32(skin_protect)
+            o = out[y0:y1, x0:x1]
+            o += p[..., None] * (x[y0:y1, x0:x1] - o)
     return out
