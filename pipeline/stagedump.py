@@ -250,7 +250,7 @@ class StageDumper:
         for key, m in items:
             m8 = (np.clip(np.asarray(m, np.float32), 0, 1) * 255.0 + 0.5).astype(np.uint8)
             rel = f"{stem}_{key}.png"
-            Image.fromarray(_downscale(m8, self.max_side), "L").save(self.out_dir / rel)
+            Image.fromarray(_downscale(m8, self.max_side), "L").save(self.out_dir / rel, compress_level=1)
             self.mask_files[key] = rel
         self._masks = {k: np.asarray(v, np.float32) for k, v in frame.masks.items()}
         self._persons = list(frame.persons)
