@@ -93,3 +93,33 @@ def test_out_of_range_parameters_raise(linear_image, kw):
 def test_mask_size_mismatch_is_a_clear_error(linear_image):
     with pytest.raises(ValueError, match="skin mask has shape"):
         apply_style(linear_image, np.ones((3, 3), np.float32), warmth=0.2)
+
+
+@pytest.mark.shared_data
+def test_real_portraits_skin_kept_rest_styled(shared_data):
+    """Issue 5 criterion on 4 CelebAMask portraits (means over images): skin dE2000 <= 1.5, non-skin >= 4 for warm
+    and cool (the benchmark measures 100)."""
+    import cv2
+
+    from campipe.colour import delta_e_2000, display_to_working, working_to_lab
+
+    root = shared_data / "celebamask"
+    stems = sorted(p.stem for p in (root / "images").glob("*.jpg"))[:4]
+    assert stems, f"no portraits under {root}"
+    figures = {0.5: ([], []), -0.5: ([], [])}
+    for stem in stems:
+        rgb = cv2.cvtColor(cv2.imread(str(root / "images" / f"{stem}.jpg")), cv2.COLOR_BGR2RGB)
+        rgb = cv2.resize(rgb, (256, 256), interpolation=cv2.INTER_AREA)
+        ids = cv2.resize(cv2.imread(str(root / "masks" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE), (256, 256),
+                         interpolation=cv2.INTER_NEAREST)
+        skin = np.isin(ids, (1, 2, 8, 9, 17))
+        lin = display_to_working(rgb.astype(np.float32) / 255.0)
+        lab0 = working_to_lab(np.clip(lin, 0, 1))
+        for warmth in (0.5, -0.5):
+            out = apply_style(lin, skin.astype(np.float32), warmth=warmth)
+            de = delta_e_2000(lab0, working_to_lab(np.clip(out, 0, 1)))
+            figures[warmth][0].append(float(de[skin].mean()))
+            figures[warmth][1].append(float(de[~skin].mean()))
+    for warmth, (on_skin, rest) in figures.items():
+        assert np.mean(on_skin) <= 1.5, (warmth, on_skin)
+        assert np.mean(rest) >= 4.0, (warmth, rest)
