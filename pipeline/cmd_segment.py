@@ -97,7 +97,7 @@ def register(app: typer.Typer) -> None:
         overlay: bool = typer.Option(False, "--overlay", help="Also write overlay.jpg (masks over the photo)."),
         weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint (default: installed weights "
                                                "or $CAMPIPE_WEIGHTS)."),
-        runtime: str = typer.Option("auto", "--runtime", help="auto | onnx | torch"),
+        runtime: str = typer.Option("auto", "--runtime", help="auto | onnx | onnx-int8 | torch | compile-bf16"),
         max_persons: int = typer.Option(4, "--max-persons", min=0, help="Keep at most this many instances."),
         threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Minimum instance score."),
         refine: bool = typer.Option(True, "--refine/--no-refine", help="Edge-aware (guided) mask upsampling."),
@@ -105,8 +105,10 @@ def register(app: typer.Typer) -> None:
         """Write soft masks (sky, hair, skin, teeth, glasses, person, person_i) + segments.json per image."""
         from campipe.segmentation import NoWeightsError
 
-        if runtime not in ("auto", "onnx", "torch"):
-            typer.echo(f"campipe segment: --runtime must be auto, onnx or torch (got {runtime!r})", err=True)
+        from campipe.segmentation.runtime import RUNTIMES
+
+        if runtime not in RUNTIMES:
+            typer.echo(f"campipe segment: --runtime must be one of {', '.join(RUNTIMES)} (got {runtime!r})", err=True)
             raise typer.Exit(2)
         if out.exists() and not out.is_dir():
             typer.echo(f"campipe segment: output {out} exists and is not a folder", err=True)

@@ -69,6 +69,85 @@ def export_onnx(model: nn.Module, path: str | Path, *, scene_only: bool = False,
     return path
 
 
+def calibration_inputs(images, cfg, mean, std) -> list:
+    """Network inputs (1, 3, H, W) float32 for int8 calibration from image paths or sRGB arrays (same
+    pre-processing as inference: letterbox + normalisation)."""
+    import numpy as np
+
+    from .inference import to_display_rgb
+    from .postprocess import letterbox, normalize
+
+    out = []
+    for im in images:
+        canvas, _ = letterbox(to_display_rgb(im), cfg.input_size, tuple(mean))
+        out.append(normalize(canvas, mean, std).astype(np.float32))
+    return out
+
+
+def quantize_onnx_int8(fp32_path: str | Path, out_path: str | Path, calib: list, *, weights_sha256: str = "",
+                       method: str = "percentile") -> Path:
+    """Static int8 QDQ quantization (per-channel int8 weights, uint8 activations) with ONNX Runtime.
+
+    ``calib``: list of normalised inputs (see :func:`calibration_inputs`) — use real photos; random inputs give
+    activation ranges that do not match photos. The weights' sha256 is stored in the graph's metadata
+    (``campipe_weights_sha256``; pass :func:`weights_key`) so a stale int8 graph is never used with other weights.
+    """
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if not calib:
+        raise ValueError("int8 quantization needs at least one calibration image")
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(calib)
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {"image": x}
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    pre = out_path.with_name(out_path.stem + ".pre.onnx")
+    tmp = out_path.with_name(out_path.name + f".{os.getpid()}.tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        cm = {"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax,
+              "entropy": CalibrationMethod.Entropy}[method]
+        quantize_static(str(pre), str(tmp), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=cm,
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    pre.unlink(missing_ok=True)
+    m = onnx.load(str(tmp))
+    onnx.helper.set_model_props(m, {"campipe_weights_sha256": weights_sha256, "campipe_calibration_images":
+                                    str(len(calib)), "campipe_calibration_method": method})
+    onnx.save(m, str(tmp))
+    tmp.replace(out_path)
+    return out_path
+
+
+def weights_key(sha256: str, dec_layers: int) -> str:
+    """Identity of an exported graph: weights hash + number of decoder layers kept."""
+    return f"{sha256}:d{dec_layers}"
+
+
+def onnx_weights_sha256(path: str | Path) -> str:
+    """The ``campipe_weights_sha256`` metadata of an ONNX file ('' if absent)."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in m.metadata_props}.get("campipe_weights_sha256", "")
+
+
+def int8_sidecar_path(weights: str | Path) -> Path:
+    """Where a calibrated int8 graph for ``weights`` is looked for: ``<weights stem>.int8.onnx`` next to it."""
+    weights = Path(weights)
+    return weights.with_name(weights.stem + ".int8.onnx")
+
+
 def cached_onnx_path(sha256: str, dec_layers: int, variant: str = "fp32") -> Path:
     return cache_dir() / "onnx" / f"hyperdetr-{sha256[:16]}-d{dec_layers}-{variant}.onnx"
 
@@ -80,3 +159,48 @@ def get_or_export(model: nn.Module, sha256: str, *, scene_only: bool = False) ->
     if not p.is_file():
         export_onnx(model, p, scene_only=scene_only)
     return p
+
+
+def main(argv=None) -> int:
+    """``python -m campipe.segmentation.export --weights W.pt [--int8 --calib DIR_OR_FILES...]``.
+
+    Exports the fp32 graph into the cache; with ``--int8`` also writes the calibrated int8 sidecar
+    (``<weights>.int8.onnx``) that the ``auto`` runtime prefers when its recorded weights hash matches.
+    """
+    import argparse
+
+    from .checkpoint import load_checkpoint
+
+    ap = argparse.ArgumentParser(prog="python -m campipe.segmentation.export", description=main.__doc__)
+    ap.add_argument("--weights", default=None, help="checkpoint (default: installed weights)")
+    ap.add_argument("--keep-dec-layers", type=int, default=None)
+    ap.add_argument("--int8", action="store_true", help="also write the calibrated int8 QDQ sidecar")
+    ap.add_argument("--calib", nargs="*", default=[], help="calibration images or folders (real photos)")
+    ap.add_argument("--max-calib", type=int, default=64)
+    ap.add_argument("--out", default=None, help="int8 output path (default: next to the weights)")
+    a = ap.parse_args(argv)
+    from . import weights_path
+
+    wp = weights_path(a.weights)
+    model, meta = load_checkpoint(wp, keep_dec_layers=a.keep_dec_layers)
+    fp32 = get_or_export(model, meta["sha256"])
+    print(f"fp32 ONNX: {fp32}")
+    if a.int8:
+        files: list[Path] = []
+        for c in a.calib:
+            p = Path(c)
+            files += sorted(q for q in p.rglob("*") if q.suffix.lower() in (".jpg", ".jpeg", ".png")) \
+                if p.is_dir() else [p]
+        files = files[:: max(1, len(files) // a.max_calib)][: a.max_calib]
+        if not files:
+            ap.error("--int8 needs --calib images (real photos)")
+        calib = calibration_inputs(files, meta["config_obj"], meta["normalization"]["mean"],
+                                   meta["normalization"]["std"])
+        out = quantize_onnx_int8(fp32, a.out or int8_sidecar_path(wp), calib,
+                                 weights_sha256=weights_key(meta["sha256"], len(model.transformer.decoder)))
+        print(f"int8 ONNX ({len(calib)} calibration images): {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

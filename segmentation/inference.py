@@ -90,7 +90,8 @@ class Segmenter:
 
     Args:
         weights: checkpoint path (default :func:`campipe.segmentation.weights_path`).
-        runtime: "auto" (ONNX Runtime if available, else torch), "onnx" or "torch".
+        runtime: "auto" (calibrated int8 ONNX sidecar if present, else ONNX Runtime fp32, else torch), or one of
+            "onnx", "onnx-int8", "torch", "compile-bf16" (see :mod:`.runtime`).
         keep_dec_layers: prune the decoder to the first k layers at load.
         max_persons, score_threshold: instance selection.
         refine: "guided" (edge-aware, default) or "bilinear" upsampling to the output resolution.
@@ -109,7 +110,8 @@ class Segmenter:
         self.model, self.meta = load_checkpoint(self.path, keep_dec_layers=keep_dec_layers)
         self.cfg = self.meta["config_obj"]
         self.runtime_request, self.threads = runtime, threads
-        self.runner = make_runner(self.model, self.meta["sha256"], runtime, threads=threads)
+        self.runner = make_runner(self.model, self.meta["sha256"], runtime, threads=threads,
+                                  weights_file=self.path)
         self._scene_runner = None
         self.load_seconds = time.perf_counter() - t0
         self.max_persons, self.score_threshold = int(max_persons), float(score_threshold)
@@ -130,7 +132,8 @@ class Segmenter:
         if not scene_only:
             return self.runner
         if self._scene_runner is None:
-            self._scene_runner = make_runner(self.model, self.meta["sha256"], self.runtime_request, scene_only=True,
+            rt = self.runtime_request if self.runtime_request != "onnx-int8" else "onnx"
+            self._scene_runner = make_runner(self.model, self.meta["sha256"], rt, scene_only=True,
                                              threads=self.threads)
         return self._scene_runner
 

@@ -5,11 +5,14 @@ arrays with the model's output names (``sem_logits``, ``pred_logits``, ``pred_ma
 scene-only runner).
 
 Back-ends (measured by ``benchmarks/bench_segmentation.py``; see its table):
-    ``"torch"``      eager PyTorch fp32 (always available; the fallback);
-    ``"onnx"``       ONNX Runtime fp32, graph exported on first use into the user cache (see :mod:`.export`);
-    ``"auto"``       ``"onnx"`` when onnxruntime imports and export succeeds, else ``"torch"`` (with a warning).
-ONNX Runtime int8 (QDQ, static calibration) is available through :mod:`.export`'s sibling benchmark path only when
-calibration images are provided; it is not the default because it needs real data to be exact enough.
+    ``"torch"``        eager PyTorch fp32 (always available; the fallback);
+    ``"onnx"``         ONNX Runtime fp32, graph exported on first use into the user cache (see :mod:`.export`);
+    ``"onnx-int8"``    ONNX Runtime int8 QDQ graph calibrated on real photos: the sidecar ``<weights>.int8.onnx``
+                       written by ``python -m campipe.segmentation.export --int8 --calib ...``; used only if its
+                       recorded weights hash + decoder depth match the loaded weights;
+    ``"compile-bf16"`` torch.compile (inductor) + bfloat16 autocast + channels_last; fast on CPUs with AMX/AVX512-BF16
+                       but the first call compiles for tens of seconds, so it is opt-in (long-running batch jobs);
+    ``"auto"``         ``"onnx-int8"`` if a matching sidecar exists, else ``"onnx"``, else ``"torch"`` (warning).
 
 References: ONNX Runtime Python API (InferenceSession, SessionOptions); PyTorch inference mode.
 """
@@ -24,7 +27,7 @@ import torch
 
 log = logging.getLogger("campipe")
 
-RUNTIMES = ("auto", "onnx", "torch")
+RUNTIMES = ("auto", "onnx", "onnx-int8", "torch", "compile-bf16")
 
 
 def default_threads() -> int:
@@ -56,14 +59,40 @@ class TorchRunner:
         return {k: v.float().numpy() for k, v in out.items() if torch.is_tensor(v)}
 
 
+class CompiledBF16Runner:
+    """torch.compile + bfloat16 autocast + channels_last (outputs returned as float32)."""
+
+    name = "compile-bf16"
+
+    def __init__(self, model: torch.nn.Module, scene_only: bool = False, threads: int | None = None) -> None:
+        import copy
+
+        self.threads = threads or default_threads()
+        self.scene_only = scene_only
+        m = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+        self.model = torch.compile(m, dynamic=False)
+
+    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        prev = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            t = torch.from_numpy(np.ascontiguousarray(x, np.float32)).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                out = self.model(t, scene_only=self.scene_only)
+        finally:
+            torch.set_num_threads(prev)
+        return {k: v.float().numpy() for k, v in out.items() if torch.is_tensor(v)}
+
+
 class OrtRunner:
     """ONNX Runtime CPU session on an exported graph."""
 
     name = "onnx"
 
-    def __init__(self, onnx_path, threads: int | None = None) -> None:
+    def __init__(self, onnx_path, threads: int | None = None, name: str = "onnx") -> None:
         import onnxruntime as ort
 
+        self.name = name
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads or default_threads()
         so.inter_op_num_threads = 1
@@ -79,20 +108,49 @@ class OrtRunner:
         return dict(zip(self.output_names, outs))
 
 
+def _int8_sidecar(weights_file, sha256: str, dec_layers: int):
+    """Path of a matching calibrated int8 graph next to the weights, or None."""
+    if weights_file is None:
+        return None
+    from .export import int8_sidecar_path, onnx_weights_sha256, weights_key
+
+    p = int8_sidecar_path(weights_file)
+    if not p.is_file():
+        return None
+    try:
+        ok = onnx_weights_sha256(p) == weights_key(sha256, dec_layers)
+    except Exception:  # unreadable file: ignore it
+        ok = False
+    if not ok:
+        log.warning("campipe: %s does not match the loaded weights (hash/decoder depth); ignoring it", p)
+        return None
+    return p
+
+
 def make_runner(model: torch.nn.Module, sha256: str, runtime: str = "auto", *, scene_only: bool = False,
-                threads: int | None = None) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    """Build the runner for ``runtime`` (one of :data:`RUNTIMES`)."""
+                threads: int | None = None, weights_file=None) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """Build the runner for ``runtime`` (one of :data:`RUNTIMES`); ``weights_file`` locates the int8 sidecar."""
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if runtime == "torch":
         return TorchRunner(model, scene_only, threads)
+    if runtime == "compile-bf16":
+        return CompiledBF16Runner(model, scene_only, threads)
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        if runtime == "onnx":
-            raise RuntimeError("runtime 'onnx' needs the onnxruntime package (pip install onnxruntime)") from None
+        if runtime != "auto":
+            raise RuntimeError(f"runtime {runtime!r} needs the onnxruntime package (pip install onnxruntime)") \
+                from None
         log.warning("campipe: onnxruntime is not installed; HyperDETR runs in eager PyTorch (slower)")
         return TorchRunner(model, scene_only, threads)
+    if not scene_only and runtime in ("auto", "onnx-int8"):
+        side = _int8_sidecar(weights_file, sha256, len(model.transformer.decoder))
+        if side is not None:
+            return OrtRunner(side, threads, name="onnx-int8")
+        if runtime == "onnx-int8":
+            raise RuntimeError("runtime 'onnx-int8' needs a calibrated int8 graph next to the weights; create it "
+                               "with `python -m campipe.segmentation.export --int8 --calib PHOTOS...`")
     from .export import get_or_export
 
     try:

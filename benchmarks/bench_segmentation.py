@@ -1,0 +1,382 @@
+"""HyperDETR efficiency benchmark: scaling in N vs the DETR-panoptic head, runtimes, tiling, file sizes.
+
+Prints tables and writes a plot PNG (``--plot``, default ``benchmarks/out/segmentation_scaling.png``) and the raw
+numbers as JSON next to it. Not a test: numbers depend on the machine and its load (the load average is printed).
+
+Sections
+1. Scaling (the figure): one forward pass at 384x512, eager PyTorch fp32, ``--threads`` threads (default 2), for
+   N in {1, 2, 4, 8, 16, 32, 64, 100}: HyperDETR vs the DETR-panoptic head (same backbone + transformer, decoder
+   pruned to 2 layers as shipped), plus HyperDETR ``scene_only``. Latency = median of ``--repeats`` (>= 5) runs after
+   one warm-up; peak memory = peak RSS growth during one forward pass, each configuration in a fresh subprocess.
+2. Runtimes at N=4: eager fp32, ONNX Runtime fp32, ONNX Runtime int8 QDQ (calibrated on ``--calib-images`` real
+   photos from ../shared/data when present), and with ``--compile`` torch.compile + bf16 + channels_last; with the
+   mean |dp| of the probabilities and the IoU of the 0.5-thresholded masks against eager fp32.
+3. Decoder tiling (bands 1/2/4/8) at 384x512 and 768x1024: peak memory vs latency.
+4. Weights file sizes: fp32, int8, int8 + decoder pruned 6 -> 2, with int8-vs-fp32 mask agreement.
+
+Weights: the installed checkpoint if any (``--weights``), else a randomly initialised model (BatchNorm statistics
+from noise) — valid for speed and memory; agreement numbers are then only indicative (the output says so).
+
+Usage: ``python benchmarks/bench_segmentation.py [--quick] [--compile] [--repeats 5] [--threads 2]``
+
+References: Carion et al. (DETR) §4.4 (panoptic head cost grows with N); the on-device HyperDETR write-up's scaling
+figure (latency and memory flat in N).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+NS = (1, 2, 4, 8, 16, 32, 64, 100)
+SHARED = Path(os.environ.get("CAMPIPE_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _reset_peak() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process (Linux >= 4.0); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_mb() -> float:
+    """Peak RSS (VmHWM) in MB since the last :func:`_reset_peak` (ru_maxrss if /proc is unavailable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ------------------------------------------------------------------------------------------------ worker ---
+
+def worker(spec: dict) -> dict:
+    """Run in a fresh process: build the model, measure peak RSS growth of one forward, then latency."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    torch.set_flush_denormal(True)  # random-init weights can produce denormals; real photos + trained weights rarely
+    from campipe.segmentation.config import HyperDETRConfig
+
+    h, w = spec["size"]
+    cfg = HyperDETRConfig(num_queries=spec["n"], keep_dec_layers=2, input_size=(h, w))
+    torch.manual_seed(0)
+    if spec["head"] == "detr":
+        from campipe.segmentation.panoptic_baseline import build_panoptic_baseline
+        model = build_panoptic_baseline(cfg).eval()
+        fwd = lambda x: model(x)  # noqa: E731
+    else:
+        from campipe.segmentation.model import build_model
+        from campipe.segmentation.tiling import set_tiling
+        model = set_tiling(build_model(cfg).eval(), spec.get("bands", 1))
+        scene = spec["head"] == "scene"
+        fwd = lambda x: model(x, scene_only=scene)  # noqa: E731
+    x = torch.randn(1, 3, h, w)
+    with torch.inference_mode():
+        base = _rss_mb()
+        _reset_peak()
+        fwd(x)  # first pass: peak memory (allocator state is fresh)
+        peak = _peak_mb() - base
+        times = []
+        for _ in range(spec["repeats"]):
+            t = time.perf_counter()
+            fwd(x)
+            times.append(time.perf_counter() - t)
+    return {"ms": 1000 * float(np.median(times)), "ms_min": 1000 * min(times), "peak_mb": peak}
+
+
+def run_worker(spec: dict) -> dict:
+    code = ("import json,sys; sys.path.insert(0, %r); import bench_segmentation as b; "
+            "print('RESULT' + json.dumps(b.worker(json.loads(sys.argv[1]))))" % str(HERE))
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT"):
+            return json.loads(line[6:])
+    raise RuntimeError(f"worker {spec} failed:\n{out.stderr[-2000:]}")
+
+
+# ------------------------------------------------------------------------------------------------ sections ---
+
+def scaling(args) -> list[dict]:
+    rows = []
+    for n in args.ns:
+        for head in ("hyperdetr", "detr"):
+            r = run_worker({"head": head, "n": n, "size": [384, 512], "threads": args.threads,
+                            "repeats": args.repeats})
+            rows.append({"head": head, "n": n, **r})
+            print(f"  {head:10s} N={n:<4d} {r['ms']:9.1f} ms  (min {r['ms_min']:8.1f})  peak +{r['peak_mb']:8.1f} MB",
+                  flush=True)
+    r = run_worker({"head": "scene", "n": 4, "size": [384, 512], "threads": args.threads, "repeats": args.repeats})
+    rows.append({"head": "scene_only", "n": 0, **r})
+    print(f"  scene_only        {r['ms']:9.1f} ms  (min {r['ms_min']:8.1f})  peak +{r['peak_mb']:8.1f} MB")
+    return rows
+
+
+def load_or_random(args, tmp: Path):
+    """(checkpoint path, is_random) — installed weights, or a random-init int8 checkpoint pruned to 2 layers."""
+    from campipe.segmentation import NoWeightsError, weights_path
+
+    try:
+        return weights_path(args.weights), False
+    except NoWeightsError:
+        import torch
+
+        from campipe.segmentation.checkpoint import save_checkpoint
+        from campipe.segmentation.config import HyperDETRConfig
+        from campipe.segmentation.model import build_model
+
+        torch.manual_seed(0)
+        m = build_model(HyperDETRConfig())
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.momentum = None
+        m.train()
+        with torch.no_grad():
+            m(torch.randn(2, 3, 384, 512))
+        m.eval()
+        return save_checkpoint(tmp / "random.pt", m, metrics={"note": "random init (benchmark)"}), True
+
+
+def real_images(k: int, offset: int = 0) -> list[Path]:
+    files = sorted(SHARED.glob("*/images/*.jpg")) if SHARED.is_dir() else []
+    return files[offset:: max(1, len(files) // max(k, 1))][:k] if files else []
+
+
+def agreement(ref: dict, out: dict) -> tuple[float, float]:
+    """Mean |dp| and IoU of thresholded masks over sem_logits + pred_masks."""
+    from campipe.segmentation.postprocess import sigmoid
+
+    dps, inter, union = [], 0, 0
+    for k in ("sem_logits", "pred_masks"):
+        a, b = sigmoid(ref[k]), sigmoid(out[k])
+        dps.append(np.abs(a - b).mean())
+        inter += np.logical_and(a > 0.5, b > 0.5).sum()
+        union += np.logical_or(a > 0.5, b > 0.5).sum()
+    return float(np.mean(dps)), float(inter / max(union, 1))
+
+
+def runtimes(args, ckpt: Path, tmp: Path) -> list[dict]:
+    import torch
+
+    from campipe.segmentation.checkpoint import load_checkpoint
+    from campipe.segmentation.export import (calibration_inputs, get_or_export, quantize_onnx_int8, weights_key)
+    from campipe.segmentation.runtime import CompiledBF16Runner, OrtRunner, TorchRunner
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("CAMPIPE_CACHE", str(tmp / "cache"))
+    model, meta = load_checkpoint(ckpt, keep_dec_layers=2)
+    mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
+    evals = real_images(args.eval_images, offset=7)
+    xs = calibration_inputs(evals, meta["config_obj"], mean, std) if evals else \
+        [np.random.default_rng(i).standard_normal((1, 3, 384, 512)).astype(np.float32) for i in range(3)]
+    runners = [("eager fp32", lambda: TorchRunner(model, threads=args.threads))]
+    fp32 = get_or_export(model, meta["sha256"])
+    runners.append(("onnxruntime fp32", lambda: OrtRunner(fp32, args.threads)))
+    calib_files = real_images(args.calib_images)
+    if calib_files:
+        def int8():
+            t = time.perf_counter()
+            calib = calibration_inputs(calib_files, meta["config_obj"], mean, std)
+            q = quantize_onnx_int8(fp32, tmp / "int8.onnx", calib, weights_sha256=weights_key(meta["sha256"], 2))
+            print(f"    (int8 calibration on {len(calib)} real photos: {time.perf_counter() - t:.0f} s)")
+            return OrtRunner(q, args.threads, name="onnx-int8")
+        runners.append((f"onnxruntime int8 QDQ ({len(calib_files)} calib photos)", int8))
+    else:
+        print("    (no ../shared/data: int8 QDQ skipped, it needs real calibration photos)")
+    if args.compile:
+        runners.append(("torch.compile bf16 channels_last", lambda: CompiledBF16Runner(model, threads=args.threads)))
+    ref_runner = TorchRunner(model, threads=args.threads)
+    refs = [ref_runner(x) for x in xs]
+    rows = []
+    for name, make in runners:
+        t = time.perf_counter()
+        r = make()
+        r(xs[0])
+        first = time.perf_counter() - t
+        times = []
+        for i in range(max(args.repeats, 5)):
+            t = time.perf_counter()
+            r(xs[i % len(xs)])
+            times.append(time.perf_counter() - t)
+        dps, ious = zip(*[agreement(ref, r(x)) for ref, x in zip(refs, xs)])
+        row = {"runtime": name, "ms": 1000 * float(np.median(times)), "ms_min": 1000 * min(times),
+               "first_call_s": first, "mean_dp": float(np.mean(dps)), "iou": float(np.mean(ious))}
+        rows.append(row)
+        print(f"  {name:42s} {row['ms']:8.1f} ms (min {row['ms_min']:7.1f})  first call {first:6.1f} s  "
+              f"mean|dp| {row['mean_dp']:.4f}  IoU {row['iou']:.4f}", flush=True)
+    return rows
+
+
+def tiling_rows(args) -> list[dict]:
+    rows = []
+    for size in ([384, 512], [768, 1024]):
+        for bands in (1, 2, 4, 8):
+            r = run_worker({"head": "hyperdetr", "n": 4, "size": size, "threads": args.threads,
+                            "repeats": args.repeats, "bands": bands})
+            rows.append({"size": size, "bands": bands, **r})
+            print(f"  {size[0]}x{size[1]} bands={bands}  {r['ms']:8.1f} ms  peak +{r['peak_mb']:7.1f} MB", flush=True)
+    return rows
+
+
+def sizes(args, ckpt: Path, tmp: Path) -> dict:
+    import torch
+
+    from campipe.segmentation.checkpoint import load_checkpoint, save_checkpoint
+    from campipe.segmentation.export import calibration_inputs
+
+    model, meta = load_checkpoint(ckpt)
+    out = {}
+    for name, kw in (("fp32, 6 dec layers" if model.num_dec_layers == 6 else "fp32", {}),
+                     ("int8", {"quantize": True}),
+                     ("int8 + pruned to 2 dec layers", {"quantize": True, "keep_dec_layers": min(2, model.num_dec_layers)})):
+        p = save_checkpoint(tmp / f"{len(out)}.pt", model, mean=meta["normalization"]["mean"],
+                            std=meta["normalization"]["std"], **kw)
+        out[name] = p.stat().st_size / 1e6
+    mq, _ = load_checkpoint(tmp / "1.pt")
+    evals = real_images(args.eval_images, offset=3)
+    xs = calibration_inputs(evals, meta["config_obj"], meta["normalization"]["mean"], meta["normalization"]["std"]) \
+        if evals else [np.random.default_rng(9).standard_normal((1, 3, 384, 512)).astype(np.float32)]
+    res = []
+    with torch.inference_mode():
+        for x in xs:
+            a = {k: v.numpy() for k, v in model(torch.from_numpy(x)).items() if torch.is_tensor(v)}
+            b = {k: v.numpy() for k, v in mq(torch.from_numpy(x)).items() if torch.is_tensor(v)}
+            res.append(agreement(a, b))
+    out["int8_vs_fp32_mean_dp"], out["int8_vs_fp32_iou"] = (float(np.mean([r[0] for r in res])),
+                                                             float(np.mean([r[1] for r in res])))
+    if ckpt.name == "hyperdetr.pt" or not meta.get("metrics", {}).get("note"):
+        out["shipped_file_mb"] = ckpt.stat().st_size / 1e6
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ plot ---
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Two log-log panels (latency, peak memory vs N) drawn with OpenCV (no matplotlib dependency)."""
+    import cv2
+
+    W, H, m = 1100, 480, 70
+    img = np.full((H, W, 3), 255, np.uint8)
+    colours = {"hyperdetr": (200, 90, 20), "detr": (30, 30, 210)}
+    for p, (key, title) in enumerate((("ms", "latency (ms)"), ("peak_mb", "peak memory (MB)"))):
+        x0, x1, y0, y1 = m + p * W // 2, (p + 1) * W // 2 - 20, H - m, 50
+        vals = [max(r[key], 1e-1) for r in rows if r["head"] in colours]
+        lo, hi = np.log10(min(vals)) - 0.1, np.log10(max(vals)) + 0.1
+        sx = lambda n: int(x0 + (x1 - x0) * np.log10(n) / np.log10(100))  # noqa: E731
+        sy = lambda v: int(y0 - (y0 - y1) * (np.log10(max(v, 1e-1)) - lo) / (hi - lo))  # noqa: E731
+        cv2.rectangle(img, (x0, y1), (x1, y0), (0, 0, 0), 1)
+        for n in NS:
+            cv2.putText(img, str(n), (sx(n) - 8, y0 + 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+        for e in range(int(np.floor(lo)), int(np.ceil(hi)) + 1):
+            for mult in (1, 2, 5):
+                v = mult * 10.0 ** e
+                if lo <= np.log10(v) <= hi:
+                    cv2.line(img, (x0, sy(v)), (x1, sy(v)), (225, 225, 225), 1)
+                    cv2.putText(img, f"{v:g}", (x0 - 55, sy(v) + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1)
+        for head, col in colours.items():
+            pts = [(sx(r["n"]), sy(r[key])) for r in rows if r["head"] == head]
+            for a, b in zip(pts[:-1], pts[1:]):
+                cv2.line(img, a, b, col, 2, cv2.LINE_AA)
+            for q in pts:
+                cv2.circle(img, q, 4, col, -1, cv2.LINE_AA)
+        scene = [r for r in rows if r["head"] == "scene_only"]
+        if scene:
+            cv2.line(img, (x0, sy(scene[0][key])), (x1, sy(scene[0][key])), (40, 150, 40), 1, cv2.LINE_AA)
+        cv2.putText(img, f"{title} vs N (queries), 384x512", (x0, y1 - 15), cv2.FONT_HERSHEY_SIMPLEX, 0.55,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+    for i, (txt, col) in enumerate((("HyperDETR", (200, 90, 20)), ("DETR panoptic head", (30, 30, 210)),
+                                    ("scene_only", (40, 150, 40)))):
+        cv2.putText(img, txt, (m + 10 + 190 * i, H - 15), cv2.FONT_HERSHEY_SIMPLEX, 0.55, col, 2, cv2.LINE_AA)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), img)
+
+
+# ------------------------------------------------------------------------------------------------ main ---
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--compile", action="store_true", help="also measure torch.compile+bf16 (slow first call)")
+    ap.add_argument("--calib-images", type=int, default=16)
+    ap.add_argument("--eval-images", type=int, default=8)
+    ap.add_argument("--quick", action="store_true", help="N in {1, 4, 16, 100}, fewer eval images")
+    ap.add_argument("--sections", default="scaling,runtimes,tiling,sizes")
+    ap.add_argument("--plot", type=Path, default=HERE / "out" / "segmentation_scaling.png")
+    args = ap.parse_args(argv)
+    args.repeats = max(5, args.repeats)
+    args.ns = (1, 4, 16, 100) if args.quick else NS
+    if args.quick:
+        args.eval_images = min(args.eval_images, 3)
+    sections = set(args.sections.split(","))
+    print(f"campipe segmentation benchmark — {time.strftime('%Y-%m-%d %H:%M:%S')}, {args.threads} thread(s), "
+          f"cpu count {os.cpu_count()}, load average {os.getloadavg()[0]:.2f} (other processes share the CPU)")
+    results: dict = {"threads": args.threads, "load_start": os.getloadavg()}
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        if "scaling" in sections:
+            print("\n1. scaling at 384x512 (eager fp32, decoder pruned to 2 layers)")
+            rows = results["scaling"] = scaling(args)
+            hy = {r["n"]: r for r in rows if r["head"] == "hyperdetr"}
+            de = {r["n"]: r for r in rows if r["head"] == "detr"}
+            nmax = max(hy)
+            print(f"\n  {'N':>4s} | {'HyperDETR ms':>12s} {'MB':>8s} | {'DETR ms':>10s} {'MB':>8s} | speed-up  mem ratio")
+            for n in sorted(hy):
+                print(f"  {n:4d} | {hy[n]['ms']:12.1f} {hy[n]['peak_mb']:8.1f} | {de[n]['ms']:10.1f} "
+                      f"{de[n]['peak_mb']:8.1f} | {de[n]['ms'] / hy[n]['ms']:7.1f}x "
+                      f"{de[n]['peak_mb'] / max(hy[n]['peak_mb'], 1e-3):7.1f}x")
+            flat = hy[nmax]["ms"] / hy[min(hy)]["ms"]
+            print(f"  HyperDETR N={nmax} / N={min(hy)} latency: {flat:.2f}x (target <= 1.3x); at N={nmax}: "
+                  f"{de[nmax]['ms'] / hy[nmax]['ms']:.1f}x faster (target >= 20x), "
+                  f"{de[nmax]['peak_mb'] / max(hy[nmax]['peak_mb'], 1e-3):.1f}x less memory (target >= 5x)")
+            plot(rows, args.plot)
+            print(f"  plot: {args.plot}")
+        ckpt = is_random = None
+        if sections & {"runtimes", "sizes"}:
+            ckpt, is_random = load_or_random(args, tmp)
+            print(f"\nweights: {ckpt}" + ("  [RANDOM INIT: agreement numbers are indicative only]" if is_random
+                                          else ""))
+            results["weights"] = {"path": str(ckpt), "random_init": is_random}
+        if "runtimes" in sections:
+            print("\n2. runtimes at 384x512, N=4, decoder 2 layers")
+            results["runtimes"] = runtimes(args, ckpt, tmp)
+        if "tiling" in sections:
+            print("\n3. conv-decoder tiling (eager fp32, N=4)")
+            results["tiling"] = tiling_rows(args)
+        if "sizes" in sections:
+            print("\n4. weights file sizes")
+            s = results["sizes"] = sizes(args, ckpt, tmp)
+            for k, v in s.items():
+                print(f"  {k:36s} {v:10.4f}" + (" MB" if "dp" not in k and "iou" not in k else ""))
+    results["load_end"] = os.getloadavg()
+    print(f"\nload average at the end: {results['load_end'][0]:.2f}")
+    js = args.plot.with_suffix(".json")
+    js.parent.mkdir(parents=True, exist_ok=True)
+    js.write_text(json.dumps(results, indent=1))
+    print(f"raw numbers: {js}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
