@@ -349,31 +349,19 @@ def _run_with_progress(job_list, style, sets, extra, workers, show: bool, ledger
 
 
 def _render_with_hooks(job, pipeline, dump_dir: Optional[Path], report: bool):
-    """Render with --dump-stages / --report hooks (from campipe.stagedump, issue 7)."""
+    """Render with --dump-stages / --report hooks (campipe.stagedump): the dumper writes NN_stage.jpg (+ masks)
+    and a page stepping through the stages; the report prints per-stage time and peak memory."""
+    from . import stagedump
+    from .api import process
     from .batch import FileResult
     from .encode import write_image
 
-    callbacks = []
-    rep = None
-    try:
-        from . import stagedump
-    except ImportError:
-        stagedump = None
+    rep = stagedump.StageReport() if report else None
+    dumper = None
     if dump_dir is not None:
-        if stagedump is None:
-            usage_exit("--dump-stages is not available in this build")
         dump_dir.mkdir(parents=True, exist_ok=True)
-        callbacks.append(stagedump.make_stage_dumper(dump_dir / Path(job.input).stem))
-    if report and stagedump is not None:
-        rep = stagedump.StageReport()
-        callbacks.append(rep)
-
-    def on_stage(name, frame, seconds):
-        for cb in callbacks:
-            cb(name, frame, seconds)
-
-    from .api import process
-
+        dumper = stagedump.make_stage_dumper(dump_dir / Path(job.input).stem, report=rep)
+    on_stage = dumper or rep
     t0 = time.perf_counter()
     try:
         res = process(job.input, pipeline=pipeline, on_stage=on_stage, max_megapixels=job.max_megapixels,
@@ -383,9 +371,8 @@ def _render_with_hooks(job, pipeline, dump_dir: Optional[Path], report: bool):
         return FileResult(job.input, None, "failed", str(e), time.perf_counter() - t0)
     except (ValueError, OSError) as e:
         return FileResult(job.input, None, "failed", f"{job.input}: {type(e).__name__}: {e}", time.perf_counter() - t0)
+    if dumper is not None:
+        dumper.finish(title=f"{Path(job.input).name} · stages")
     if rep is not None:
-        rep.print()
-    elif report:
-        for k, v in res.frame.timings.items():
-            sys.stderr.write(f"  {k:14s} {v * 1000:8.1f} ms\n")
+        rep.print(title=Path(job.input).name)
     return FileResult(job.input, job.output, "ok", None, time.perf_counter() - t0)
