@@ -27,7 +27,7 @@ from campipe.registry import register_stage
 from .bokeh import portrait_blur
 from .denoise import denoise
 from .masks import mask_or_zeros
-from .noise import NoiseModel, noise_model_from_meta
+from .noise import NoiseModel, estimate_noise_model, noise_model_from_meta
 from .sharpen import sharpen
 from .stage_light import stage_light
 from .styles import apply_style
@@ -80,7 +80,16 @@ def denoise_stage(frame: Frame, strength: float, sky_boost: float, skin_boost: f
         return frame
     frame.image = denoise(frame.image, frame_noise_model(frame), _mask(frame, "sky"), _mask(frame, "skin"),
                           strength=strength, sky_boost=sky_boost, skin_boost=skin_boost, radius=radius)
+    frame.meta["denoised"] = True
     return frame
+
+
+def grain_model(frame: Frame) -> NoiseModel:
+    """Noise model for re-added grain: the sensor model, or, once ``denoise`` has run, the residual noise estimated
+    from the current image (grain must match the sharp areas as they are now, not the raw capture)."""
+    if frame.meta.get("denoised"):
+        return estimate_noise_model(frame.image)
+    return frame_noise_model(frame)
 
 
 @register_stage("sharpen", requires=("linear", "masks"), params={"amount": 0.5, "radius": 1.0, "noise_floor": 1.0})
@@ -115,7 +124,7 @@ def portrait_stage(frame: Frame, aperture: float, focal_length_35mm: float, focu
     f35 = focal_length_35mm or float(frame.meta.get("focal_length_35mm") or DEFAULT_FOCAL_35MM)
     frame.image = portrait_blur(frame.image, ps, focus=focus, aperture=aperture, focal_length_35mm=f35,
                                 hair=_mask(frame, "hair"), polygon_blades=polygon_blades, grain=grain,
-                                noise=frame_noise_model(frame) if grain else None, max_blur_frac=max_blur_frac)
+                                noise=grain_model(frame) if grain else None, max_blur_frac=max_blur_frac)
     return frame
 
 

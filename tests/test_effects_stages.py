@@ -111,6 +111,18 @@ def test_portrait_stage_equals_function(linear_image):
     np.testing.assert_allclose(run("portrait", f, aperture=1.4).image, exp, atol=0)
 
 
+def test_portrait_grain_matches_residual_noise_after_denoise(linear_image):
+    from campipe.effects.noise import estimate_noise_model
+
+    f = make_frame(linear_image)
+    f = run("denoise", f)
+    assert f.meta["denoised"] is True
+    den = f.image.copy()
+    exp = portrait_blur(den, [f.persons[0].mask], aperture=1.4, focal_length_35mm=26.0, hair=f.masks["hair"],
+                        noise=estimate_noise_model(den))
+    np.testing.assert_allclose(run("portrait", f, aperture=1.4).image, exp, atol=0)
+
+
 @pytest.mark.parametrize("name,mono", [("stage_light", False), ("stage_light_mono", True)])
 def test_stage_light_stages_equal_function(linear_image, name, mono):
     f = make_frame(linear_image)
