@@ -159,3 +159,14 @@ def test_missing_masks_leave_mask_driven_effects_off(linear_image, name):
 def test_identity_parameters_leave_frame_unchanged(linear_image, name, over):
     f = make_frame(linear_image)
     np.testing.assert_allclose(run(name, f, **over).image, linear_image, atol=0)
+
+
+@pytest.mark.parametrize("style", ["standard", "warm", "cool", "vibrant", "rich-contrast"])
+def test_presets_build_with_effect_stages(style):
+    """The built-in presets' style/denoise/sharpen/subject_tone tables are accepted, with --portrait or stage light."""
+    from campipe.presets import load_preset
+
+    preset = load_preset(style)
+    for extra in (["portrait"], ["stage_light"], ["stage_light_mono"]):
+        names = preset.build(extra_stages=extra).names
+        assert names.index(extra[0]) == names.index("tone") - 1
