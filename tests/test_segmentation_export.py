@@ -59,3 +59,30 @@ def test_fallback_to_torch_without_onnxruntime(tmp_path, monkeypatch, caplog):
     assert "onnxruntime is not installed" in caplog.text
     with pytest.raises(RuntimeError, match="needs the onnxruntime package"):
         make_runner(m, "0" * 64, "onnx")
+
+
+def test_int8_sidecar_is_used_only_when_it_matches(tmp_path, monkeypatch, caplog):
+    from campipe.segmentation.export import (get_or_export, int8_sidecar_path, onnx_weights_sha256,
+                                             quantize_onnx_int8, weights_key)
+
+    monkeypatch.setenv("CAMPIPE_CACHE", str(tmp_path / "cache"))
+    ck = tiny_checkpoint(tmp_path / "w.pt")
+    model, meta = load_checkpoint(ck)
+    with pytest.raises(RuntimeError, match="calibrated int8 graph"):
+        make_runner(model, meta["sha256"], "onnx-int8", weights_file=ck)
+    fp32 = get_or_export(model, meta["sha256"])
+    rng = np.random.default_rng(0)
+    calib = [rng.standard_normal((1, 3, 64, 96)).astype(np.float32) for _ in range(2)]
+    side = quantize_onnx_int8(fp32, int8_sidecar_path(ck), calib, weights_sha256=weights_key(meta["sha256"], 6),
+                              method="minmax")
+    assert side.name == "w.int8.onnx" and onnx_weights_sha256(side) == weights_key(meta["sha256"], 6)
+    r = make_runner(model, meta["sha256"], "auto", weights_file=ck)
+    assert r.name == "onnx-int8"
+    out = r(calib[0])
+    assert out["pred_masks"].shape == (1, 4, 64, 96) and np.isfinite(out["sem_logits"]).all()
+    # pruned model: decoder depth differs -> sidecar ignored, fp32 ONNX used
+    pruned, _ = load_checkpoint(ck, keep_dec_layers=2)
+    r2 = make_runner(pruned, meta["sha256"], "auto", weights_file=ck)
+    assert r2.name == "onnx" and "does not match the loaded weights" in caplog.text
+    with pytest.raises(ValueError, match="calibration image"):
+        quantize_onnx_int8(fp32, tmp_path / "x.onnx", [])
