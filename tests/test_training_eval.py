@@ -109,3 +109,32 @@ def test_eval_table_rows():
     assert rows[0] == ["set", "metric", "target", "a", "b"]
     assert rows[1] == ["camvid", "iou_sky", "0.92", "0.500", "0.250"]
     json.dumps(rep)
+
+
+def test_eval_command_table_and_json(tmp_path):
+    """`campipe eval` end to end on a tiny set with a tiny random checkpoint: exit 0, table, JSON with IoUs."""
+    from typer.testing import CliRunner
+
+    from campipe.cli import app
+    from campipe.segmentation.checkpoint import save_checkpoint
+    from campipe.segmentation.model import build_model
+
+    torch.manual_seed(0)
+    cfg = HyperDETRConfig(width_mult=0.35, hidden_dim=32, nheads=2, dim_feedforward=64, enc_layers=1, dec_layers=2,
+                          mask_dim=8, input_size=(64, 64), mask_stride=2, decoder_dims=(16, 16, 16, 16))
+    ck = save_checkpoint(tmp_path / "tiny.pt", build_model(cfg).eval(), cfg)
+    img = np.zeros((40, 50, 3), np.uint8)
+    raw = np.zeros((40, 50), np.uint8)
+    raw[10:30, 10:20] = 1
+    _write(tmp_path / "data", "pennfudan", "a", img, raw)
+    out_json = tmp_path / "r.json"
+    r = CliRunner().invoke(app, ["eval", str(tmp_path / "data"), "--set", "pennfudan", "--split", "all",
+                                 "--weights", str(ck), "--int8-of-float", "--json", str(out_json)])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out_json.read_text())
+    assert set(rep["results"]) == {"weights", "weights-int8-l2"}
+    iou = rep["results"]["weights"]["pennfudan"]["iou_person"]
+    assert 0.0 <= iou <= 1.0
+    assert rep["models"]["weights-int8-l2"]["dec_layers"] == 2
+    r2 = CliRunner().invoke(app, ["eval", str(tmp_path / "data"), "--set", "nope", "--weights", str(ck)])
+    assert r2.exit_code == 2
