@@ -50,7 +50,7 @@ class ResidualDWBlock(nn.Module):
 
 
 class UpStage(nn.Module):
-    """Upsample x2 (bilinear), 1x1 projection to ``cout``, add the 1x1-projected skip feature, residual block."""
+    """1x1 projection to ``cout`` + bilinear x2 upsampling, add the 1x1-projected skip feature, residual block."""
 
     def __init__(self, cin: int, cskip: int, cout: int) -> None:
         super().__init__()
@@ -59,8 +59,10 @@ class UpStage(nn.Module):
         self.block = ResidualDWBlock(cout)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        return self.block(self.proj(x) + self.skip(skip))
+        # project *before* upsampling: a bias-free 1x1 conv commutes with bilinear interpolation (both linear,
+        # interpolation weights sum to 1), so this equals proj(upsample(x)) at 1/4 of the cost
+        x = F.interpolate(self.proj(x), size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.block(x + self.skip(skip))
 
 
 class ConvDecoder(nn.Module):
