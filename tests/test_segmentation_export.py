@@ -86,3 +86,21 @@ def test_int8_sidecar_is_used_only_when_it_matches(tmp_path, monkeypatch, caplog
     assert r2.name == "onnx" and "does not match the loaded weights" in caplog.text
     with pytest.raises(ValueError, match="calibration image"):
         quantize_onnx_int8(fp32, tmp_path / "x.onnx", [])
+
+
+def test_fold_batchnorm_preserves_outputs_and_original():
+    from campipe.segmentation.runtime import fold_batchnorm
+
+    m = calibrated_model(tiny_config())
+    for mod in m.modules():  # non-trivial statistics
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.bias.data.normal_(0, 0.1)
+    f = fold_batchnorm(m)
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in f.modules())
+    assert any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        a, b = m(x), f(x)
+    for k in ("sem_logits", "pred_logits", "pred_masks"):
+        assert torch.allclose(a[k], b[k], atol=1e-4, rtol=1e-4), k
