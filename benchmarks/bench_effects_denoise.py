@@ -9,7 +9,8 @@ so reference and noisy frames differ only by the noise.
 
 Both denoisers read the noise model from the decoded metadata (``meta['noise']['profile']``). The class-aware one
 uses the labelled masks with the stage defaults (strength 1, sky_boost 0.4, skin_boost 0.3); the uniform one uses a
-constant strength equal to the class-aware strength map's mean over the image (same average strength), no masks.
+constant strength equal to the mean of the class-aware version's per-pixel strength map (``class_strength``: the
+boosts only where the class is locally flat) over the image (same average strength), no masks.
 
 Figures (display-referred: baseline exposure applied, clip, sRGB encode), averaged over images:
 PSNR (dB) over sky pixels, over skin pixels; SSIM (luminance, skimage, 7x7 Gaussian-free window) averaged over
@@ -35,7 +36,7 @@ from campipe.cameras import get_camera
 from campipe.colour import luminance, working_to_display
 from campipe.decode import load_raw
 from campipe.dng import write_dng
-from campipe.effects.denoise import denoise, strength_map
+from campipe.effects.denoise import class_strength, denoise
 from campipe.effects.noise import noise_model_from_meta
 from campipe.simulate import simulate_raw
 
@@ -172,8 +173,7 @@ def main() -> None:
                             raise SystemExit(f"{stem}: decoded size {noisy.image.shape[:2]} != labels {sky.shape}")
                         model = noise_model_from_meta(noisy.meta, noisy.image)
                         skyf, skinf = sky.astype(np.float32), skin.astype(np.float32)
-                        s_mean = float(strength_map(sky.shape, PARAMS["strength"], skyf, skinf,
-                                                    PARAMS["sky_boost"], PARAMS["skin_boost"]).mean())
+                        s_mean = float(class_strength(noisy.image, model, skyf, skinf, **PARAMS).mean())
                         aware = denoise(noisy.image, model, skyf, skinf, **PARAMS)
                         uniform = denoise(noisy.image, model, strength=s_mean)
                         ref = to_display(clean.image, clean.meta)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from campipe.colour import luminance_weights
-from campipe.effects.denoise import denoise, guided_filter, strength_map
+from campipe.effects.denoise import class_strength, denoise, flatness, guided_filter, strength_map
 from campipe.effects.noise import NoiseModel, add_grain, estimate_noise_model, noise_model_from_meta
 from campipe.effects.sharpen import sharpen
 
@@ -70,6 +70,30 @@ def test_strength_map_exact():
     skin = np.array([[0.0, 1.0], [0.0, 0.0]], np.float32)
     s = strength_map((2, 2), 2.0, sky, skin, 1.0, 0.5)
     np.testing.assert_allclose(s, [[4.0, 3.0], [3.0, 2.0]], atol=1e-6)
+    flat = np.array([[0.5, 1.0], [0.0, 1.0]], np.float32)
+    s = strength_map((2, 2), 2.0, sky, skin, 1.0, 0.5, flat)
+    np.testing.assert_allclose(s, [[3.0, 3.0], [2.0, 2.0]], atol=1e-6)
+
+
+def test_flatness_is_one_on_noise_and_zero_on_edges():
+    rng = np.random.default_rng(0)
+    y = np.full((64, 64), 0.3, np.float32) + rng.standard_normal((64, 64)).astype(np.float32) * \
+        float(MODEL.sigma(np.float32(0.3)))
+    f = flatness(y, MODEL, 2)
+    assert float(f[8:56, 8:56].mean()) > 0.85
+    y[:, 32:] += 0.5  # a strong edge
+    f = flatness(y, MODEL, 2)
+    assert float(f[:, 31:33].max()) < 0.25  # the gate (box-smoothed by the same window) is mostly off
+
+
+def test_class_strength_boosts_flat_class_pixels_only():
+    clean, noisy = noisy_pair()
+    sky = np.ones(noisy.shape[:2], np.float32)
+    s = class_strength(noisy, MODEL, sky, None, strength=1.0, sky_boost=0.4)
+    w = noisy.shape[1] // 2
+    assert float(s[:, 10:40].mean()) > 1.3  # flat gradient: boosted
+    assert float(s[:, w - 1:w + 1].max()) < 1.1  # the step edge keeps the base strength
+    np.testing.assert_allclose(class_strength(noisy, MODEL, None, None, strength=0.7), 0.7, atol=0)
 
 
 def test_denoise_identity_and_zero_masks():
