@@ -127,8 +127,8 @@ def apply_style(img: np.ndarray, skin: np.ndarray | None = None, *, tone: float 
         if box is not None:
             diag = float(np.hypot(*x.shape[:2]))
             sigma = feather_frac * diag
-            # the blend only touches the skin's bounding box grown by the feather's reach (3 sigma)
-            m = int(np.ceil(3 * sigma)) + 1
+            # the blend only touches the skin's bounding box grown by the feather's reach (4 sigma)
+            m = int(np.ceil(4 * sigma)) + 1
             y0, x0 = max(0, box[0] - m), max(0, box[1] - m)
             y1, x1 = min(x.shape[0], box[2] + m), min(x.shape[1], box[3] + m)
             sc = s[y0:y1, x0:x1]
