@@ -173,7 +173,9 @@ def _blur_layer(img: np.ndarray, weight: np.ndarray, diameter: float, blades: in
     if d > 1:
         col = _resize(col, (w, h), False)
         denb = _resize(denb, (w, h), False)
-    return np.maximum(col, 0.0).astype(np.float32), np.clip(denb, 0.0, 1.0).astype(np.float32)
+    np.maximum(col, 0.0, out=col)
+    np.clip(denb, 0.0, 1.0, out=denb)
+    return col, denb
 
 
 def portrait_blur(img: np.ndarray, persons: list[np.ndarray], *, focus: int = -1, aperture: float = 2.8,

@@ -36,10 +36,15 @@ class NoiseModel:
 
     def variance(self, signal: np.ndarray) -> np.ndarray:
         """Per-pixel noise variance, float32, for a linear signal array (clipped at 0)."""
-        return (self.a * np.maximum(signal, 0.0) + self.b).astype(np.float32, copy=False)
+        v = np.maximum(signal, np.float32(0.0), dtype=np.float32)
+        v *= np.float32(self.a)
+        v += np.float32(self.b)
+        return v
 
     def sigma(self, signal: np.ndarray) -> np.ndarray:
-        return np.sqrt(self.variance(signal))
+        """Per-pixel noise standard deviation, float32."""
+        v = self.variance(signal)
+        return np.sqrt(v, out=v) if isinstance(v, np.ndarray) else np.sqrt(v)
 
 
 def estimate_noise_model(img: np.ndarray, bins: int = 12, max_pixels: int = 2_000_000) -> NoiseModel:
