@@ -65,12 +65,28 @@ class UpStage(nn.Module):
         return self.block(x + self.skip(skip))
 
 
+class FullResStage(nn.Module):
+    """Stride-2 -> stride-1 stage, kept light because every op here touches H x W pixels: 1x1 projection and a
+    residual block at stride 2, bilinear x2 upsampling, plus a 3x3 conv of the input image itself (full-resolution
+    skip, so features can follow photo edges), then ReLU."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(cin, cout, 1, bias=False)
+        self.block = ResidualDWBlock(cout)
+        self.image_skip = nn.Sequential(nn.Conv2d(3, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(self.block(self.proj(x)), size=image.shape[-2:], mode="bilinear", align_corners=False)
+        return F.relu(x + self.image_skip(image))
+
+
 class ConvDecoder(nn.Module):
     """U-Net-like decoder from the stride-32 projection to the output resolution.
 
     ``forward(p32, feats, image)`` -> mask features (B, mask_dim, H/s, W/s) float32 and semantic logits
-    (B, n_sem, H/s, W/s). With ``mask_stride == 1`` the last stage uses a full-resolution skip computed from the
-    input image itself (one 3x3 conv), so edges can follow the photo.
+    (B, n_sem, H/s, W/s). With ``mask_stride == 1`` the last stage (:class:`FullResStage`) uses a full-resolution
+    skip computed from the input image itself (one 3x3 conv), so edges can follow the photo.
     """
 
     def __init__(self, cfg: HyperDETRConfig, chans: dict[str, int]) -> None:
@@ -82,8 +98,7 @@ class ConvDecoder(nn.Module):
         self.up4 = UpStage(d8, chans["s4"], d4)
         self.up2 = UpStage(d4, chans["s2"], d2)
         if cfg.mask_stride == 1:
-            self.image_skip = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
-            self.up1 = UpStage(d2, 8, cfg.mask_dim)
+            self.up1 = FullResStage(d2, cfg.mask_dim)
         else:
             self.out_proj = nn.Sequential(nn.Conv2d(d2, cfg.mask_dim, 1, bias=False), nn.BatchNorm2d(cfg.mask_dim),
                                           nn.ReLU(), ResidualDWBlock(cfg.mask_dim))
@@ -96,7 +111,7 @@ class ConvDecoder(nn.Module):
         x = self.up4(x, feats["s4"])
         x = self.up2(x, feats["s2"])
         if self.mask_stride == 1:
-            x = self.up1(x, self.image_skip(image))
+            x = self.up1(x, image)
         else:
             x = self.out_proj(x)
         return x, self.sem_head(x)
