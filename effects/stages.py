@@ -84,10 +84,11 @@ def denoise_stage(frame: Frame, strength: float, sky_boost: float, skin_boost: f
     return frame
 
 
-def grain_model(frame: Frame) -> NoiseModel:
-    """Noise model for re-added grain: the sensor model, or, once ``denoise`` has run, the residual noise estimated
-    from the current image (grain must match the sharp areas as they are now, not the raw capture)."""
-    if frame.meta.get("denoised"):
+def current_noise_model(frame: Frame) -> NoiseModel:
+    """Noise of the image as it is now: the sensor model while the frame is the raw capture's scene-linear data;
+    once ``denoise`` has run (residual noise) or the tone curve has (``meta['display_linear']``: the curve reshapes
+    the noise), it is estimated from the current image. Used for re-added grain and for sharpening's coring."""
+    if frame.meta.get("denoised") or frame.meta.get("display_linear"):
         return estimate_noise_model(frame.image)
     return frame_noise_model(frame)
 
@@ -97,7 +98,7 @@ def sharpen_stage(frame: Frame, amount: float, radius: float, noise_floor: float
     """Luminance unsharp mask with noise coring, suppressed on sky, skin and teeth."""
     if amount == 0:
         return frame
-    model = frame_noise_model(frame) if noise_floor > 0 else None
+    model = current_noise_model(frame) if noise_floor > 0 else None
     frame.image = sharpen(frame.image, _mask(frame, "sky"), _mask(frame, "skin"), _mask(frame, "teeth"),
                           amount=amount, radius=radius, noise=model, noise_floor=noise_floor)
     return frame
@@ -124,7 +125,7 @@ def portrait_stage(frame: Frame, aperture: float, focal_length_35mm: float, focu
     f35 = focal_length_35mm or float(frame.meta.get("focal_length_35mm") or DEFAULT_FOCAL_35MM)
     frame.image = portrait_blur(frame.image, ps, focus=focus, aperture=aperture, focal_length_35mm=f35,
                                 hair=_mask(frame, "hair"), polygon_blades=polygon_blades, grain=grain,
-                                noise=grain_model(frame) if grain else None, max_blur_frac=max_blur_frac)
+                                noise=current_noise_model(frame) if grain else None, max_blur_frac=max_blur_frac)
     return frame
 
 

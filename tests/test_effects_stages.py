@@ -123,6 +123,16 @@ def test_portrait_grain_matches_residual_noise_after_denoise(linear_image):
     np.testing.assert_allclose(run("portrait", f, aperture=1.4).image, exp, atol=0)
 
 
+def test_sharpen_coring_uses_current_noise_after_tone_curve(linear_image):
+    from campipe.effects.noise import estimate_noise_model
+
+    f = make_frame(linear_image)
+    f.meta["display_linear"] = True
+    exp = sharpen(linear_image, f.masks["sky"], f.masks["skin"], f.masks["teeth"], amount=0.5, radius=1.0,
+                  noise=estimate_noise_model(linear_image), noise_floor=1.0)
+    np.testing.assert_allclose(run("sharpen", f).image, exp, atol=0)
+
+
 @pytest.mark.parametrize("name,mono", [("stage_light", False), ("stage_light_mono", True)])
 def test_stage_light_stages_equal_function(linear_image, name, mono):
     f = make_frame(linear_image)
