@@ -42,6 +42,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
+
 from .decode import SUPPORTED_EXTENSIONS
 from .encode import FORMATS, LOCK_NAME, TMP_MARK
 from .errors import CampipeError
@@ -193,6 +195,7 @@ class Manifest:
         self._last: dict[tuple, dict[str, Any]] = {}
         self._fast: dict[tuple, str] = {}
         self.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        self._warned = False
 
     def load(self) -> "Manifest":
         self.records.clear()
@@ -233,16 +236,23 @@ class Manifest:
 
         rec = {"v": 1, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run": self.run_id, **rec}
         line = (json.dumps(rec, ensure_ascii=False, default=str) + "\n").encode("utf-8", "surrogateescape")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                os.write(fd, line)
-                os.fsync(fd)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    if os.write(fd, line) != len(line):
+                        raise OSError(28, "short write")
+                    os.fsync(fd)
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
             finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+                os.close(fd)
+        except OSError as e:  # disk full: outputs stay correct, only resume knows less (it re-renders)
+            if not self._warned:
+                log.warning("%s: cannot record progress (%s); a re-run will render these files again", self.path,
+                            e.strerror or e)
+                self._warned = True
         self._index(rec)
 
 
@@ -345,6 +355,10 @@ def render_one(job: RenderJob, pipeline=None) -> FileResult:
         check_output_path(job.output, [job.input], job.overwrite)
         res = process(job.input, pipeline=pipeline, max_megapixels=job.max_megapixels, strict=job.strict,
                       half_size=job.half_size)
+        if not np.isfinite(res.image).all():  # never write garbage: a stage bug on odd data
+            return FileResult(job.input, None, "failed", f"{job.input}: internal error: the pipeline produced NaN or "
+                              f"infinite values (please report this file); no output was written",
+                              time.perf_counter() - t0, warned, "InternalError")
         write_image(job.output, res.image, job.fmt, job.quality, res.frame.meta, job.overwrite,
                     inputs=[job.input])
         return FileResult(job.input, job.output, "ok", None, time.perf_counter() - t0, warned)

@@ -106,7 +106,11 @@ def register(app: typer.Typer) -> None:
         if output is not None:
             if output.exists() and not output.is_dir():
                 usage_exit(f"--output {output}: exists and is not a folder")
-            output.mkdir(parents=True, exist_ok=True)
+            try:
+                output.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                err(f"{output}: cannot create the output folder ({e.strerror or e})")
+                raise typer.Exit(EXIT_FAILED)
         from .batch import RenderJob, output_name, render_one
         from .encode import check_output_path, remove_stale_temps
 
@@ -192,7 +196,11 @@ def register(app: typer.Typer) -> None:
         if why:
             err(f"{output}: cannot write in the output folder ({why}); nothing was rendered")
             raise typer.Exit(EXIT_FAILED)
-        srcs = list(find_inputs(folder, recursive, exclude=[output]))
+        try:
+            srcs = list(find_inputs(folder, recursive, exclude=[output]))
+        except OSError as e:
+            err(f"{folder}: cannot list the folder ({e.strerror or e})")
+            raise typer.Exit(EXIT_FAILED)
         style_name = Path(style).stem if style.endswith(".toml") else style
         job_list: list = []
         taken: dict[str, str] = {}

@@ -183,6 +183,32 @@ def camera_to_xyz_matrix(xyz_to_cam: np.ndarray) -> np.ndarray:
     return np.linalg.inv(a)
 
 
+def _finite(values, lo: float, hi: float) -> bool:
+    try:
+        a = np.asarray(values, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        return False
+    return a.size > 0 and bool(np.all(np.isfinite(a)) and np.all(a >= lo) and np.all(a <= hi))
+
+
+def _sane_dng_tags(path, dng: dict[str, Any]) -> dict[str, Any]:
+    """Drop DNG tag values that are physically implausible (with a warning) instead of letting them reach the
+    stages: BaselineExposure outside +-8 EV, AsShotNeutral not in (0, 100], NoiseProfile not finite in [0, 1] or
+    all (near) zero, colour matrices with non-finite or huge entries."""
+    out = dict(dng)
+    checks = {"BaselineExposure": (-8.0, 8.0), "AsShotNeutral": (1e-4, 100.0), "NoiseProfile": (0.0, 1.0),
+              "ColorMatrix1": (-100.0, 100.0), "ColorMatrix2": (-100.0, 100.0)}
+    for tag, (lo, hi) in checks.items():
+        if tag in out and out[tag] is not None:
+            ok = _finite(out[tag], lo, hi)
+            if ok and tag == "NoiseProfile":
+                ok = float(np.max(np.asarray(out[tag], dtype=np.float64))) > 1e-12
+            if not ok:
+                log.warning("%s: ignoring implausible DNG %s %s", path, tag, str(out[tag])[:60])
+                del out[tag]
+    return out
+
+
 def _pick_dng_matrix(tags: dict[str, Any]) -> np.ndarray | None:
     cands = []
     for i in (1, 2):
@@ -266,7 +292,10 @@ def load_raw(path: str | Path, *, half_size: bool = False, demosaic: str = "AHD"
         except (rawpy.LibRawError, OSError, MemoryError) as e:
             raise DecodeError(f"{path}: RAW data is truncated or corrupt: {_libraw_reason(e, native)}") from None
         meta: dict[str, Any] = {"source": str(path), "format": "raw", "scene_referred": True}
-        pattern = None if raw.raw_pattern is None else np.asarray(raw.raw_pattern)
+        try:
+            pattern = None if raw.raw_pattern is None else np.asarray(raw.raw_pattern)
+        except NotImplementedError as e:  # rawpy: a 'filters' value it cannot express (damaged header)
+            raise UnsupportedFormatError(f"{path}: unsupported sensor layout ({e})") from None
         ncol = int(raw.num_colors)
         try:
             meta["cfa_pattern"] = "".join(chr(raw.color_desc[i]) for i in pattern.ravel())
@@ -284,11 +313,19 @@ def load_raw(path: str | Path, *, half_size: bool = False, demosaic: str = "AHD"
         meta["raw_type"] = str(raw.raw_type).split(".")[-1]
         meta["black_level"] = [int(x) for x in raw.black_level_per_channel]
         meta["white_level"] = int(raw.white_level)
+        if meta["white_level"] <= 0 or max(meta["black_level"]) >= meta["white_level"]:
+            raise DecodeError(f"{path}: implausible levels: black level {max(meta['black_level'])} is not below the "
+                              f"white level {meta['white_level']} (damaged file?)")
         cam_wb = [float(x) for x in raw.camera_whitebalance]
         meta["camera_wb"] = cam_wb
         meta["daylight_wb"] = [float(x) for x in raw.daylight_whitebalance]
         xyz_to_cam = np.asarray(raw.rgb_xyz_matrix, dtype=np.float64)[:3, :3]
-        dng = read_dng_tags(path) if is_tiff else {}
+        try:
+            dng = read_dng_tags(path) if is_tiff else {}
+        except Exception as e:  # noqa: BLE001 - damaged tag values: LibRaw's data is still usable
+            log.warning("%s: unreadable DNG colour tags (%s: %s); using LibRaw's values", path, type(e).__name__, e)
+            dng = {}
+        dng = _sane_dng_tags(path, dng)
         meta["matrix_source"] = "libraw"
         if not np.any(xyz_to_cam) and not mono:
             m = _pick_dng_matrix(dng)

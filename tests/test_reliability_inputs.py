@@ -135,6 +135,12 @@ def make_cases(d: Path) -> dict[str, tuple[Path, str, str]]:
     c["all_black.dng"] = (d / "all_black.dng", "warn", "almost entirely black")
     write_raw_dng(d / "all_clipped.dng", np.full_like(s.cfa, 16383), tags)
     c["all_clipped.dng"] = (d / "all_clipped.dng", "warn", "clipped")
+    write_raw_dng(d / "huge_baseline_exposure.dng", s.cfa, tags, replace={50730: (50730, 10, 1, (30000, 1), True)})
+    c["huge_baseline_exposure.dng"] = (d / "huge_baseline_exposure.dng", "warn", "ignoring implausible DNG Baseline")
+    write_raw_dng(d / "zero_noise_profile.dng", s.cfa, tags, replace={51041: (51041, 12, 6, (1e-300,) * 6, True)})
+    c["zero_noise_profile.dng"] = (d / "zero_noise_profile.dng", "warn", "ignoring implausible DNG NoiseProfile")
+    write_raw_dng(d / "black_above_white.dng", s.cfa, tags, replace={50714: (50714, 4, 4, (20000,) * 4, True)})
+    c["black_above_white.dng"] = (d / "black_above_white.dng", "error", "implausible levels")
     bayer = (33421, 33422, 50710, 50711)
     write_raw_dng(d / "mono.dng", s.cfa, tags, photometric=1, drop=bayer)
     patch_tag(d / "mono.dng", 262, 34892)  # LinearRaw, 1 sample: a monochrome sensor
@@ -183,6 +189,7 @@ CASE_NAMES = ["good", "empty.dng", "text.dng", "random.dng", "truncated_half.dng
               "header_only.dng", "claims_30000x20000.dng", "jpeg_renamed.dng", "truncated.jpg", "zero_by_zero.png",
               "1x1.png", "2x2.png", "8x8.png", "bomb_12000x9000.png", "all_zero.dng", "float_nan.dng",
               "float_inf.dng", "float_ok.dng", "no_matrix.dng", "bad_wb.dng", "all_black.dng", "all_clipped.dng",
+              "huge_baseline_exposure.dng", "zero_noise_profile.dng", "black_above_white.dng",
               "mono.dng", "linear.dng", "xtrans.dng", "two_samples.dng"]
 
 
