@@ -16,6 +16,9 @@ Figures (display-referred: baseline exposure applied, clip, sRGB encode), averag
 PSNR (dB) over sky pixels, over skin pixels; SSIM (luminance, skimage, 7x7 Gaussian-free window) averaged over
 textured pixels = non-sky, non-skin pixels whose clean gradient magnitude is in the top 30 % of those pixels.
 
+Last, a banding check (:func:`banding_check`): a denoised sky gradient through the tone curve, sRGB encoding and
+8-bit quantisation with and without the output stage's dither.
+
 Run:  python benchmarks/bench_effects_denoise.py [--n 12] [--iso 1600 3200] [--scale 1 2] [--skip 2]
       [--data /work/shared/data]
 """
@@ -37,7 +40,7 @@ from campipe.colour import luminance, working_to_display
 from campipe.decode import load_raw
 from campipe.dng import write_dng
 from campipe.effects.denoise import class_strength, denoise
-from campipe.effects.noise import noise_model_from_meta
+from campipe.effects.noise import NoiseModel, noise_model_from_meta
 from campipe.simulate import simulate_raw
 
 SKIN_IDS = (1, 2, 8, 9, 17)
@@ -200,6 +203,39 @@ def main() -> None:
         print(f"{scale:>5.2g} {iso:>5} {set_name:<11}{n:>3} {cls:<5}{m['noisy']:>11.2f}{m['uniform']:>9.2f}"
               f"{m['aware']:>8.2f}{m['ssim_n']:>17.4f}{m['ssim_u']:>9.4f}{m['ssim_a']:>8.4f}{m['s_mean']:>11.3f}")
     print("criteria: aware PSNR > uniform PSNR on sky and skin; aware SSIM-tex >= uniform SSIM-tex")
+    banding_check(cam)
+
+
+def banding_check(cam, w: int = 2048, h: int = 256, iso: int = 3200) -> None:
+    """Sky gradient after denoise -> filmic tone -> sRGB -> 8 bit, with and without the output dither.
+
+    A slow horizontal ramp (linear 0.20 -> 0.32, a clear-sky gradient spanning ~25 8-bit codes) gets the camera's
+    ISO noise, is denoised as sky (the strongest setting), tone-mapped (``campipe.isp.tone_map``), encoded
+    (``campipe.output.output_transform``) and quantised (``campipe.output.quantize``). Banding = the quantisation
+    error low-passed along the gradient (column means over the 256 rows, then a 9-px box along x): a staircase shows
+    up as a periodic error of up to 0.5 LSB; dithered output should stay well below it.
+    """
+    from campipe.isp import tone_map
+    from campipe.output import output_transform, quantize
+
+    s_, o_ = cam.noise_profile(iso)
+    model = NoiseModel(s_, o_, "camera")
+    ramp = np.linspace(0.20, 0.32, w, dtype=np.float32)
+    clean = np.repeat(np.repeat(ramp[None, :, None], h, 0), 3, 2) * np.array([0.8, 0.95, 1.15], np.float32)
+    rng = np.random.default_rng(0)
+    noisy = np.maximum(clean + rng.standard_normal(clean.shape, dtype=np.float32) * model.sigma(clean), 0)
+    sky = np.ones((h, w), np.float32)
+    den = denoise(noisy, model, sky, None, strength=1.0, sky_boost=0.4)
+    disp = output_transform(tone_map(den))
+    ref = output_transform(tone_map(clean))
+    print(f"banding on a denoised sky gradient ({w}x{h}, ISO {iso}, {int(np.ptp(ref[..., 1]) * 255)} codes):")
+    for name, img in (("denoised", disp), ("noise-free ramp (worst case)", ref)):
+        for dither in (0.0, 1.0):
+            q = quantize(img, 8, dither).astype(np.float32) / 255.0
+            err = (q - img).mean(axis=0)  # quantisation error only (the float image as reference)
+            lp = cv2.blur(err[None, :, :], (9, 1))[0] * 255.0
+            print(f"  {name:<30} dither {dither:.0f} LSB: low-passed quantisation error max "
+                  f"{np.abs(lp).max():.3f} LSB, rms {np.sqrt(np.mean(lp ** 2)):.3f} LSB")
 
 
 if __name__ == "__main__":
