@@ -7,7 +7,7 @@ people (head + torso silhouettes with exact anti-aliased coverage, a skin face, 
 Masks: per-person coverage, skin (faces), sky.
 
 Renders: global only = the lead's global filmic tone curve (``campipe.isp.tone_map``, defaults) on the frame as is;
-semantic = ``subject_tone`` (stage defaults: strength 1, face_target_L 60, contrast 0) and then the same curve.
+semantic = ``subject_tone`` (stage defaults: strength 1, face_target_L 55, contrast 0) and then the same curve.
 
 Figures: per face the median L* of its skin pixels — (a) on the linear frame right after subject_tone, which is what
 ``face_target_L`` targets (criterion: within +-5 of the target), (b) after the tone curve (display-referred), where
@@ -87,7 +87,7 @@ def face_lstar(img, person, skin):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="1600x900", help="WxH")
-    ap.add_argument("--target", type=float, default=60.0, help="face_target_L")
+    ap.add_argument("--target", type=float, default=55.0, help="face_target_L (stage default 55)")
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.lower().split("x"))
     img, persons, skin, sky = make_scene(h, w)

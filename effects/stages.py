@@ -105,13 +105,14 @@ def sharpen_stage(frame: Frame, amount: float, radius: float, noise_floor: float
 
 
 @register_stage("subject_tone", requires=("linear", "masks", "persons"),
-                params={"strength": 1.0, "face_target_L": 60.0, "contrast": 0.0, "max_ev": 2.5})
+                params={"strength": 1.0, "face_target_L": 55.0, "contrast": 0.0, "max_ev": 2.5})
 def subject_tone_stage(frame: Frame, strength: float, face_target_L: float, contrast: float,
                        max_ev: float) -> Frame:
     """Per-person exposure/contrast so faces land at a target brightness; sky untouched."""
     frame.image = subject_tone(frame.image, [p.mask for p in frame.persons], _mask(frame, "skin"),
                                _mask(frame, "sky"), strength=strength, face_target_L=face_target_L,
-                               contrast=contrast, max_ev=max_ev)
+                               contrast=contrast, max_ev=max_ev,
+                               exposure_ev=float(frame.meta.get("baseline_exposure") or 0.0))
     return frame
 
 

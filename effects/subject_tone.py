@@ -8,8 +8,10 @@ Input/Output: float32 **linear** working RGB (H, W, 3) before the global tone cu
   no skin is labelled there (no skin mask, or a person seen from behind) the top quarter of the person's bounding box
   is used as the head proxy;
 * ``Y_k`` = median luminance of the face region; the exposure ``ev_k = strength * clip(log2(Y_t / Y_k), +-max_ev)``
-  where ``Y_t`` is the luminance whose CIE L* is ``face_target_L`` (L* on the linear frame, Y = 1 -> L* = 100, i.e.
-  before the global tone curve, which maps mid-tones monotonically);
+  where ``Y_t`` is the luminance whose CIE L* is ``face_target_L``, measured on the linear frame as the global tone
+  curve will see it: ``Y * 2^exposure_ev`` (``exposure_ev`` = the exposure the tone stage adds, e.g. the DNG
+  BaselineExposure; Y = 1 -> L* = 100). The curve maps mid-tones monotonically; with campipe's default filmic curve
+  the default target L* 55 displays at L* ~64, where a well-exposed light-skinned face of the sample DNGs lands;
 * an optional contrast change around the face level, ``contrast`` in [-1, 1]:
   ``log2 gain += strength * 0.5 * contrast * c * tanh(log2(Y / Y_k) / c)`` with ``c = 3`` stops.
 
@@ -63,11 +65,12 @@ def face_region(person: np.ndarray, skin: np.ndarray | None, min_px: int = 16) -
 
 
 def subject_exposures(img: np.ndarray, persons: list[np.ndarray], skin: np.ndarray | None = None, *,
-                      face_target_L: float = 60.0, max_ev: float = 2.5) -> list[tuple[float, float]]:
+                      face_target_L: float = 55.0, max_ev: float = 2.5,
+                      exposure_ev: float = 0.0) -> list[tuple[float, float]]:
     """(face luminance, unscaled EV correction) per person; (nan, 0) for a person without a usable face region."""
     w = luminance_weights()
     res = []
-    y_t = lstar_to_y(face_target_L)
+    y_t = lstar_to_y(face_target_L) / 2.0 ** exposure_ev
     for m in persons:
         f = face_region(m, skin)
         if not f.any():
@@ -80,8 +83,9 @@ def subject_exposures(img: np.ndarray, persons: list[np.ndarray], skin: np.ndarr
 
 
 def subject_tone(img: np.ndarray, persons: list[np.ndarray], skin: np.ndarray | None = None,
-                 sky: np.ndarray | None = None, *, strength: float = 1.0, face_target_L: float = 60.0,
-                 contrast: float = 0.0, max_ev: float = 2.5, feather_frac: float = 0.003) -> np.ndarray:
+                 sky: np.ndarray | None = None, *, strength: float = 1.0, face_target_L: float = 55.0,
+                 contrast: float = 0.0, max_ev: float = 2.5, feather_frac: float = 0.003,
+                 exposure_ev: float = 0.0) -> np.ndarray:
     """Per-person exposure/contrast so faces land near ``face_target_L``; returns a new float32 (H, W, 3) image.
 
     Args:
@@ -90,10 +94,13 @@ def subject_tone(img: np.ndarray, persons: list[np.ndarray], skin: np.ndarray | 
         skin: soft skin mask (locates the faces); None = head proxy (top quarter of each person).
         sky: soft sky mask; sky pixels are never changed. None = zeros.
         strength: 0..1 (0 = identity, 1 = faces exactly at the target, up to ``max_ev``).
-        face_target_L: target CIE L* of the faces' median luminance in the linear frame (0..100).
+        face_target_L: target CIE L* of the faces' median luminance in the linear frame as the tone curve sees it
+            (after ``exposure_ev``), 0..100.
         contrast: -1..1, contrast change within each person around its face level (0 = none).
         max_ev: largest exposure change per person, in stops (>= 0).
         feather_frac: feather of the person masks as a fraction of the image diagonal (soft transitions).
+        exposure_ev: exposure (stops) the later tone stage applies to the whole frame (the stage passes
+            ``meta['baseline_exposure']``, which campipe's tone stage adds by default).
     """
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"subject_tone.strength must be in [0, 1], got {strength}")
@@ -111,7 +118,7 @@ def subject_tone(img: np.ndarray, persons: list[np.ndarray], skin: np.ndarray | 
         return x.copy()
     ps = [check_mask(m, shape, f"person {i}") for i, m in enumerate(persons)]
     sk = None if skin is None else check_mask(skin, shape, "skin")
-    exps = subject_exposures(x, ps, sk, face_target_L=face_target_L, max_ev=max_ev)
+    exps = subject_exposures(x, ps, sk, face_target_L=face_target_L, max_ev=max_ev, exposure_ev=exposure_ev)
     diag = float(np.hypot(*shape))
     num = np.zeros(shape, np.float32)
     den = np.zeros(shape, np.float32)

@@ -43,7 +43,7 @@ EXPECTED = {
     "style": ({"tone": 0.0, "warmth": 0.0, "colour": 0.0, "skin_protect": 1.0}, {"linear", "masks"}),
     "denoise": ({"strength": 1.0, "sky_boost": 0.4, "skin_boost": 0.3, "radius": 0}, {"linear", "masks"}),
     "sharpen": ({"amount": 0.5, "radius": 1.0, "noise_floor": 1.0}, {"linear", "masks"}),
-    "subject_tone": ({"strength": 1.0, "face_target_L": 60.0, "contrast": 0.0, "max_ev": 2.5},
+    "subject_tone": ({"strength": 1.0, "face_target_L": 55.0, "contrast": 0.0, "max_ev": 2.5},
                      {"linear", "masks", "persons"}),
     "portrait": ({"aperture": 2.8, "focal_length_35mm": 0.0, "focus": -1, "grain": True, "polygon_blades": 0,
                   "max_blur_frac": 0.05}, {"linear", "persons"}),
@@ -99,7 +99,8 @@ def test_sharpen_stage_equals_function(linear_image):
 
 def test_subject_tone_stage_equals_function(linear_image):
     f = make_frame(linear_image)
-    exp = subject_tone(linear_image, [f.persons[0].mask], f.masks["skin"], f.masks["sky"])
+    f.meta["baseline_exposure"] = 0.5
+    exp = subject_tone(linear_image, [f.persons[0].mask], f.masks["skin"], f.masks["sky"], exposure_ev=0.5)
     np.testing.assert_allclose(run("subject_tone", f).image, exp, atol=0)
 
 

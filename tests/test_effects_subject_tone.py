@@ -50,6 +50,14 @@ def test_faces_reach_target_and_sky_background_untouched():
     np.testing.assert_allclose(out[35:, 90:110], img[35:, 90:110], rtol=1e-6)  # background between people
 
 
+def test_exposure_ev_shifts_the_target():
+    img, persons, skin, sky = group()
+    out = subject_tone(img, persons, skin, sky, face_target_L=60.0, exposure_ev=1.0)
+    f = face_region(persons[1], skin)
+    y = float(np.median(luminance(out)[f]))
+    assert y * 2.0 == pytest.approx(lstar_to_y(60.0), rel=1e-3)  # the face reaches the target after +1 EV
+
+
 def test_partial_strength_is_proportional_in_stops():
     img, persons, skin, sky = group()
     full = subject_tone(img, persons, skin, sky, strength=1.0)
