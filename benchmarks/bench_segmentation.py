@@ -74,6 +74,25 @@ def _peak_mb() -> float:
 
 def worker(spec: dict) -> dict:
     """Run in a fresh process: build the model, measure peak RSS growth of one forward, then latency."""
+    if spec.get("onnx_path"):  # step 2 of an ONNX measurement: a fresh process that only runs ONNX Runtime
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = spec["threads"], 1
+        sess = ort.InferenceSession(spec["onnx_path"], so, providers=["CPUExecutionProvider"])
+        feed = {"image": np.random.default_rng(0).standard_normal((1, 3, *spec["size"])).astype(np.float32)}
+        base = _rss_mb()
+        _reset_peak()
+        sess.run(None, feed)
+        peak = _peak_mb() - base
+        times, cpu = [], []
+        for _ in range(spec["repeats"]):
+            t, c = time.perf_counter(), time.process_time()
+            sess.run(None, feed)
+            times.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+        return {"ms": 1000 * float(np.median(times)), "ms_min": 1000 * min(times), "peak_mb": peak,
+                "cpu_ms": 1000 * float(np.median(cpu))}
     import torch
 
     torch.set_num_threads(spec["threads"])
@@ -95,6 +114,24 @@ def worker(spec: dict) -> dict:
         scene = spec["head"] == "scene"
         fwd = lambda x: model(x, scene_only=scene)  # noqa: E731
     x = torch.randn(1, 3, h, w)
+    if spec.get("export_to"):  # step 1 of an ONNX measurement: export only (in its own process)
+        from campipe.segmentation.export import OnnxWrapper
+
+        class _Detr(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, t):
+                o = self.m(t)
+                return o["pred_logits"], o["pred_masks"]
+
+        net = _Detr(model) if spec["head"] == "detr" else OnnxWrapper(model, spec["head"] == "scene")
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (x,), spec["export_to"], dynamo=False, opset_version=18, input_names=["image"])
+        return {}
     with torch.inference_mode():
         base = _rss_mb()
         _reset_peak()
@@ -111,6 +148,15 @@ def worker(spec: dict) -> dict:
 
 
 def run_worker(spec: dict) -> dict:
+    if spec.get("runtime") == "onnx" and not spec.get("onnx_path"):
+        with tempfile.TemporaryDirectory() as td:
+            path = os.path.join(td, "m.onnx")
+            _run_worker({**spec, "export_to": path})
+            return _run_worker({**spec, "onnx_path": path})
+    return _run_worker(spec)
+
+
+def _run_worker(spec: dict) -> dict:
     code = ("import json,sys; sys.path.insert(0, %r); import bench_segmentation as b; "
             "print('RESULT' + json.dumps(b.worker(json.loads(sys.argv[1]))))" % str(HERE))
     out = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True)
@@ -127,12 +173,12 @@ def scaling(args) -> list[dict]:
     for n in args.ns:
         for head in ("hyperdetr", "detr"):
             r = run_worker({"head": head, "n": n, "size": [384, 512], "threads": args.threads,
-                            "repeats": args.repeats, "mask_stride": args.mask_stride})
+                            "repeats": args.repeats, "mask_stride": args.mask_stride, "runtime": args.runtime})
             rows.append({"head": head, "n": n, **r})
             print(f"  {head:10s} N={n:<4d} {r['ms']:9.1f} ms  (min {r['ms_min']:8.1f})  cpu {r['cpu_ms']:9.1f} ms  "
                   f"peak +{r['peak_mb']:8.1f} MB", flush=True)
     r = run_worker({"head": "scene", "n": 4, "size": [384, 512], "threads": args.threads, "repeats": args.repeats,
-                    "mask_stride": args.mask_stride})
+                    "mask_stride": args.mask_stride, "runtime": args.runtime})
     rows.append({"head": "scene_only", "n": 0, **r})
     print(f"  scene_only        {r['ms']:9.1f} ms  (min {r['ms_min']:8.1f})  cpu {r['cpu_ms']:9.1f} ms  "
           f"peak +{r['peak_mb']:8.1f} MB")
@@ -153,7 +199,7 @@ def load_or_random(args, tmp: Path):
         from campipe.segmentation.model import build_model
 
         torch.manual_seed(0)
-        m = build_model(HyperDETRConfig())
+        m = build_model(HyperDETRConfig(mask_stride=args.mask_stride))
         for mod in m.modules():
             if isinstance(mod, torch.nn.BatchNorm2d):
                 mod.momentum = None
@@ -220,17 +266,19 @@ def runtimes(args, ckpt: Path, tmp: Path) -> list[dict]:
         r = make()
         r(xs[0])
         first = time.perf_counter() - t
-        times = []
+        times, cpu = [], []
         for i in range(max(args.repeats, 5)):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             r(xs[i % len(xs)])
             times.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
         dps, ious = zip(*[agreement(ref, r(x)) for ref, x in zip(refs, xs)])
         row = {"runtime": name, "ms": 1000 * float(np.median(times)), "ms_min": 1000 * min(times),
-               "first_call_s": first, "mean_dp": float(np.mean(dps)), "iou": float(np.mean(ious))}
+               "cpu_ms": 1000 * float(np.median(cpu)), "first_call_s": first, "mean_dp": float(np.mean(dps)),
+               "iou": float(np.mean(ious))}
         rows.append(row)
-        print(f"  {name:42s} {row['ms']:8.1f} ms (min {row['ms_min']:7.1f})  first call {first:6.1f} s  "
-              f"mean|dp| {row['mean_dp']:.4f}  IoU {row['iou']:.4f}", flush=True)
+        print(f"  {name:42s} {row['ms']:8.1f} ms (min {row['ms_min']:7.1f}, cpu {row['cpu_ms']:7.1f})  first call "
+              f"{first:6.1f} s  mean|dp| {row['mean_dp']:.4f}  IoU {row['iou']:.4f}", flush=True)
     return rows
 
 
@@ -325,6 +373,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--runtime", default="torch", choices=("torch", "onnx"),
+                    help="runtime for section 1 (both heads): eager PyTorch fp32 or ONNX Runtime fp32")
     ap.add_argument("--mask-stride", type=int, default=1, choices=(1, 2),
                     help="mask output stride for sections 1 and 3 (1: masks at 384x512, as in the issue's figure)")
     ap.add_argument("--weights", default=None)
@@ -342,12 +392,12 @@ def main(argv=None) -> int:
     sections = set(args.sections.split(","))
     print(f"campipe segmentation benchmark — {time.strftime('%Y-%m-%d %H:%M:%S')}, {args.threads} thread(s), "
           f"cpu count {os.cpu_count()}, load average {os.getloadavg()[0]:.2f} (other processes share the CPU)")
-    results: dict = {"threads": args.threads, "mask_stride": args.mask_stride, "load_start": os.getloadavg()}
+    results: dict = {"threads": args.threads, "mask_stride": args.mask_stride, "runtime_scaling": args.runtime, "load_start": os.getloadavg()}
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         if "scaling" in sections:
-            print(f"\n1. scaling at 384x512 input, masks at stride {args.mask_stride} (eager fp32, decoder pruned to 2 "
-                  f"layers, {args.threads} thread(s))")
+            print(f"\n1. scaling at 384x512 input, masks at stride {args.mask_stride} ({args.runtime} fp32, decoder "
+                  f"pruned to 2 layers, {args.threads} thread(s))")
             rows = results["scaling"] = scaling(args)
             hy = {r["n"]: r for r in rows if r["head"] == "hyperdetr"}
             de = {r["n"]: r for r in rows if r["head"] == "detr"}

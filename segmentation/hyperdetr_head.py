@@ -53,5 +53,6 @@ class HyperMaskHead(nn.Module):
         params = self.hyper(hs)  # (B, N, D + 1)
         w, b = params[..., : self.mask_dim], params[..., self.mask_dim:]
         bsz, d, h, wd = mask_features.shape
-        masks = torch.bmm(w, mask_features.reshape(bsz, d, h * wd)) + b  # (B, N, HW)
+        # one fused pass: b + w @ F (a separate "+ b" would re-read and re-write the B x N x H x W output)
+        masks = torch.baddbmm(b, w, mask_features.reshape(bsz, d, h * wd))  # (B, N, HW)
         return logits, masks.reshape(bsz, -1, h, wd)
