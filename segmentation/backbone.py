@@ -2,7 +2,8 @@
 
 Layer layout follows torchvision's ``mobilenet_v3_large(...).features`` (``features.0`` stem, ``features.1..15``
 inverted-residual blocks, ``features.16`` the final 1x1 conv; block internals ``block.0`` expand / ``block.1``
-depthwise / ``block.2`` squeeze-excitation / last = project), so torchvision-style state-dict keys map 1:1 for width 1.0.
+depthwise / ``block.2`` squeeze-excitation / last = project), so torchvision-style state-dict keys map 1:1 for
+width 1.0.
 The classifier is dropped. Channels are rounded with torchvision's ``_make_divisible(c * width_mult, 8)``.
 
 Outputs (``forward`` returns a dict, every tensor float32):

@@ -62,7 +62,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, scene_only: bool = False,
         warnings.simplefilter("ignore")
         try:  # the TorchScript-based exporter: fast, no extra dependency
             torch.onnx.export(net, (x,), str(tmp), dynamo=False, opset_version=opset, input_names=["image"],
-                              output_names=names, dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in names}})
+                              output_names=names,
+                              dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in names}})
         except TypeError:  # a torch without the `dynamo` switch
             torch.onnx.export(net, (x,), str(tmp), opset_version=opset, input_names=["image"], output_names=names)
     tmp.replace(path)

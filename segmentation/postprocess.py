@@ -43,7 +43,8 @@ class Letterbox:
         return arr[..., t:max(b, t + 1), l_:max(r, l_ + 1)]
 
 
-def letterbox(img: np.ndarray, size_hw: tuple[int, int], fill: tuple[float, float, float]) -> tuple[np.ndarray, Letterbox]:
+def letterbox(img: np.ndarray, size_hw: tuple[int, int], fill: tuple[float, float, float]
+              ) -> tuple[np.ndarray, Letterbox]:
     """Fit float32 (H, W, 3) into ``size_hw`` keeping the aspect ratio; pad with ``fill``. Returns (canvas, info)."""
     H, W = img.shape[:2]
     th, tw = size_hw

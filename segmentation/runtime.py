@@ -39,7 +39,9 @@ def default_threads() -> int:
 
 
 def _fold_pair(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> None:
-    """Fold eval-mode BatchNorm into the preceding conv: w' = w * g / sqrt(v + eps), b' = (b - m) g / sqrt(v + eps) + beta."""
+    """Fold eval-mode BatchNorm into the preceding conv.
+
+    w' = w * g / sqrt(v + eps), b' = (b - m) * g / sqrt(v + eps) + beta."""
     s = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
     conv.weight = torch.nn.Parameter(conv.weight.detach() * s.reshape(-1, 1, 1, 1), requires_grad=False)
     b = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)

@@ -6,7 +6,8 @@ with a halo of ``halo_cells`` stride-32 rows (= 32 * halo_cells input pixels) on
 own rows. Band borders are aligned to stride-32 cells, so every scale's crop is exact (bilinear x2 upsampling of a
 crop starting at an even row equals the global one away from the crop edge); the halo absorbs the decoder's receptive
 field (measured: a halo of 2 cells reproduces the untiled decoder to float rounding, 1 cell does not; the test
-checks it). Trade-off: less peak memory, slightly more compute (halo rows are decoded twice) — measured by ``benchmarks/bench_segmentation.py``.
+checks it). Trade-off: less peak memory, slightly more compute (halo rows are decoded twice) — measured by
+``benchmarks/bench_segmentation.py``.
 
 Shapes: as :class:`campipe.segmentation.model.ConvDecoder` — returns mask features (B, D, H/s, W/s) and semantic
 logits (B, K, H/s, W/s), float32.
