@@ -68,6 +68,9 @@ class RenderJob:
     max_megapixels: float = 200.0
     strict: bool = False
     half_size: bool = False
+    cache_dir: str | None = None  # mask cache folder (issue 8); None = no cache
+    cache_max_bytes: int = 0  # size bound of the mask cache (0 = DEFAULT_CACHE_BYTES)
+    input_key: str | None = None  # content hash of the input if the parent already computed it
 
 
 @dataclass
@@ -84,6 +87,7 @@ class FileResult:
     warnings: list[str] = field(default_factory=list)
     error_type: str | None = None
     attempts: int = 1
+    mask_cache: str | None = None  # "hit" | "miss" | None (no cache, or no segment stage)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -353,15 +357,19 @@ def render_one(job: RenderJob, pipeline=None) -> FileResult:
     lg.addHandler(h)
     try:
         check_output_path(job.output, [job.input], job.overwrite)
+        if job.cache_dir:
+            pipeline = _cached_pipeline(pipeline, job)
         res = process(job.input, pipeline=pipeline, max_megapixels=job.max_megapixels, strict=job.strict,
                       half_size=job.half_size)
+        cache_state = res.frame.meta.pop("_mask_cache", None)
         if not np.isfinite(res.image).all():  # never write garbage: a stage bug on odd data
             return FileResult(job.input, None, "failed", f"{job.input}: internal error: the pipeline produced NaN or "
                               f"infinite values (please report this file); no output was written",
                               time.perf_counter() - t0, warned, "InternalError")
         write_image(job.output, res.image, job.fmt, job.quality, res.frame.meta, job.overwrite,
                     inputs=[job.input])
-        return FileResult(job.input, job.output, "ok", None, time.perf_counter() - t0, warned)
+        return FileResult(job.input, job.output, "ok", None, time.perf_counter() - t0, warned,
+                          mask_cache=cache_state)
     except CampipeError as e:
         return FileResult(job.input, None, "failed", str(e), time.perf_counter() - t0, warned, type(e).__name__)
     except (ValueError, MemoryError, OSError) as e:
@@ -374,6 +382,181 @@ def render_one(job: RenderJob, pipeline=None) -> FileResult:
                           time.perf_counter() - t0, warned, "InternalError")
     finally:
         lg.removeHandler(h)
+
+
+# ------------------------------------------------------------------------------------------------ mask cache ----
+
+DEFAULT_CACHE_BYTES = 4 << 30
+
+
+class MaskCache:
+    """On-disk cache of segmentation results (issue 8), shared by concurrent runs and machines on one file system.
+
+    One file per (input content hash, model hash, segment parameters, decode resolution):
+    ``DIR/<2 hex>/<key>.npz``: a zip (deflate level 1) of ``.npy`` arrays (``mask_<name>`` and ``person_<i>`` as
+    float16 (H, W) in [0, 1]) plus a JSON ``meta`` (scores, model info). Soft masks in float16 differ from the
+    network's float32 by < 5e-4. Writes go to a temporary name and are renamed into place (readers never see a
+    partial file; two runs computing the same key both write the same content); unreadable entries are misses.
+    Size bound: after a write, if the folder exceeds ``max_bytes``, the least recently used entries (mtime, touched
+    on every hit) are deleted down to 90 %, by one process at a time (non-blocking ``flock`` on ``DIR/.evict.lock``).
+    """
+
+    def __init__(self, folder: str | Path, max_bytes: int = 0):
+        self.folder = Path(folder)
+        self.max_bytes = int(max_bytes or DEFAULT_CACHE_BYTES)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def make_key(input_key: str, model: str, params: dict, half_size: bool) -> str:
+        blob = json.dumps({"input": input_key, "model": model, "params": params, "half": bool(half_size), "v": 1},
+                          sort_keys=True, default=str)
+        return hashlib.blake2b(blob.encode(), digest_size=20).hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.npz"
+
+    def get(self, key: str, shape: tuple[int, int]):
+        """(masks dict, persons list) or None. ``shape`` (H, W) must match (else a miss)."""
+        from .frame import PersonInstance
+
+        p = self.path(key)
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                meta = json.loads(bytes(z["meta"]).decode())
+                masks = {k[5:]: z[k].astype(np.float32) for k in z.files if k.startswith("mask_")}
+                persons = [PersonInstance(z[f"person_{i}"].astype(np.float32), float(sc))
+                           for i, sc in enumerate(meta["scores"])]
+        except FileNotFoundError:
+            return None
+        except Exception as e:  # noqa: BLE001 - a damaged entry is a miss, and is removed
+            log.debug("mask cache: unreadable %s (%s)", p, e)
+            try:
+                p.unlink()
+            except OSError:
+                pass
+            return None
+        if any(m.shape != tuple(shape) for m in masks.values()) or any(q.mask.shape != tuple(shape) for q in persons):
+            return None
+        try:
+            os.utime(p)  # LRU
+        except OSError:
+            pass
+        return masks, persons, meta.get("segmentation")
+
+    def put(self, key: str, masks: dict, persons: list, info: Any = None) -> None:
+        import zipfile
+
+        p = self.path(key)
+        try:
+            p.parent.mkdir(exist_ok=True)
+            tmp = p.with_name(f".{p.name}{TMP_MARK}{os.getpid()}-{os.urandom(4).hex()}")
+            try:
+                with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+                    def put_arr(name, arr):
+                        with z.open(name + ".npy", "w", force_zip64=True) as f:
+                            np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
+                    for k, m in masks.items():
+                        put_arr(f"mask_{k}", np.asarray(m, np.float16))
+                    for i, q in enumerate(persons):
+                        put_arr(f"person_{i}", np.asarray(q.mask, np.float16))
+                    meta = {"scores": [float(q.score) for q in persons], "segmentation": info}
+                    put_arr("meta", np.frombuffer(json.dumps(meta, default=str).encode(), np.uint8))
+                os.replace(tmp, p)
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
+        except OSError as e:  # a full or read-only cache never fails a render
+            log.debug("mask cache: cannot store %s (%s)", p, e)
+            return
+        self.evict()
+
+    def size(self) -> int:
+        return sum(f.stat().st_size for f in self.folder.glob("*/*.npz"))
+
+    def evict(self) -> int:
+        """Delete least recently used entries while the cache is above its bound; returns how many were removed."""
+        import fcntl
+
+        entries = []
+        for f in self.folder.glob("*/*.npz"):
+            try:
+                st = f.stat()
+                entries.append((st.st_mtime, st.st_size, f))
+            except OSError:
+                continue
+        total = sum(e[1] for e in entries)
+        if total <= self.max_bytes:
+            return 0
+        fd = os.open(self.folder / ".evict.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        n = 0
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return 0  # another process is evicting
+            for _, size, f in sorted(entries, key=lambda e: e[0]):
+                if total <= 0.9 * self.max_bytes:
+                    break
+                try:
+                    f.unlink()
+                    total -= size
+                    n += 1
+                except OSError:
+                    pass
+        finally:
+            os.close(fd)
+        return n
+
+
+_CACHED_PIPELINES: dict[tuple, Any] = {}
+
+
+def _cached_pipeline(pipeline, job: RenderJob):
+    """``pipeline`` with its segment stage wrapped by the mask cache of ``job`` (memoised per process)."""
+    import dataclasses
+
+    if "segment" not in pipeline.names:
+        return pipeline
+    ck = (id(pipeline), job.cache_dir, job.cache_max_bytes)
+    cached = _CACHED_PIPELINES.get(ck)
+    if cached is None:
+        cache = MaskCache(job.cache_dir, job.cache_max_bytes)
+        model = model_hash(pipeline)
+        stages = []
+        for st in pipeline.stages:
+            if st.name == "segment":
+                spec = dataclasses.replace(st.spec, fn=_caching_segment(st.spec.fn, cache, model))
+                st = dataclasses.replace(st, spec=spec)
+            stages.append(st)
+        cached = _CACHED_PIPELINES[ck] = (dataclasses.replace(pipeline, stages=stages), pipeline)
+    _CURRENT["job"] = job
+    return cached[0]
+
+
+_CURRENT: dict[str, Any] = {}
+
+
+def _caching_segment(fn, cache: MaskCache, model: str):
+    def segment_with_cache(frame, **params):
+        job = _CURRENT.get("job")
+        src = frame.meta.get("source")
+        if job is None or src is None or str(src) != str(job.input):
+            return fn(frame, **params)
+        key = cache.make_key(job.input_key or file_digest(job.input), model, params, job.half_size)
+        hit = cache.get(key, (frame.height, frame.width))
+        if hit is not None:
+            frame.masks, frame.persons = dict(hit[0]), list(hit[1])
+            if hit[2] is not None:
+                frame.meta["segmentation"] = hit[2]
+            frame.meta["_mask_cache"] = "hit"
+            return frame
+        frame = fn(frame, **params)
+        if frame.masks or frame.persons:  # no weights -> empty masks: nothing worth caching
+            cache.put(key, frame.masks, frame.persons, frame.meta.get("segmentation"))
+        frame.meta["_mask_cache"] = "miss"
+        return frame
+
+    return segment_with_cache
 
 
 def _inject_fault(job: RenderJob, attempt: int) -> None:
@@ -616,6 +799,99 @@ def run_batch(jobs: list[RenderJob], style: str, sets: list[str], extra: list[st
     return results
 
 
+# ------------------------------------------------------------------------------------------------- Dask mode -----
+
+_DASK_PIPELINES: dict[str, Any] = {}
+
+
+def model_spec(pipeline) -> dict[str, Any]:
+    """What a remote worker needs to use the same model: the weights *path* and its hash (never the weights)."""
+    settings = getattr(pipeline, "settings", {}) or {}
+    path = None
+    if "segment" in settings:
+        try:
+            from campipe.segmentation import NoWeightsError, weights_path
+
+            path = str(weights_path(settings["segment"].get("weights") or None))
+        except (ImportError, NoWeightsError):
+            path = None
+    return {"weights": path, "model": model_hash(pipeline)}
+
+
+def _dask_task(job: RenderJob, spec: dict[str, Any]) -> FileResult:
+    """Runs on a Dask worker: build (once per worker process and spec) the pipeline, check the model hash, render."""
+    key = json.dumps(spec, sort_keys=True, default=str)
+    pipeline = _DASK_PIPELINES.get(key)
+    if pipeline is None:
+        from .api import build
+
+        sets = list(spec["sets"]) + ([f"segment.weights={spec['weights']}"] if spec.get("weights") else [])
+        pipeline = build(spec["style"], sets, spec["extra"])
+        here = model_hash(pipeline)
+        if here != spec["model"]:
+            return FileResult(job.input, None, "failed", f"{job.input}: the worker's model ({here}) differs from the "
+                              f"client's ({spec['model']}); install the same weights at {spec.get('weights')}",
+                              0.0, [], "ModelMismatch")
+        _DASK_PIPELINES[key] = pipeline
+    _inject_fault(job, 1)
+    return render_one(job, pipeline)
+
+
+def run_batch_dask(jobs: list[RenderJob], style: str, sets: list[str], extra: list[str], scheduler: str,
+                   on_result: Callable[[FileResult], None] | None = None, *, ledger: BatchLedger | None = None,
+                   model: dict[str, Any] | None = None, connect_timeout: float = 30.0) -> list[FileResult]:
+    """Render ``jobs`` on an existing Dask distributed cluster (``scheduler`` = ``tcp://HOST:PORT``).
+
+    Each file is one task (``pure=False``, one retry); tasks carry the job and the model's path + hash, and each
+    worker builds the pipeline (and loads the model) once. Outputs are written by the workers with the same atomic
+    write, so OUT must be the same path on every worker (a shared file system); the manifest is written here, as in
+    local mode. A worker that dies is restarted by its nanny and the scheduler re-runs its tasks; a task that keeps
+    killing workers (``KilledWorker``) is reported as failed.
+    """
+    try:
+        from distributed import Client, as_completed
+        from distributed.scheduler import KilledWorker
+    except ImportError:
+        raise CampipeError("--scheduler needs Dask: pip install 'campipe[dask]' (dask and distributed)") from None
+    results: list[FileResult] = []
+    if not jobs:
+        return results
+    spec = {"style": style, "sets": list(sets), "extra": list(extra), **(model or {"weights": None, "model": "none"})}
+    try:
+        client = Client(scheduler, timeout=connect_timeout)
+    except (OSError, TimeoutError, ValueError) as e:
+        raise CampipeError(f"cannot connect to the Dask scheduler at {scheduler} ({e})") from None
+    run = f"{os.getpid()}-{time.time_ns()}"
+    futs = {}
+    try:
+        for i, job in enumerate(jobs):
+            if ledger is not None:
+                ledger.started(job, 1)
+            futs[client.submit(_dask_task, job, spec, key=f"campipe-render-{run}-{i}", pure=False, retries=1)] = i
+        for fut in as_completed(list(futs)):
+            i = futs[fut]
+            job = jobs[i]
+            try:
+                r = fut.result()
+            except KilledWorker as e:
+                r = FileResult(job.input, None, "failed", f"{job.input}: Dask workers died on this file on every "
+                               f"attempt ({e}); the file was skipped", 0.0, [], "WorkerCrash")
+            except Exception as e:  # noqa: BLE001 - a task error is one file's failure
+                r = FileResult(job.input, None, "failed", f"{job.input}: task failed on the cluster: "
+                               f"{type(e).__name__}: {e}", 0.0, [], "InternalError")
+            if ledger is not None:
+                ledger.finished(job, r)
+            results.append(r)
+            if on_result:
+                on_result(r)
+    except BaseException:
+        client.cancel(list(futs), force=True)
+        raise
+    finally:
+        client.close()
+    return results
+
+
 def output_folders_writable(folder: str | Path) -> str | None:
     """None if campipe can create files in ``folder`` (probed for real: root ignores mode bits), else the reason."""
     probe = Path(folder) / f".campipe-probe{TMP_MARK}{os.getpid()}-0"
@@ -631,6 +907,7 @@ def output_folders_writable(folder: str | Path) -> str | None:
     return None
 
 
-__all__ = ["RenderJob", "FileResult", "find_inputs", "output_name", "render_one", "run_batch", "Manifest",
+__all__ = ["RenderJob", "FileResult", "find_inputs", "output_name", "render_one", "run_batch", "run_batch_dask",
+           "MaskCache", "model_spec", "Manifest",
            "BatchLedger", "file_digest", "settings_hash", "model_hash", "MANIFEST_NAME", "LOCK_NAME",
            "output_folders_writable"]

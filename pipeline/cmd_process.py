@@ -164,6 +164,9 @@ def register(app: typer.Typer) -> None:
         strict: Annotated[bool, typer.Option("--strict")] = False,
         timeout: Annotated[float, typer.Option("--timeout", help="Seconds per file before a hung worker is killed (0 = no limit).")] = 0.0,
         no_resume: Annotated[bool, typer.Option("--no-resume", help="Render every file again, ignoring the manifest of earlier runs.")] = False,
+        cache: Annotated[Optional[Path], typer.Option("--cache", help="Mask cache folder: re-renders (e.g. another style) reuse the masks instead of running the network.")] = None,
+        cache_size: Annotated[float, typer.Option("--cache-size", help="Mask cache size bound in GB (least recently used entries are evicted).")] = 4.0,
+        scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Run on a Dask cluster: tcp://HOST:PORT (needs campipe[dask]; OUTPUT must be on a file system the workers share).")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable per-file report on stdout.")] = False,
         verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     ):
@@ -221,7 +224,9 @@ def register(app: typer.Typer) -> None:
             except CampipeError as e:
                 usage_exit(str(e))
             taken[str(out)] = str(src)
-            job_list.append(RenderJob(str(src), str(out), fmt, quality, overwrite, max_megapixels, strict))
+            job_list.append(RenderJob(str(src), str(out), fmt, quality, overwrite, max_megapixels, strict,
+                                      cache_dir=str(cache.resolve()) if cache else None,
+                                      cache_max_bytes=int(cache_size * (1 << 30))))
         for dest in sorted({Path(j.output).parent for j in job_list}):
             try:
                 dest.mkdir(parents=True, exist_ok=True)
@@ -234,6 +239,14 @@ def register(app: typer.Typer) -> None:
         manifest = Manifest(output).load()
         ledger = BatchLedger(manifest, settings_hash(pipeline, job_list[0]) if job_list else "", model_hash(pipeline))
         todo, skipped = ledger.plan(job_list, resume=not no_resume)
+        for j in todo:  # workers need not hash the input again for the mask cache key
+            k = ledger._keys.get(j.output)
+            j.input_key = k.key if k else None
+        if cache is not None:
+            try:
+                cache.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                usage_exit(f"--cache {cache}: cannot create the folder ({e.strerror or e})")
         if skipped:
             sys.stderr.write(f"campipe: resuming: {len(skipped)} file(s) already rendered with these settings are "
                              f"skipped ({manifest.path.name}; --no-resume renders them again)\n")
@@ -241,8 +254,15 @@ def register(app: typer.Typer) -> None:
         t0 = time.perf_counter()
         done: list = []
         try:
-            results = _run_with_progress(todo, style, sets, extra, workers, show=sys.stderr.isatty() and not as_json,
-                                         ledger=ledger, timeout=timeout or None, sink=done)
+            if scheduler:
+                from .batch import model_spec, run_batch_dask
+
+                results = run_batch_dask(todo, style, sets, extra, scheduler, done.append, ledger=ledger,
+                                         model=model_spec(pipeline))
+            else:
+                results = _run_with_progress(todo, style, sets, extra, workers,
+                                             show=sys.stderr.isatty() and not as_json, ledger=ledger,
+                                             timeout=timeout or None, sink=done)
         except KeyboardInterrupt:
             ok = sum(r.status == "ok" for r in done)
             sys.stderr.write(f"campipe: interrupted: {ok} rendered, {len(todo) - len(done)} not done; the file(s) in "
