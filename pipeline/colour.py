@@ -107,20 +107,20 @@ def luminance(img: np.ndarray) -> np.ndarray:
 _SRGB_T = 0.0031308
 
 
-def srgb_encode_fast(lin: np.ndarray) -> np.ndarray:
-    """Exact sRGB encoding of float32 (H, W, 3) with four OpenCV passes (no LUT, no branch):
+def srgb_encode_fast(lin: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Exact sRGB encoding of float32 (H, W, 3) with OpenCV passes (no LUT, no branch):
     y = P(max(x, t)) + 12.92 * min(x, t) - P(t), where P is the power segment and t the breakpoint; for x >= t this
-    is P(x), for x < t it is 12.92 x. Input clipped to [0, 1]."""
+    is P(x), for x < t it is 12.92 x. Input clipped to [0, 1]. ``out`` may be ``lin`` (in place)."""
     import cv2
 
     x = np.asarray(lin, dtype=np.float32)
     t4 = (_SRGB_T,) * 4  # a Python float would be Scalar(t, 0, 0, 0): first channel only
-    hi = cv2.max(x, t4)
-    np.minimum(hi, 1.0, out=hi)
-    p = cv2.pow(hi, 1.0 / 2.4)
     lo = cv2.min(x, t4)
     np.maximum(lo, 0.0, out=lo)
-    return cv2.addWeighted(p, 1.055, lo, 12.92, -0.055 - 12.92 * _SRGB_T)
+    hi = cv2.max(x, t4, dst=out if out is not None else None)
+    np.minimum(hi, 1.0, out=hi)
+    cv2.pow(hi, 1.0 / 2.4, dst=hi)
+    return cv2.addWeighted(hi, 1.055, lo, 12.92, -0.055 - 12.92 * _SRGB_T, dst=hi)
 
 
 def srgb_encode(lin: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ def output_transform(image: np.ndarray, space: str = "srgb") -> np.ndarray:
         raise ValueError(f"output.space must be one of {', '.join(cc.OUTPUT_SPACES)}, got {space!r}")
     lin = cc.apply_matrix(np.ascontiguousarray(image, dtype=np.float32), cc.working_to_output(space))
     if lin.ndim == 3:
-        return cc.srgb_encode_fast(lin)
+        return cc.srgb_encode_fast(lin, out=lin)
     return cc.srgb_encode(lin)
 
 
