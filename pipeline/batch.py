@@ -839,7 +839,7 @@ def _dask_task(job: RenderJob, spec: dict[str, Any]) -> FileResult:
 
 def run_batch_dask(jobs: list[RenderJob], style: str, sets: list[str], extra: list[str], scheduler: str,
                    on_result: Callable[[FileResult], None] | None = None, *, ledger: BatchLedger | None = None,
-                   model: dict[str, Any] | None = None, connect_timeout: float = 30.0) -> list[FileResult]:
+                   model: dict[str, Any] | None = None, connect_timeout: float = 10.0) -> list[FileResult]:
     """Render ``jobs`` on an existing Dask distributed cluster (``scheduler`` = ``tcp://HOST:PORT``).
 
     Each file is one task (``pure=False``, one retry); tasks carry the job and the model's path + hash, and each

@@ -277,9 +277,11 @@ def register(app: typer.Typer) -> None:
         bad = [r for r in results if r.status == "failed"]
         for r in bad:
             err(r.error or r.input)
+        hits = sum(getattr(r, "mask_cache", None) == "hit" for r in results)
         sys.stderr.write(f"campipe: batch done: {ok} rendered, {len(skipped)} skipped (done before), {len(bad)} "
                          f"failed, {len(srcs)} found in {folder} ({dt:.1f} s, "
-                         f"{ok / dt if dt > 0 else 0:.2f} files/s)\n")
+                         f"{ok / dt if dt > 0 else 0:.2f} files/s"
+                         + (f", masks from the cache for {hits}" if cache is not None else "") + ")\n")
         if as_json:
             order = {j.input: i for i, j in enumerate(job_list)}
             print(json.dumps({"folder": str(folder), "output": str(output), "style": style, "seconds": dt,

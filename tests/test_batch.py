@@ -275,3 +275,14 @@ def test_sigkill_mid_batch_loses_only_the_in_flight_files(tmp_path):
     assert {k: Path(k).stat().st_mtime_ns for k in recorded} == mt
     assert len(list(out.glob("*.jpg"))) == 8 and all(_valid_jpeg(x) for x in out.glob("*.jpg"))
     assert _temps(out) == []  # the killed run's temporary files were removed at start
+
+
+def test_output_folder_inside_the_input_folder_is_not_walked(tmp_path):
+    src = _card(tmp_path / "card", 2)
+    out = src / "rendered"
+    for _ in range(2):  # the second run must not take the first run's JPEGs as inputs
+        r = _batch(src, out, "-j", "1", "-r")
+        assert r.returncode == 0, r.stderr
+        assert "2 found" in r.stderr, r.stderr
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["img00_standard.jpg",
+                                                                                   "img01_standard.jpg"]
