@@ -328,15 +328,17 @@ def sizes(args, ckpt: Path, tmp: Path) -> dict:
 # ------------------------------------------------------------------------------------------------ plot ---
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Two log-log panels (latency, peak memory vs N) drawn with OpenCV (no matplotlib dependency)."""
+    """Two log-log panels (CPU time per forward -- load-robust -- and peak memory vs N), drawn with OpenCV (no
+    matplotlib dependency)."""
     import cv2
 
     W, H, m = 1100, 480, 70
     img = np.full((H, W, 3), 255, np.uint8)
     colours = {"hyperdetr": (200, 90, 20), "detr": (30, 30, 210)}
-    for p, (key, title) in enumerate((("ms", "latency (ms)"), ("peak_mb", "peak memory (MB)"))):
+    lat = ("cpu_ms", "CPU time per forward (ms)") if all("cpu_ms" in r for r in rows) else ("ms", "latency (ms)")
+    for p, (key, title) in enumerate((lat, ("peak_mb", "peak memory (MB)"))):
         x0, x1, y0, y1 = m + p * W // 2, (p + 1) * W // 2 - 20, H - m, 50
-        vals = [max(r[key], 1e-1) for r in rows if r["head"] in colours]
+        vals = [max(r[key], 1e-1) for r in rows if r["head"] in colours or r["head"] == "scene_only"]
         lo, hi = np.log10(min(vals)) - 0.1, np.log10(max(vals)) + 0.1
         sx = lambda n: int(x0 + (x1 - x0) * np.log10(n) / np.log10(100))  # noqa: E731
         sy = lambda v: int(y0 - (y0 - y1) * (np.log10(max(v, 1e-1)) - lo) / (hi - lo))  # noqa: E731
