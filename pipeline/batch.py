@@ -294,14 +294,19 @@ class BatchLedger:
                 todo.append(job)
                 continue
             last = self.manifest.last(key, self.settings, self.model, job.output)
-            if last is not None and last.get("status") == "ok" and os.path.exists(job.output) \
-                    and not job.overwrite:
+            if last is not None and last.get("status") == "ok" and os.path.exists(job.output):
+                # also with --overwrite: re-running the same command resumes (--no-resume forces a re-render)
                 skipped.append(FileResult(job.input, job.output, "skipped", None, 0.0, [], None, 0))
                 continue
             if last is not None and last.get("status") == "started" and os.path.exists(job.output):
                 job.overwrite = True  # written by the interrupted run that recorded 'started': ours to replace
             todo.append(job)
         return todo, skipped
+
+    def key_of(self, job: RenderJob) -> str | None:
+        """The input content hash computed by :meth:`plan` (None if the input could not be read)."""
+        k = self._keys.get(job.output)
+        return k.key if k else None
 
     def _base(self, job: RenderJob) -> dict[str, Any]:
         k = self._keys.get(job.output)

@@ -163,7 +163,7 @@ def register(app: typer.Typer) -> None:
         max_megapixels: Annotated[float, typer.Option("--max-megapixels")] = 200.0,
         strict: Annotated[bool, typer.Option("--strict")] = False,
         timeout: Annotated[float, typer.Option("--timeout", help="Seconds per file before a hung worker is killed (0 = no limit).")] = 0.0,
-        no_resume: Annotated[bool, typer.Option("--no-resume", help="Render every file again, ignoring the manifest of earlier runs.")] = False,
+        no_resume: Annotated[bool, typer.Option("--no-resume", help="Ignore the manifest of earlier runs (add --overwrite to replace their outputs).")] = False,
         cache: Annotated[Optional[Path], typer.Option("--cache", help="Mask cache folder: re-renders (e.g. another style) reuse the masks instead of running the network.")] = None,
         cache_size: Annotated[float, typer.Option("--cache-size", help="Mask cache size bound in GB (least recently used entries are evicted).")] = 4.0,
         scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Run on a Dask cluster: tcp://HOST:PORT (needs campipe[dask]; OUTPUT must be on a file system the workers share).")] = None,
@@ -240,8 +240,7 @@ def register(app: typer.Typer) -> None:
         ledger = BatchLedger(manifest, settings_hash(pipeline, job_list[0]) if job_list else "", model_hash(pipeline))
         todo, skipped = ledger.plan(job_list, resume=not no_resume)
         for j in todo:  # workers need not hash the input again for the mask cache key
-            k = ledger._keys.get(j.output)
-            j.input_key = k.key if k else None
+            j.input_key = ledger.key_of(j)
         if cache is not None:
             try:
                 cache.mkdir(parents=True, exist_ok=True)
@@ -249,7 +248,7 @@ def register(app: typer.Typer) -> None:
                 usage_exit(f"--cache {cache}: cannot create the folder ({e.strerror or e})")
         if skipped:
             sys.stderr.write(f"campipe: resuming: {len(skipped)} file(s) already rendered with these settings are "
-                             f"skipped ({manifest.path.name}; --no-resume renders them again)\n")
+                             f"skipped ({manifest.path.name}; --no-resume --overwrite renders them again)\n")
         workers = jobs if jobs > 0 else (os.cpu_count() or 1)
         t0 = time.perf_counter()
         done: list = []
