@@ -60,7 +60,8 @@ def weights_for_bench(tmp: Path, force_random: bool) -> tuple[str, str]:
     return str(p), "randomly initialised HyperDETR (default architecture; same compute as trained weights)"
 
 
-def timed_batch(srcs: list[Path], out: Path, style: str, sets: list[str], jobs: int, cache: str | None):
+def timed_batch(srcs: list[Path], out: Path, style: str, sets: list[str], jobs: int, cache: str | None,
+                threads: int | None = None):
     from campipe.batch import RenderJob, run_batch
 
     out.mkdir(parents=True, exist_ok=True)
@@ -68,7 +69,7 @@ def timed_batch(srcs: list[Path], out: Path, style: str, sets: list[str], jobs: 
     stamps: list[float] = []
     t0 = time.perf_counter()
     res = run_batch(js, style, sets, [], workers=jobs, on_result=lambda r: stamps.append(time.perf_counter()),
-                    in_process=False)
+                    in_process=False, threads=threads)
     total = time.perf_counter() - t0
     bad = [r for r in res if r.status != "ok"]
     if bad:
@@ -87,6 +88,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runtime", default="auto", help="segment.runtime (auto, onnx, torch)")
     ap.add_argument("--random-weights", action="store_true", help="use random weights even if trained ones exist")
     ap.add_argument("--no-cache-bench", action="store_true")
+    ap.add_argument("--dask", type=int, default=0, metavar="N",
+                    help="also time Dask mode on a LocalCluster of N single-threaded workers on 127.0.0.1")
     a = ap.parse_args(argv)
     h, w = (int(v) for v in a.size.lower().split("x"))
     tmp = Path(tempfile.mkdtemp(prefix="campipe-bench-batch-"))
@@ -98,16 +101,19 @@ def main(argv=None) -> int:
         print(f"bench_batch: {a.n} DNGs {h}x{w} ({h * w / 1e6:.1f} MP), style standard, model: {what}; "
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
         rates = {}
-        for j in a.jobs:
-            r = timed_batch(srcs, tmp / f"out{j}", "standard", sets, j, None)
+        for j in a.jobs:  # 1 thread per worker: process-level scaling against N x the one-worker rate
+            r = timed_batch(srcs, tmp / f"out{j}", "standard", sets, j, None, threads=1)
             rates[j] = r["steady_fps"]
-            print(f"  --jobs {j}: {r['steady_fps']:.3f} files/s steady ({r['overall_fps']:.3f} overall, "
-                  f"first result after {r['first_s']:.1f} s, {r['total_s']:.1f} s total)")
+            print(f"  --jobs {j} (1 thread each): {r['steady_fps']:.3f} files/s steady ({r['overall_fps']:.3f} "
+                  f"overall, first result after {r['first_s']:.1f} s, {r['total_s']:.1f} s total)")
         if 1 in rates and rates[1] > 0:
             for j in a.jobs:
                 if j > 1:
                     print(f"  scaling --jobs {j}: {rates[j] / (j * rates[1]) * 100:.0f} % of the ideal {j} x "
                           f"{rates[1]:.3f} files/s")
+        if 1 in a.jobs and (os.cpu_count() or 1) > 1:
+            r = timed_batch(srcs, tmp / "out1t", "standard", sets, 1, None)
+            print(f"  --jobs 1 with the default {os.cpu_count()} threads: {r['steady_fps']:.3f} files/s steady")
         if not a.no_cache_bench:
             j = max(a.jobs)
             cache = str(tmp / "cache")
@@ -118,9 +124,34 @@ def main(argv=None) -> int:
                   f"({warm['cache_hits']}/{warm['files']} hits): x{warm['steady_fps'] / max(cold['steady_fps'], 1e-9):.2f}")
             size = sum(f.stat().st_size for f in Path(cache).rglob("*.npz"))
             print(f"  mask cache size: {size / 1e6:.1f} MB for {a.n} files")
+        if a.dask:
+            r = timed_dask(srcs, tmp / "dask", "standard", sets, a.dask)
+            print(f"  Dask LocalCluster, {a.dask} workers x 1 thread: {r['steady_fps']:.3f} files/s steady "
+                  f"({r['overall_fps']:.3f} overall incl. cluster start and model loads, {r['total_s']:.1f} s)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def timed_dask(srcs: list[Path], out: Path, style: str, sets: list[str], n: int):
+    from distributed import LocalCluster
+
+    from campipe.api import build
+    from campipe.batch import RenderJob, model_spec, run_batch_dask
+
+    out.mkdir(parents=True, exist_ok=True)
+    js = [RenderJob(str(s), str(out / f"{s.stem}_{style}.jpg"), overwrite=True) for s in srcs]
+    stamps: list[float] = []
+    t0 = time.perf_counter()
+    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+                      silence_logs=40) as cluster:
+        res = run_batch_dask(js, style, sets, [], cluster.scheduler_address,
+                             lambda r: stamps.append(time.perf_counter()), model=model_spec(build(style, sets)))
+    total = time.perf_counter() - t0
+    if any(r.status != "ok" for r in res):
+        raise SystemExit(f"dask renders failed: {[r.error for r in res if r.status != 'ok'][:1]}")
+    steady = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else 0.0
+    return {"total_s": total, "steady_fps": steady, "overall_fps": len(res) / total}
 
 
 if __name__ == "__main__":

@@ -336,6 +336,11 @@ def _init_worker(style: str, sets: list[str], extra: list[str], threads: int) ->
         torch.set_num_threads(max(1, threads))
     except ImportError:
         pass
+    try:  # OpenCV's own pool would otherwise use every core in every worker (oversubscription)
+        import cv2
+        cv2.setNumThreads(max(1, threads))
+    except ImportError:
+        pass
     from .api import build
 
     _PIPELINE = build(style, sets, extra)
@@ -763,7 +768,8 @@ def _run_pool(jobs: list[RenderJob], init_args: tuple, workers: int, emit: Calla
 
 def run_batch(jobs: list[RenderJob], style: str, sets: list[str], extra: list[str], workers: int = 1,
               on_result: Callable[[FileResult], None] | None = None, *, in_process: bool | None = None,
-              ledger: BatchLedger | None = None, timeout: float | None = None) -> list[FileResult]:
+              ledger: BatchLedger | None = None, timeout: float | None = None,
+              threads: int | None = None) -> list[FileResult]:
     """Render ``jobs``; results in completion order.
 
     Args:
@@ -772,6 +778,7 @@ def run_batch(jobs: list[RenderJob], style: str, sets: list[str], extra: list[st
         on_result: called with each FileResult as it completes.
         ledger: records ``started``/``done`` lines in the batch manifest (see :class:`BatchLedger`).
         timeout: seconds per file before a worker is declared hung and killed (worker mode only).
+        threads: torch/OpenCV threads per worker (default: cores // workers).
 
     Raises KeyboardInterrupt after stopping the workers when interrupted (SIGINT, or SIGTERM if the caller maps it).
     """
@@ -798,7 +805,7 @@ def run_batch(jobs: list[RenderJob], style: str, sets: list[str], extra: list[st
             emit(i, render_one(job, pipeline))
         return results
     workers = max(1, workers)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
     started = (lambda i, a: ledger.started(jobs[i], a)) if ledger is not None else None
     _run_pool(jobs, (style, sets, extra, threads), workers, emit, started, timeout)
     return results
