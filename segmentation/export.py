@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     """``python -m campipe.segmentation.export --weights W.pt [--int8 --calib DIR_OR_FILES...]``.
 
     Exports the fp32 graph into the cache; with ``--int8`` also writes the calibrated int8 sidecar
-    (``<weights>.int8.onnx``) that the ``auto`` runtime prefers when its recorded weights hash matches.
+    (``<weights>.int8.onnx``) used by ``runtime="onnx-int8"`` when its recorded weights hash matches.
     """
     import argparse
 

@@ -90,7 +90,7 @@ class Segmenter:
 
     Args:
         weights: checkpoint path (default :func:`campipe.segmentation.weights_path`).
-        runtime: "auto" (calibrated int8 ONNX sidecar if present, else ONNX Runtime fp32, else torch), or one of
+        runtime: "auto" (ONNX Runtime fp32 if available, else eager torch), or one of
             "onnx", "onnx-int8", "torch", "compile-bf16" (see :mod:`.runtime`).
         keep_dec_layers: prune the decoder to the first k layers at load.
         max_persons, score_threshold: instance selection.

@@ -68,7 +68,7 @@ def test_int8_sidecar_is_used_only_when_it_matches(tmp_path, monkeypatch, caplog
     monkeypatch.setenv("CAMPIPE_CACHE", str(tmp_path / "cache"))
     ck = tiny_checkpoint(tmp_path / "w.pt")
     model, meta = load_checkpoint(ck)
-    with pytest.raises(RuntimeError, match="calibrated int8 graph"):
+    with pytest.raises(RuntimeError, match="calibrated int8 graph matching"):
         make_runner(model, meta["sha256"], "onnx-int8", weights_file=ck)
     fp32 = get_or_export(model, meta["sha256"])
     rng = np.random.default_rng(0)
@@ -76,14 +76,16 @@ def test_int8_sidecar_is_used_only_when_it_matches(tmp_path, monkeypatch, caplog
     side = quantize_onnx_int8(fp32, int8_sidecar_path(ck), calib, weights_sha256=weights_key(meta["sha256"], 6),
                               method="minmax")
     assert side.name == "w.int8.onnx" and onnx_weights_sha256(side) == weights_key(meta["sha256"], 6)
-    r = make_runner(model, meta["sha256"], "auto", weights_file=ck)
+    assert make_runner(model, meta["sha256"], "auto", weights_file=ck).name == "onnx"  # int8 is opt-in
+    r = make_runner(model, meta["sha256"], "onnx-int8", weights_file=ck)
     assert r.name == "onnx-int8"
     out = r(calib[0])
     assert out["pred_masks"].shape == (1, 4, 64, 96) and np.isfinite(out["sem_logits"]).all()
-    # pruned model: decoder depth differs -> sidecar ignored, fp32 ONNX used
+    # pruned model: decoder depth differs -> sidecar not used
     pruned, _ = load_checkpoint(ck, keep_dec_layers=2)
-    r2 = make_runner(pruned, meta["sha256"], "auto", weights_file=ck)
-    assert r2.name == "onnx" and "does not match the loaded weights" in caplog.text
+    with pytest.raises(RuntimeError, match="matching the weights"):
+        make_runner(pruned, meta["sha256"], "onnx-int8", weights_file=ck)
+    assert "does not match the loaded weights" in caplog.text
     with pytest.raises(ValueError, match="calibration image"):
         quantize_onnx_int8(fp32, tmp_path / "x.onnx", [])
 
