@@ -1,7 +1,8 @@
 """HyperDETR efficiency benchmark: scaling in N vs the DETR-panoptic head, runtimes, tiling, file sizes.
 
 Prints tables and writes a plot PNG (``--plot``, default ``out/benchmarks/segmentation_scaling.png``, git-ignored)
-and the raw numbers as JSON next to it. Not a test: numbers depend on the machine and its load (the load average is printed).
+and the raw numbers as JSON next to it. Not a test: numbers depend on the machine and its load (the load average is
+printed).
 
 Sections
 1. Scaling (the figure): one forward pass at 384x512, eager PyTorch fp32, ``--threads`` threads (default 2), for
