@@ -76,8 +76,9 @@ def timed_batch(srcs: list[Path], out: Path, style: str, sets: list[str], jobs: 
         raise SystemExit(f"benchmark renders failed: {bad[0].error}")
     steady = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else 0.0
     hits = sum(r.mask_cache == "hit" for r in res)
+    cpu = sorted(r.cpu_seconds for r in res)[1:] or [r.cpu_seconds for r in res]  # drop the first (model load)
     return {"files": len(res), "total_s": total, "first_s": stamps[0] - t0, "steady_fps": steady,
-            "overall_fps": len(res) / total, "cache_hits": hits}
+            "overall_fps": len(res) / total, "cache_hits": hits, "cpu_per_file": float(np.median(cpu))}
 
 
 def main(argv=None) -> int:
@@ -100,17 +101,20 @@ def main(argv=None) -> int:
         sets = [f"segment.weights={weights}", f"segment.runtime={a.runtime}"]
         print(f"bench_batch: {a.n} DNGs {h}x{w} ({h * w / 1e6:.1f} MP), style standard, model: {what}; "
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-        rates = {}
+        rates, cpus = {}, {}
         for j in a.jobs:  # 1 thread per worker: process-level scaling against N x the one-worker rate
             r = timed_batch(srcs, tmp / f"out{j}", "standard", sets, j, None, threads=1)
-            rates[j] = r["steady_fps"]
+            rates[j], cpus[j] = r["steady_fps"], r["cpu_per_file"]
             print(f"  --jobs {j} (1 thread each): {r['steady_fps']:.3f} files/s steady ({r['overall_fps']:.3f} "
-                  f"overall, first result after {r['first_s']:.1f} s, {r['total_s']:.1f} s total)")
+                  f"overall, first result after {r['first_s']:.1f} s, {r['total_s']:.1f} s total); median CPU "
+                  f"{r['cpu_per_file']:.2f} s per file")
         if 1 in rates and rates[1] > 0:
             for j in a.jobs:
                 if j > 1:
                     print(f"  scaling --jobs {j}: {rates[j] / (j * rates[1]) * 100:.0f} % of the ideal {j} x "
-                          f"{rates[1]:.3f} files/s")
+                          f"{rates[1]:.3f} files/s (wall clock, depends on what else runs on the machine); CPU per "
+                          f"file with {j} workers = {cpus[j] / cpus[1] * 100:.0f} % of one worker's -> "
+                          f"{cpus[1] / cpus[j] * 100:.0f} % of the ideal on {j} free cores")
         if 1 in a.jobs and (os.cpu_count() or 1) > 1:
             r = timed_batch(srcs, tmp / "out1t", "standard", sets, 1, None)
             print(f"  --jobs 1 with the default {os.cpu_count()} threads: {r['steady_fps']:.3f} files/s steady")

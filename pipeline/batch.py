@@ -88,6 +88,7 @@ class FileResult:
     error_type: str | None = None
     attempts: int = 1
     mask_cache: str | None = None  # "hit" | "miss" | None (no cache, or no segment stage)
+    cpu_seconds: float = 0.0  # CPU time of the rendering process for this file (all its threads)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -355,6 +356,7 @@ def render_one(job: RenderJob, pipeline=None) -> FileResult:
     from .encode import check_output_path, write_image
 
     t0 = time.perf_counter()
+    c0 = time.process_time()
     pipeline = pipeline or _PIPELINE
     warned: list[str] = []
 
@@ -379,7 +381,7 @@ def render_one(job: RenderJob, pipeline=None) -> FileResult:
         write_image(job.output, res.image, job.fmt, job.quality, res.frame.meta, job.overwrite,
                     inputs=[job.input])
         return FileResult(job.input, job.output, "ok", None, time.perf_counter() - t0, warned,
-                          mask_cache=cache_state)
+                          mask_cache=cache_state, cpu_seconds=time.process_time() - c0)
     except CampipeError as e:
         return FileResult(job.input, None, "failed", str(e), time.perf_counter() - t0, warned, type(e).__name__)
     except (ValueError, MemoryError, OSError) as e:
