@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from .decode import SUPPORTED_EXTENSIONS
-from .encode import FORMATS, LOCK_NAME, TMP_MARK
+from .encode import FORMATS, LOCK_NAME, TMP_MARK, remove_stale_temps
 from .errors import CampipeError
 
 log = logging.getLogger("campipe")
@@ -725,6 +725,7 @@ def _run_pool(jobs: list[RenderJob], init_args: tuple, workers: int, emit: Calla
                     if w.job is not None:
                         i = w.job
                         job = jobs[i]
+                        remove_stale_temps(Path(job.output).parent)  # what the dead worker was writing
                         if attempts[i] <= CRASH_RETRIES:
                             log.warning("%s: worker process died (%s); resubmitting the file once", job.input, why)
                             pending.appendleft(i)
@@ -749,6 +750,7 @@ def _run_pool(jobs: list[RenderJob], init_args: tuple, workers: int, emit: Calla
                     w.dead = True
                     w.conn.close()
                     pool.remove(w)
+                    remove_stale_temps(Path(jobs[i].output).parent)
                     emit(i, FileResult(jobs[i].input, None, "failed",
                                        f"{jobs[i].input}: gave up after {timeout:g} s (decoder hung?); the file "
                                        f"was skipped", float(timeout), [], "Timeout", attempts[i]))
