@@ -258,3 +258,19 @@ def format_table(report: dict[str, Any]) -> list[list[str]]:
             vals = [report["results"][lab].get(s, {}).get(k, float("nan")) for lab in labels]
             rows.append([s, k, f"{tgt:.2f}" if tgt else "", *[f"{v:.3f}" for v in vals]])
     return rows
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The :func:`format_table` rows as a Markdown table, plus (with 2+ models) the difference last - first, and
+    whether the last model meets the target."""
+    rows = format_table(report)
+    multi = len(rows[0]) > 4
+    head = rows[0] + (["last - first"] if multi else []) + ["target met (last column)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows[1:]:
+        met = ""
+        if r[2]:
+            met = "yes" if float(r[-1]) >= float(r[2]) else "no"
+        delta = [f"{float(r[-1]) - float(r[3]):+.3f}"] if multi else []
+        lines.append("| " + " | ".join(r + delta + [met]) + " |")
+    return "\n".join(lines)
