@@ -207,8 +207,8 @@ class Manifest:
         try:
             with open(self.path, "rb") as f:
                 for raw in f:
-                    try:
-                        rec = json.loads(raw)
+                    try:  # non-UTF-8 file names are stored as their raw bytes (surrogateescape)
+                        rec = json.loads(raw.decode("utf-8", "surrogateescape"))
                     except ValueError:
                         continue  # a torn last line from a killed run
                     if isinstance(rec, dict):

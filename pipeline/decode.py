@@ -228,15 +228,24 @@ def _raw_open(path, max_megapixels: float):
 
     raw = rawpy.RawPy()
     native = _NativeStderr()
+    name, fd = str(path), None
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a non-UTF-8 file name (old cards, other OSes): rawpy only takes UTF-8 str paths,
+        fd = os.open(path, os.O_RDONLY)  # so LibRaw opens it through this read-only descriptor's /proc link
+        name = f"/proc/self/fd/{fd}"
     try:
         with native:
-            raw.open_file(str(path))
+            raw.open_file(name)
     except rawpy.LibRawFileUnsupportedError:
         raw.close()
         raise UnsupportedFormatError(f"{path}: not a RAW or image format campipe can read") from None
     except (rawpy.LibRawError, OSError) as e:
         raw.close()
         raise DecodeError(f"{path}: cannot open RAW file: {_libraw_reason(e, native)}") from None
+    finally:
+        if fd is not None:
+            os.close(fd)  # LibRaw holds its own handle once open_file has returned
     s = raw.sizes
     try:
         _check_budget(path, int(s.raw_width), int(s.raw_height), max_megapixels)

@@ -286,3 +286,20 @@ def test_output_folder_inside_the_input_folder_is_not_walked(tmp_path):
         assert "2 found" in r.stderr, r.stderr
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["img00_standard.jpg",
                                                                                    "img01_standard.jpg"]
+
+
+def test_non_utf8_and_emoji_names_render_and_resume(tmp_path):
+    src = tmp_path / "card"
+    src.mkdir()
+    names = [os.fsdecode(b"old\xffcard.dng"), "📷 snap é.dng"]
+    for i, n in enumerate(names):
+        good_dng(src / n, h=48, w=64, seed=i)
+    (src / os.fsdecode(b"broken\xfe.dng")).write_bytes(b"junk" * 50)
+    out = tmp_path / "out"
+    r = _batch(src, out, "-j", "1")
+    _no_traceback(r.stderr)
+    assert r.returncode == 1 and "2 rendered" in r.stderr and "1 failed" in r.stderr, r.stderr
+    assert "not a RAW or image format" in r.stderr
+    assert sorted(p.name for p in out.glob("*.jpg")) == sorted(Path(n).stem + "_standard.jpg" for n in names)
+    r = _batch(src, out, "-j", "1")
+    assert "2 skipped" in r.stderr, r.stderr  # manifest lines with raw (non-UTF-8) names are read back
