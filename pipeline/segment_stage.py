@@ -66,7 +66,7 @@ def display_luma(linear: np.ndarray, scene_referred: bool = True, gain: float | 
 def _warn_no_weights(msg: str) -> None:
     global _warned_no_weights
     if not _warned_no_weights:
-        log.warning("campipe: no trained HyperDETR weights installed (%s); semantic effects are disabled", msg)
+        log.warning("no trained HyperDETR weights installed (%s); semantic effects are disabled", msg)
         _warned_no_weights = True
 
 

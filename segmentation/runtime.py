@@ -158,7 +158,7 @@ def _int8_sidecar(weights_file, sha256: str, dec_layers: int):
     except Exception:  # unreadable file: ignore it
         ok = False
     if not ok:
-        log.warning("campipe: %s does not match the loaded weights (hash/decoder depth); ignoring it", p)
+        log.warning("%s does not match the loaded weights (hash/decoder depth); ignoring it", p)
         return None
     return p
 
@@ -178,7 +178,7 @@ def make_runner(model: torch.nn.Module, sha256: str, runtime: str = "auto", *, s
         if runtime != "auto":
             raise RuntimeError(f"runtime {runtime!r} needs the onnxruntime package (pip install onnxruntime)") \
                 from None
-        log.warning("campipe: onnxruntime is not installed; HyperDETR runs in eager PyTorch (slower)")
+        log.warning("onnxruntime is not installed; HyperDETR runs in eager PyTorch (slower)")
         return TorchRunner(model, scene_only, threads)
     if runtime == "onnx-int8" and not scene_only:
         side = _int8_sidecar(weights_file, sha256, len(model.transformer.decoder))
@@ -194,5 +194,5 @@ def make_runner(model: torch.nn.Module, sha256: str, runtime: str = "auto", *, s
     except Exception as e:  # export or session creation failed: the eager model is always correct
         if runtime == "onnx":
             raise
-        log.warning("campipe: ONNX export/runtime unavailable (%s: %s); using eager PyTorch", type(e).__name__, e)
+        log.warning("ONNX export/runtime unavailable (%s: %s); using eager PyTorch", type(e).__name__, e)
         return TorchRunner(model, scene_only, threads)
