@@ -106,3 +106,21 @@ def test_fold_batchnorm_preserves_outputs_and_original():
         a, b = m(x), f(x)
     for k in ("sem_logits", "pred_logits", "pred_masks"):
         assert torch.allclose(a[k], b[k], atol=1e-4, rtol=1e-4), k
+
+
+def test_default_threads(monkeypatch):
+    import os
+
+    from campipe.segmentation import runtime
+
+    monkeypatch.setenv("CAMPIPE_THREADS", "3")
+    assert runtime.default_threads() == 3
+    monkeypatch.setenv("CAMPIPE_THREADS", "many")
+    with pytest.raises(ValueError, match="CAMPIPE_THREADS"):
+        runtime.default_threads()
+    monkeypatch.delenv("CAMPIPE_THREADS")
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 5.0, 5.0))
+    assert runtime.default_threads() == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    assert runtime.default_threads() == 2
