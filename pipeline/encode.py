@@ -305,11 +305,23 @@ def _writer_alive(pid: int, since: float) -> bool:
         return False
     except PermissionError:
         pass
-    try:
-        started = os.stat(f"/proc/{pid}").st_ctime
-    except OSError:
+    started = _process_start_time(pid)
+    if started is None:
         return True  # no /proc (not Linux): trust the PID
     return started <= since + 1.0
+
+
+def _process_start_time(pid: int) -> float | None:
+    """Epoch seconds at which ``pid`` started (Linux: /proc/PID/stat field 22 + boot time), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        ticks = int(fields[19])  # field 22 overall; fields after "(comm)" start at field 3
+        with open("/proc/stat", "rb") as f:
+            btime = next(int(ln.split()[1]) for ln in f if ln.startswith(b"btime"))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def remove_stale_temps(folder: str | Path) -> int:

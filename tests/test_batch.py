@@ -267,7 +267,7 @@ def test_sigkill_mid_batch_loses_only_the_in_flight_files(tmp_path):
     recorded = {k for k, v in _final(out).items() if v["status"] == "ok"}
     assert recorded <= {str(x) for x in outputs}
     in_flight = {r["output"] for r in _manifest(out) if r["event"] == "start"} - set(_final(out))
-    assert 1 <= len(in_flight) <= 2  # at most one file per worker was lost
+    assert len(in_flight) <= 2  # at most one file per worker was in flight (0 if both had just finished)
     mt = {k: Path(k).stat().st_mtime_ns for k in recorded}
     r = _batch(src, out, "-j", "2")
     assert r.returncode == 0, r.stderr
