@@ -58,7 +58,7 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, r: int, eps: np.ndarray | 
     corr_ip = _box(guide * src, r)
     var_i = _box(guide * guide, r) - mean_i * mean_i
     cov_ip = var_i if src is guide else corr_ip - mean_i * mean_p
-    a = cov_ip / (np.maximum(var_i, 0.0) + eps)
+    a = cov_ip / (np.maximum(var_i, 0.0) + np.maximum(eps, 1e-12))  # eps -> 0 would give 0/0 = NaN
     b = mean_p - a * mean_i
     return _box(a, r) * guide + _box(b, r)
 

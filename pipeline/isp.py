@@ -76,6 +76,8 @@ def white_balance(image: np.ndarray, meta: dict, temperature: float = 0.0, tint:
 @register_stage("wb", requires=("linear",), params={"temperature": 0.0, "tint": 0.0, "ev": 0.0})
 def wb_stage(frame: Frame, temperature: float, tint: float, ev: float) -> Frame:
     """White balance override (K, tint) and exposure compensation (EV)."""
+    if not -20 <= ev <= 20:
+        raise ValueError(f"wb.ev must be within -20..20 stops, got {ev}")
     frame.image = white_balance(frame.image, frame.meta, temperature, tint, ev)
     if temperature or tint:
         frame.meta["wb_override"] = {"temperature": temperature, "tint": tint}
@@ -196,6 +198,8 @@ def tone_stage(frame: Frame, ev: float, white: float, strength: float, contrast:
         raise ValueError(f"tone.curve must be 'filmic' or 'linear', got {curve!r}")
     if white <= 0 or strength <= 0 or contrast <= 0:
         raise ValueError("tone.white, tone.strength and tone.contrast must be > 0")
+    if not -20 <= ev <= 20:
+        raise ValueError(f"tone.ev must be within -20..20 stops, got {ev}")
     total_ev = ev + (frame.meta.get("baseline_exposure", 0.0) if baseline_exposure else 0.0)
     scene = frame.meta.get("scene_referred", True) and curve == "filmic"
     # the stage owns its frame: tone-map in place (no new 144 MB buffer at 12 MP)
