@@ -27,15 +27,29 @@ class _OneLine(logging.Formatter):
         return f"campipe: {record.levelname.lower()}: {record.getMessage()}"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (CliRunner and pytest swap it; a handler bound to a
+    closed stream would print logging errors)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def setup_logging(verbose: bool = False) -> None:
+    """One-line ``campipe: level: message`` logging on stderr. The logger still propagates (the root logger has no
+    handler in the CLI, so nothing is printed twice; pytest's caplog sees the records)."""
     root = logging.getLogger("campipe")
     if not any(getattr(h, "_campipe", False) for h in root.handlers):
-        h = logging.StreamHandler(sys.stderr)
+        h = _StderrHandler()
         h.setFormatter(_OneLine())
         h._campipe = True  # type: ignore[attr-defined]
         root.addHandler(h)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    root.propagate = False
 
 
 def err(msg: str) -> None:
