@@ -267,6 +267,20 @@ def _run_pool(jobs: list[RenderJob], init_args: tuple, workers: int, emit: Calla
                 pass
         for w in pool:
             w.proc.join(5)
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM) or failing: files that already finished may have their results still in
+        # the pipes; record them before the workers are stopped, so that no written output lacks its manifest line.
+        for w in pool:
+            try:
+                while not w.dead and w.conn.poll():
+                    msg = w.conn.recv()
+                    if msg[0] == "result":
+                        _, i, r = msg
+                        r.attempts = attempts[i]
+                        emit(i, r)
+            except (EOFError, OSError):
+                pass
+        raise
     finally:
         for w in pool:
             w.stop()
