@@ -128,7 +128,9 @@ def register(app: typer.Typer) -> None:
             table.add_row(*r)
         console.print(table)
         for lab, m in report["models"].items():
-            console.print(f"{lab}: {m['path']} ({m['file_size'] / 1e6:.2f} MB, {m['dec_layers']} decoder layers, "
+            size = f"{m['file_size'] / 1e6:.2f} MB, " if m.get("file_size") else ""
+            src = f"{m['derived']} of {m['path']}" if m.get("derived") else m["path"]
+            console.print(f"{lab}: {src} ({size}{m['dec_layers']} decoder layers, "
                           f"{'int8' if m['quantized'] else 'float32'})")
         if json_out:
             text = json.dumps(report, indent=2, default=float)

@@ -237,8 +237,12 @@ def evaluate_checkpoints(weights: dict[str, str | Path], data_dir: str | Path, s
         if derive_int8_from == label:
             variants.append((f"{label}-int8-l2", quantized_pruned_copy(model, 2)))
         for lab, m in variants:
-            out["models"][lab] = {"path": str(path), "sha256": meta["sha256"], "file_size": meta["file_size"],
-                                  "quantized": bool(meta.get("quantized")) or lab.endswith("int8-l2"),
+            derived = lab.endswith("int8-l2") and lab != label
+            out["models"][lab] = {"path": str(path), "sha256": meta["sha256"],
+                                  "file_size": None if derived else meta["file_size"],
+                                  "derived": "int8 + first 2 decoder layers, made in memory from this float file "
+                                             "(same weights as ship.py writes)" if derived else None,
+                                  "quantized": bool(meta.get("quantized")) or derived,
                                   "dec_layers": m.num_dec_layers}
             out["results"][lab] = evaluate_model(m, data_dir, sets, split, limit, mean=norm["mean"],
                                                  std=norm["std"], progress=progress)
