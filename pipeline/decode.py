@@ -38,6 +38,7 @@ import numpy as np
 
 from . import colour as cc
 from .errors import DecodeError, UnsupportedFormatError
+from .bands import for_each_band
 from .frame import Frame
 from .metadata import ILLUMINANTS, read_dng_tags, read_exif
 
@@ -412,11 +413,17 @@ def load_raw(path: str | Path, *, half_size: bool = False, demosaic: str = "AHD"
             raise UnsupportedFormatError(f"{path}: unsupported raw layout ({rgb16.shape[2]} output channels)")
     meta.update(read_exif(path))
     meta["orientation_applied"] = True
-    cam = rgb16 * np.float32(1.0 / 65535.0)  # uint16 -> float32 in one pass
     cam_to_working = (cc.xyz_to_working() @ camera_to_xyz_matrix(xyz_to_cam)).astype(np.float32)
     meta["cam_to_working"] = cam_to_working.tolist()
-    img = cc.apply_matrix(cam, cam_to_working)
-    del cam
+    # uint16 camera RGB -> float32 working RGB, band by band on two threads (small temporaries, no second
+    # full-size buffer): the 1/65535 scale is folded into the matrix
+    m = cam_to_working * np.float32(1.0 / 65535.0)
+    img = np.empty(rgb16.shape, np.float32)
+
+    def _band(r0: int, r1: int) -> None:
+        img[r0:r1] = cc.apply_matrix(rgb16[r0:r1].astype(np.float32), m)
+
+    for_each_band(rgb16.shape[0], _band)
     # highlight weight: how close the most-exposed camera channel is to clipping (used by the highlights stage).
     # Kept sparse (flat pixel indices + weights) since few pixels are near clipping; internal, not serialised.
     cmax = np.maximum(np.maximum(rgb16[..., 0], rgb16[..., 1]), rgb16[..., 2])

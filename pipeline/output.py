@@ -17,6 +17,7 @@ from functools import lru_cache
 import numpy as np
 
 from . import colour as cc
+from .bands import for_each_band
 from .frame import Frame
 from .registry import register_stage
 
@@ -25,10 +26,18 @@ def output_transform(image: np.ndarray, space: str = "srgb") -> np.ndarray:
     """Pure function: float32 display-linear working RGB (H, W, 3) -> float32 encoded RGB in [0, 1] in ``space``."""
     if space not in cc.OUTPUT_SPACES:
         raise ValueError(f"output.space must be one of {', '.join(cc.OUTPUT_SPACES)}, got {space!r}")
-    lin = cc.apply_matrix(np.ascontiguousarray(image, dtype=np.float32), cc.working_to_output(space))
-    if lin.ndim == 3:
-        return cc.srgb_encode_fast(lin, out=lin)
-    return cc.srgb_encode(lin)
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    m = cc.working_to_output(space)
+    if image.ndim != 3:
+        return cc.srgb_encode(cc.apply_matrix(image, m))
+    out = np.empty_like(image)
+
+    def band(r0: int, r1: int) -> None:
+        lin = cc.apply_matrix(image[r0:r1], m)
+        cc.srgb_encode_fast(lin, out=out[r0:r1])
+
+    for_each_band(image.shape[0], band)  # bands on two threads: small temporaries, both cores
+    return out
 
 
 @register_stage("output", requires=("linear",), provides=("display",), params={"space": "srgb"})
@@ -55,17 +64,27 @@ def quantize(display: np.ndarray, bits: int = 8, dither: float = 0.0) -> np.ndar
 
     display = np.ascontiguousarray(display, dtype=np.float32)
     if bits == 8:
-        if dither > 0:
-            h, w = display.shape[:2]
-            tile = _tpdf_tile()
-            t = tile.shape[0]
-            noise = np.tile(tile, (-(-h // t), -(-w // t), 1))[:h, :w]
-            # x*255 + dither*noise in one pass; convertScaleAbs then rounds and saturates to [0, 255]
-            x = cv2.scaleAdd(display, 255.0 / max(dither, 1e-12), noise) if dither != 1 else cv2.scaleAdd(display, 255.0, noise)
-            if dither != 1:
-                return cv2.convertScaleAbs(np.maximum(x, 0, out=x), alpha=dither)
-            return cv2.convertScaleAbs(np.maximum(x, 0, out=x))
-        return cv2.convertScaleAbs(np.maximum(display, 0), alpha=255.0)
+        h, w = display.shape[:2]
+        out = np.empty(display.shape, np.uint8)
+        tile = _tpdf_tile() if dither > 0 else None
+        t = 256
+
+        def band(r0: int, r1: int) -> None:
+            x = display[r0:r1]
+            if tile is None:
+                out[r0:r1] = cv2.convertScaleAbs(np.maximum(x, 0), alpha=255.0)
+                return
+            # rows r0:r1 of the tiled TPDF pattern (bands are 64 rows, the tile 256: one slice, no wrap)
+            tr0 = r0 % t
+            noise_rows = tile[tr0:tr0 + (r1 - r0)] if tr0 + (r1 - r0) <= t else np.concatenate(
+                [tile[tr0:], tile[:(r1 - r0) - (t - tr0)]])
+            noise = np.tile(noise_rows, (1, -(-w // t), 1))[:, :w]
+            # x*255 + dither*noise; convertScaleAbs then rounds and saturates to [0, 255]
+            y = cv2.scaleAdd(x, 255.0 / dither, noise)
+            out[r0:r1] = cv2.convertScaleAbs(np.maximum(y, 0, out=y), alpha=dither)
+
+        for_each_band(h, band)
+        return out
     x = display * np.float32(65535.0)
     x += np.float32(0.5)
     np.clip(x, 0, 65535.0, out=x)
