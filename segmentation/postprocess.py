@@ -85,9 +85,35 @@ class RawMasks:
     scores: np.ndarray
 
 
+def suppress_duplicates(mask_logits: np.ndarray, order: list[int], iou_threshold: float = 0.8) -> list[int]:
+    """Mask non-maximum suppression: walk ``order`` (indices by descending score) and drop an instance whose binary
+    mask (logit > 0) overlaps an already kept one with IoU > ``iou_threshold`` (several queries answering for the
+    same person). mask_logits: (N, h, w)."""
+    kept: list[int] = []
+    bins = {}
+    for i in order:
+        b = mask_logits[i] > 0
+        area = int(b.sum())
+        dup = False
+        for j in kept:
+            inter = int(np.logical_and(b, bins[j]).sum())
+            union = area + int(bins[j].sum()) - inter
+            if union > 0 and inter / union > iou_threshold:
+                dup = True
+                break
+        if not dup:
+            kept.append(i)
+            bins[i] = b
+    return kept
+
+
 def decode_outputs(outputs: dict[str, np.ndarray], box: Letterbox, classes, *, mask_stride: int = 1,
-                   score_threshold: float = 0.5, max_persons: int = 4) -> RawMasks:
+                   score_threshold: float = 0.5, max_persons: int = 4,
+                   dedup_iou: float | None = None) -> RawMasks:
     """Network outputs of ONE image (batch index 0) -> cropped probabilities and selected instances.
+
+    ``dedup_iou``: if set, drop an instance whose mask overlaps a higher-scoring one by more than this IoU
+    (:func:`suppress_duplicates`); off by default for now (see MODEL_CARD known failure modes).
 
     outputs: ``sem_logits`` (1, K, h, w); optionally ``pred_logits`` (1, N, 2) and ``pred_masks`` (1, N, h, w).
     """
@@ -95,7 +121,10 @@ def decode_outputs(outputs: dict[str, np.ndarray], box: Letterbox, classes, *, m
     if "pred_logits" in outputs and max_persons > 0:
         scores = softmax(outputs["pred_logits"][0], -1)[:, 0]
         order = np.argsort(-scores, kind="stable")
-        keep = [int(i) for i in order if scores[i] >= score_threshold][:max_persons]
+        cands = [int(i) for i in order if scores[i] >= score_threshold]
+        if dedup_iou is not None:
+            cands = suppress_duplicates(outputs["pred_masks"][0], cands, dedup_iou)
+        keep = cands[:max_persons]
         inst = box.crop(sigmoid(outputs["pred_masks"][0][keep]), mask_stride) if keep else \
             np.zeros((0,) + sem.shape[1:], np.float32)
         sc = scores[keep].astype(np.float32)
