@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .guided_filter import guided_upsample
+from .guided_filter import guided_upsample, guided_upsample_khw  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -140,14 +140,12 @@ def upsample_masks(stack_khw: np.ndarray, out_hw: tuple[int, int], guide: np.nda
     H, W = out_hw
     if k == 0:
         return np.zeros((0, H, W), np.float32)
-    hwk = np.ascontiguousarray(stack_khw.transpose(1, 2, 0))
     if guide is not None:
         if guide.shape != (H, W):
             raise ValueError(f"guide has shape {guide.shape}, expected {(H, W)}")
-        up = guided_upsample(hwk if k > 1 else hwk[..., 0], guide, radius, eps)
-    else:
-        chunks = [cv2.resize(hwk[..., i:i + 4], (W, H), interpolation=cv2.INTER_LINEAR).reshape(H, W, -1)
-                  for i in range(0, k, 4)]
-        up = np.clip(np.concatenate(chunks, axis=2), 0.0, 1.0)
-    up = up.reshape(H, W, k)
+        return guided_upsample_khw(stack_khw, guide, radius, eps)
+    hwk = np.ascontiguousarray(stack_khw.transpose(1, 2, 0))
+    chunks = [cv2.resize(hwk[..., i:i + 4], (W, H), interpolation=cv2.INTER_LINEAR).reshape(H, W, -1)
+              for i in range(0, k, 4)]
+    up = np.clip(np.concatenate(chunks, axis=2), 0.0, 1.0).reshape(H, W, k)
     return np.ascontiguousarray(up.transpose(2, 0, 1), dtype=np.float32)

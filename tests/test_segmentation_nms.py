@@ -30,3 +30,15 @@ def test_decode_outputs_dedup_option():
     out = {"sem_logits": sem, "pred_logits": logits, "pred_masks": masks}
     assert decode_outputs(out, box, list("abcdef"), score_threshold=0.5).scores.shape == (3,)
     assert decode_outputs(out, box, list("abcdef"), score_threshold=0.5, dedup_iou=0.8).scores.shape == (2,)
+
+
+def test_guided_upsample_khw_equals_guided_upsample():
+    from campipe.segmentation.guided_filter import guided_upsample, guided_upsample_khw
+
+    rng = np.random.default_rng(0)
+    lo = rng.random((5, 12, 16), dtype=np.float32)
+    guide = rng.random((48, 64), dtype=np.float32)
+    ref = guided_upsample(np.ascontiguousarray(lo.transpose(1, 2, 0)), guide, 2, 1e-3).transpose(2, 0, 1)
+    np.testing.assert_allclose(guided_upsample_khw(lo, guide, 2, 1e-3), ref, atol=1e-5)
+    one = guided_upsample_khw(lo[:1], guide, 2, 1e-3)
+    np.testing.assert_allclose(one[0], guided_upsample(lo[0], guide, 2, 1e-3), atol=1e-5)
