@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .masks import bbox, check_mask, grow, union
+from .masks import bbox, check_image, check_mask, detected_persons, grow, union
 from .noise import NoiseModel, add_grain, estimate_noise_model
 
 SHOULDER_WIDTH_M = 0.45
@@ -202,9 +202,7 @@ def portrait_blur(img: np.ndarray, persons: list[np.ndarray], *, focus: int = -1
     Raises:
         ValueError: no person with a non-empty mask, bad ``focus`` index, or out-of-range parameters.
     """
-    x = np.asarray(img, np.float32)
-    if x.ndim != 3 or x.shape[2] != 3:
-        raise ValueError(f"image must be (H, W, 3), got {x.shape}")
+    x = check_image(img)
     if not aperture > 0:
         raise ValueError(f"portrait.aperture must be > 0 (an f-number such as 1.8), got {aperture}")
     if not focal_length_35mm > 0:
@@ -212,18 +210,9 @@ def portrait_blur(img: np.ndarray, persons: list[np.ndarray], *, focus: int = -1
     if polygon_blades not in (0,) and not 5 <= polygon_blades <= 16:
         raise ValueError(f"portrait.polygon_blades must be 0 (disc) or 5..16, got {polygon_blades}")
     shape = x.shape[:2]
-    masks = [check_mask(m, shape, f"person {i}") for i, m in enumerate(persons)]
-    keep = [i for i, m in enumerate(masks) if float(m.max(initial=0.0)) >= 0.5]
-    if not keep:
-        raise ValueError("portrait mode needs a detected person; none found in the person masks")
-    if focus >= 0:
-        if focus >= len(masks) or focus not in keep:
-            raise ValueError(f"focus person {focus} does not exist; {len(keep)} person(s) detected "
-                             f"(indices {', '.join(map(str, keep))})")
-        fi = keep.index(focus)
-    else:
-        fi = choose_focus([masks[i] for i in keep])
-    masks = [masks[i] for i in keep]
+    masks, fi = detected_persons(persons, shape, focus, "portrait mode")
+    if fi < 0:
+        fi = choose_focus(masks)
     layers, _ = plan_layers(masks, fi, aperture=aperture, focal_length_35mm=focal_length_35mm,
                             max_blur_frac=max_blur_frac)
     if all(L.diameter_px < 1.0 for L in layers):

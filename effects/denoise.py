@@ -40,7 +40,7 @@ import numpy as np
 
 from campipe.colour import luminance_weights
 
-from .masks import check_mask
+from .masks import check_image, check_mask
 from .noise import NoiseModel
 
 EPS_GAIN = 2.1  # k in eps = (k * s)^2 * var_noise
@@ -124,9 +124,7 @@ def denoise(img: np.ndarray, noise: NoiseModel, sky: np.ndarray | None = None, s
                          f"{skin_boost}")
     if radius < 0:
         raise ValueError(f"denoise.radius must be >= 0 px (0 = automatic), got {radius}")
-    x = np.asarray(img, np.float32)
-    if x.ndim != 3 or x.shape[2] != 3:
-        raise ValueError(f"image must be (H, W, 3), got {x.shape}")
+    x = check_image(img)
     shape = x.shape[:2]
     if strength_px is None:
         if strength == 0:

@@ -38,6 +38,29 @@ def check_mask(m: np.ndarray, shape: tuple[int, int], name: str = "mask") -> np.
     return m
 
 
+def check_image(img: np.ndarray) -> np.ndarray:
+    """Validate an effect's input image: (H, W, 3); returned as float32 (no copy when it already is)."""
+    x = np.asarray(img, np.float32)
+    if x.ndim != 3 or x.shape[2] != 3:
+        raise ValueError(f"image must be (H, W, 3), got {x.shape}")
+    return x
+
+
+def detected_persons(persons, shape: tuple[int, int], focus: int, effect: str) -> tuple[list[np.ndarray], int]:
+    """The person masks that hold a detection (max >= 0.5) and the position of ``focus`` among them.
+
+    ``focus`` is an index into ``persons`` (-1: none requested, then -1 is returned). Raises a clear ValueError when
+    no person is present or the requested one is not (``effect`` names the effect in the message)."""
+    masks = [check_mask(m, shape, f"person {i}") for i, m in enumerate(persons)]
+    keep = [i for i, m in enumerate(masks) if float(m.max(initial=0.0)) >= 0.5]
+    if not keep:
+        raise ValueError(f"{effect} needs a detected person; none found in the person masks")
+    if focus >= 0 and focus not in keep:
+        raise ValueError(f"focus person {focus} does not exist; {len(keep)} person(s) detected "
+                         f"(indices {', '.join(map(str, keep))})")
+    return [masks[i] for i in keep], (keep.index(focus) if focus >= 0 else -1)
+
+
 def union(*masks: np.ndarray) -> np.ndarray:
     """Soft union (per-pixel maximum) of masks of the same shape."""
     out = np.zeros_like(masks[0], dtype=np.float32)

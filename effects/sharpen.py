@@ -22,7 +22,7 @@ import numpy as np
 
 from campipe.colour import luminance_weights
 
-from .masks import check_mask
+from .masks import check_image, check_mask
 from .noise import NoiseModel
 
 
@@ -54,9 +54,7 @@ def sharpen(img: np.ndarray, sky: np.ndarray | None = None, skin: np.ndarray | N
         raise ValueError(f"sharpen.radius must be > 0 px, got {radius}")
     if noise_floor < 0:
         raise ValueError(f"sharpen.noise_floor must be >= 0, got {noise_floor}")
-    x = np.asarray(img, np.float32)
-    if x.ndim != 3 or x.shape[2] != 3:
-        raise ValueError(f"image must be (H, W, 3), got {x.shape}")
+    x = check_image(img)
     if amount == 0:
         return x.copy()
     shape = x.shape[:2]

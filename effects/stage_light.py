@@ -22,7 +22,7 @@ import numpy as np
 
 from campipe.colour import luminance_weights
 
-from .masks import bbox, check_mask, feather, grow, union
+from .masks import bbox, check_image, check_mask, detected_persons, feather, grow, union
 
 
 def stage_light(img: np.ndarray, persons: list[np.ndarray], hair: np.ndarray | None = None, *,
@@ -51,20 +51,11 @@ def stage_light(img: np.ndarray, persons: list[np.ndarray], hair: np.ndarray | N
         raise ValueError(f"stage_light.falloff must be in [0, 1], got {falloff}")
     if edge_softness < 0 or mono_contrast < 0:
         raise ValueError("stage_light.edge_softness and mono_contrast must be >= 0")
-    x = np.asarray(img, np.float32)
-    if x.ndim != 3 or x.shape[2] != 3:
-        raise ValueError(f"image must be (H, W, 3), got {x.shape}")
+    x = check_image(img)
     shape = x.shape[:2]
-    ps = [check_mask(m, shape, f"person {i}") for i, m in enumerate(persons)]
-    keep = [i for i, m in enumerate(ps) if float(m.max(initial=0.0)) >= 0.5]
-    if not keep:
-        raise ValueError("stage light needs a detected person; none found in the person masks")
-    if focus >= 0:
-        if focus not in keep:
-            raise ValueError(f"focus person {focus} does not exist; {len(keep)} person(s) detected "
-                             f"(indices {', '.join(map(str, keep))})")
-        keep = [focus]
-    ps = [ps[i] for i in keep]
+    ps, fi = detected_persons(persons, shape, focus, "stage light")
+    if fi >= 0:
+        ps = [ps[fi]]
     if strength == 0.0:
         return x.copy()
     a = union(*ps)

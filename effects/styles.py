@@ -32,7 +32,7 @@ import numpy as np
 
 from campipe.colour import luminance_weights, xyz_to_working
 
-from .masks import bbox, check_mask, feather
+from .masks import bbox, check_image, check_mask, feather
 
 REF_CCT = 6504.0
 MID_GREY = 0.18
@@ -95,9 +95,7 @@ def apply_style(img: np.ndarray, skin: np.ndarray | None = None, *, tone: float 
                             ("skin_protect", skin_protect, 0, 1)):
         if not (lo <= v <= hi):
             raise ValueError(f"style.{name} must be in [{lo}, {hi}], got {v}")
-    x = np.asarray(img, np.float32)
-    if x.ndim != 3 or x.shape[2] != 3:
-        raise ValueError(f"image must be (H, W, 3), got {x.shape}")
+    x = check_image(img)
     if tone == 0.0 and warmth == 0.0 and colour == 0.0:
         return x.copy()
     out = x * warmth_gains(float(warmth)) if warmth != 0.0 else x.copy()

@@ -30,7 +30,7 @@ import numpy as np
 
 from campipe.colour import luminance_weights
 
-from .masks import bbox, check_mask, feather
+from .masks import bbox, check_image, check_mask, feather
 
 KNEE_STOPS = 3.0
 
@@ -110,9 +110,7 @@ def subject_tone(img: np.ndarray, persons: list[np.ndarray], skin: np.ndarray | 
         raise ValueError(f"subject_tone.contrast must be in [-1, 1], got {contrast}")
     if max_ev < 0:
         raise ValueError(f"subject_tone.max_ev must be >= 0 stops, got {max_ev}")
-    x = np.asarray(img, np.float32)
-    if x.ndim != 3 or x.shape[2] != 3:
-        raise ValueError(f"image must be (H, W, 3), got {x.shape}")
+    x = check_image(img)
     shape = x.shape[:2]
     if strength == 0.0 or not persons:
         return x.copy()
