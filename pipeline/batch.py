@@ -137,10 +137,11 @@ def output_name(template: str, src: Path, style: str, fmt: str) -> str:
 
 # ------------------------------------------------------------------------------------------------- render ------
 
-def render_one(job: RenderJob, pipeline=None) -> FileResult:
+def render_one(job: RenderJob, pipeline=None, on_stage=None) -> FileResult:
     """Decode, run the pipeline, encode and atomically write one file. Never raises for a bad input.
 
     The output path is checked (not the input, not existing unless ``overwrite``) before any decoding.
+    ``on_stage(name, frame, seconds)`` is passed to the pipeline (``--dump-stages`` / ``--report``).
     """
     from .api import process
     from .encode import check_output_path, write_image
@@ -162,7 +163,7 @@ def render_one(job: RenderJob, pipeline=None) -> FileResult:
         if job.cache_dir:
             pipeline = _cached_pipeline(pipeline, job)
         res = process(job.input, pipeline=pipeline, max_megapixels=job.max_megapixels, strict=job.strict,
-                      half_size=job.half_size)
+                      half_size=job.half_size, on_stage=on_stage)
         cache_state = res.frame.meta.pop("_mask_cache", None)
         if not np.isfinite(res.image).all():  # never write garbage: a stage bug on odd data
             return FileResult(job.input, None, "failed", f"{job.input}: internal error: the pipeline produced NaN or "

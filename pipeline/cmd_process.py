@@ -76,6 +76,17 @@ def _build_or_exit(style: str, sets: list[str], portrait: bool, stage_light: Opt
         usage_exit(str(e))
 
 
+def _make_output_folder(output: Path) -> None:
+    """Create the --output folder; usage error (2) if it is a file, exit 1 if it cannot be created."""
+    if output.exists() and not output.is_dir():
+        usage_exit(f"--output {output}: exists and is not a folder")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        err(f"{output}: cannot create the output folder ({e.strerror or e})")
+        raise typer.Exit(EXIT_FAILED)
+
+
 def _check_format(fmt: str, quality: int) -> None:
     from .encode import FORMATS
 
@@ -118,13 +129,7 @@ def register(app: typer.Typer) -> None:
             sl = "stage_light_mono" if stage_light == "mono" else "stage_light"
         pipeline = _build_or_exit(style, set_ or [], portrait, sl, aperture, focus)
         if output is not None:
-            if output.exists() and not output.is_dir():
-                usage_exit(f"--output {output}: exists and is not a folder")
-            try:
-                output.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                err(f"{output}: cannot create the output folder ({e.strerror or e})")
-                raise typer.Exit(EXIT_FAILED)
+            _make_output_folder(output)
         from .batch import RenderJob, output_name, render_one
         from .encode import check_output_path, remove_stale_temps
 
@@ -202,13 +207,7 @@ def register(app: typer.Typer) -> None:
         _interrupt_on_sigterm()
         extra, more = effect_overrides(portrait)
         sets = list(set_ or []) + more
-        if output.exists() and not output.is_dir():
-            usage_exit(f"--output {output}: exists and is not a folder")
-        try:
-            output.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            err(f"{output}: cannot create the output folder ({e.strerror or e})")
-            raise typer.Exit(EXIT_FAILED)
+        _make_output_folder(output)
         why = output_folders_writable(output)
         if why:
             err(f"{output}: cannot write in the output folder ({why}); nothing was rendered")
@@ -392,30 +391,20 @@ def _run_with_progress(job_list, style, sets, extra, workers, show: bool, ledger
 
 
 def _render_with_hooks(job, pipeline, dump_dir: Optional[Path], report: bool):
-    """Render with --dump-stages / --report hooks (campipe.stagedump): the dumper writes NN_stage.jpg (+ masks)
+    """render_one with --dump-stages / --report hooks (campipe.stagedump): the dumper writes NN_stage.jpg (+ masks)
     and a page stepping through the stages; the report prints per-stage time and peak memory."""
     from . import stagedump
-    from .api import process
-    from .batch import FileResult
-    from .encode import write_image
+    from .batch import render_one
 
     rep = stagedump.StageReport() if report else None
     dumper = None
     if dump_dir is not None:
         dump_dir.mkdir(parents=True, exist_ok=True)
         dumper = stagedump.make_stage_dumper(dump_dir / Path(job.input).stem, report=rep)
-    on_stage = dumper or rep
-    t0 = time.perf_counter()
-    try:
-        res = process(job.input, pipeline=pipeline, on_stage=on_stage, max_megapixels=job.max_megapixels,
-                      strict=job.strict, half_size=job.half_size)
-        write_image(job.output, res.image, job.fmt, job.quality, res.frame.meta, job.overwrite, inputs=[job.input])
-    except CampipeError as e:
-        return FileResult(job.input, None, "failed", str(e), time.perf_counter() - t0)
-    except (ValueError, OSError) as e:
-        return FileResult(job.input, None, "failed", f"{job.input}: {type(e).__name__}: {e}", time.perf_counter() - t0)
-    if dumper is not None:
-        dumper.finish(title=f"{Path(job.input).name} · stages")
-    if rep is not None:
-        rep.print(title=Path(job.input).name)
-    return FileResult(job.input, job.output, "ok", None, time.perf_counter() - t0)
+    r = render_one(job, pipeline, on_stage=dumper or rep)
+    if r.status == "ok":
+        if dumper is not None:
+            dumper.finish(title=f"{Path(job.input).name} · stages")
+        if rep is not None:
+            rep.print(title=Path(job.input).name)
+    return r
