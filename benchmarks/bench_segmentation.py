@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -40,36 +39,21 @@ from pathlib import Path
 
 import numpy as np
 
+from campipe.stagedump import memory_snapshot, reset_peak
+
 HERE = Path(__file__).resolve().parent
 NS = (1, 2, 4, 8, 16, 32, 64, 100)
 SHARED = Path(os.environ.get("CAMPIPE_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
 
 
 def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _reset_peak() -> bool:
-    """Reset the kernel's peak-RSS counter (VmHWM) of this process (Linux >= 4.0); False if not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+    """Current resident set, MiB."""
+    return memory_snapshot()[1]
 
 
 def _peak_mb() -> float:
-    """Peak RSS (VmHWM) in MB since the last :func:`_reset_peak` (ru_maxrss if /proc is unavailable)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak RSS (VmHWM) in MiB since the last :func:`reset_peak` (ru_maxrss if /proc is unavailable)."""
+    return memory_snapshot()[0]
 
 
 # ------------------------------------------------------------------------------------------------ worker ---
@@ -84,7 +68,7 @@ def worker(spec: dict) -> dict:
         sess = ort.InferenceSession(spec["onnx_path"], so, providers=["CPUExecutionProvider"])
         feed = {"image": np.random.default_rng(0).standard_normal((1, 3, *spec["size"])).astype(np.float32)}
         base = _rss_mb()
-        _reset_peak()
+        reset_peak()
         sess.run(None, feed)
         peak = _peak_mb() - base
         times, cpu = [], []
@@ -136,7 +120,7 @@ def worker(spec: dict) -> dict:
         return {}
     with torch.inference_mode():
         base = _rss_mb()
-        _reset_peak()
+        reset_peak()
         fwd(x)  # first pass: peak memory (allocator state is fresh)
         peak = _peak_mb() - base
         times, cpu = [], []

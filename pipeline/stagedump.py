@@ -62,7 +62,7 @@ def _status_kib() -> dict[str, int]:
     return out
 
 
-def _reset_peak() -> bool:
+def reset_peak() -> bool:
     """Reset the kernel's resident-set high-water mark for this process; False where not supported."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -109,13 +109,13 @@ class StageReport:
     exact_peak: bool = True
 
     def __post_init__(self) -> None:
-        self.exact_peak = _reset_peak()
+        self.exact_peak = reset_peak()
         self._start_rss = memory_snapshot()[1]
 
     def reset_peak(self) -> None:
         """Start a new measurement interval (called by the dumper after it wrote files)."""
         if self.exact_peak:
-            _reset_peak()
+            reset_peak()
         self._start_rss = memory_snapshot()[1]
 
     def __call__(self, name: str, frame: Frame, seconds: float) -> None:
