@@ -143,8 +143,9 @@ def filmic_curve(x: np.ndarray, white: float = 1.0, strength: float = 2.0, contr
 
 
 @lru_cache(maxsize=16)
-def _tone_lut(xmax: float, white: float, strength: float, contrast: float, base: bool) -> np.ndarray:
-    x = np.linspace(0.0, xmax, LUT_SIZE)
+def _tone_lut(white: float, strength: float, contrast: float) -> np.ndarray:
+    """The filmic curve sampled over [0, white] (inputs above ``white`` map to the last entry, 1.0)."""
+    x = np.linspace(0.0, white, LUT_SIZE)
     return filmic_curve(x, white, strength, contrast).astype(np.float32)
 
 
@@ -197,9 +198,8 @@ def tone_map(image: np.ndarray, ev: float = 0.0, white: float = 1.0, strength: f
             out *= np.float32(0.18)
         return np.clip(out, 0.0, 1.0, out=out)
     white_s = white / (2.0 ** ev)
-    lut = _tone_lut(float(white_s), float(white_s), float(strength), float(contrast), True)
-    xmax = white_s
-    return apply_lut(image, lut, xmax, out=out)
+    lut = _tone_lut(float(white_s), float(strength), float(contrast))
+    return apply_lut(image, lut, white_s, out=out)
 
 
 @register_stage("tone", requires=("linear",), params={"ev": 0.0, "white": 1.0, "strength": 2.0, "contrast": 1.0,
