@@ -149,8 +149,9 @@ def register(app: typer.Typer) -> None:
             jobs.append(job)
         results = []
         failed = 0
+        for dest in {Path(j.output).parent for j in jobs}:  # once per folder, not once per input
+            remove_stale_temps(dest)
         for job in jobs:
-            remove_stale_temps(Path(job.output).parent)
             if dump_stages is not None or report:
                 r = _render_with_hooks(job, pipeline, dump_stages, report)
             else:
