@@ -31,15 +31,6 @@ def _box(x: np.ndarray, r: int) -> np.ndarray:
     return out.reshape(x.shape)
 
 
-def _resize(x: np.ndarray, size_hw: tuple[int, int], interp: int) -> np.ndarray:
-    h, w = size_hw
-    if x.ndim == 3 and x.shape[2] > _MAX_CV_CHANNELS:
-        return np.concatenate([_resize(x[..., i:i + _MAX_CV_CHANNELS], size_hw, interp)
-                               for i in range(0, x.shape[2], _MAX_CV_CHANNELS)], axis=2)
-    out = cv2.resize(x, (w, h), interpolation=interp)
-    return out.reshape((h, w) + x.shape[2:])
-
-
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
     """Plain gray-guide guided filter (same resolution). guide (H, W), src (H, W) or (H, W, K); float32 out."""
     a, b = _coefficients(guide.astype(np.float32, copy=False), src.astype(np.float32, copy=False), radius, eps)
@@ -62,32 +53,22 @@ def _coefficients(guide: np.ndarray, src: np.ndarray, r: int, eps: float) -> tup
 
 
 def guided_upsample(masks_lo: np.ndarray, guide_hi: np.ndarray, radius: int = 2, eps: float = 1e-3) -> np.ndarray:
-    """Upsample soft masks to the guide's resolution, edge-aware (fast guided filter); see module docstring.
+    """Upsample soft masks (h, w) or (h, w, K) to the guide's resolution, edge-aware (fast guided filter); see
+    module docstring. Same layout out as in; the work is done by :func:`guided_upsample_khw`.
 
     Args:
         radius: window radius in *low-resolution* pixels (1-4 is typical).
         eps: regularisation (guide-variance units, guide in [0, 1]); larger = smoother, closer to bilinear.
     """
-    if guide_hi.ndim != 2:
-        raise ValueError(f"guide must be (H, W), got {guide_hi.shape}")
-    masks_lo = np.ascontiguousarray(masks_lo, dtype=np.float32)
-    guide_hi = np.ascontiguousarray(guide_hi, dtype=np.float32)
-    h, w = masks_lo.shape[:2]
-    H, W = guide_hi.shape
-    guide_lo = cv2.resize(guide_hi, (w, h), interpolation=cv2.INTER_AREA) if (h, w) != (H, W) else guide_hi
-    mean_a, mean_b = _coefficients(guide_lo, masks_lo, radius, eps)
-    if (h, w) != (H, W):
-        mean_a = _resize(mean_a, (H, W), cv2.INTER_LINEAR)
-        mean_b = _resize(mean_b, (H, W), cv2.INTER_LINEAR)
-    g = guide_hi[..., None] if masks_lo.ndim == 3 else guide_hi
-    out = mean_a * g
-    out += mean_b
-    return np.clip(out, 0.0, 1.0, out=out)
+    m = np.asarray(masks_lo, dtype=np.float32)
+    if m.ndim == 2:
+        return guided_upsample_khw(m[None], guide_hi, radius, eps)[0]
+    return np.ascontiguousarray(guided_upsample_khw(m.transpose(2, 0, 1), guide_hi, radius, eps).transpose(1, 2, 0))
 
 
 def guided_upsample_khw(masks_khw: np.ndarray, guide_hi: np.ndarray, radius: int = 2,
                         eps: float = 1e-3) -> np.ndarray:
-    """Same result as :func:`guided_upsample`, for a (K, h, w) stack, returned as contiguous (K, H, W) float32.
+    """Guided upsampling of a (K, h, w) stack of soft masks to the guide's (H, W): contiguous (K, H, W) float32.
 
     Memory-lean for large guides: the coefficients are computed at low resolution, then each channel is
     upsampled and applied on its own (two threads), writing straight into the preallocated output — no (H, W, K)

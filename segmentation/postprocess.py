@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .guided_filter import guided_upsample, guided_upsample_khw  # noqa: F401
+from .guided_filter import guided_upsample_khw
 
 
 @dataclass(frozen=True)
