@@ -41,14 +41,16 @@ def resize_targets(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.T
     return y if mode == "soft" else (y > 0.999).to(x.dtype)
 
 
-def masked_bce_dice(logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor, class_w: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Static-channel loss. logits/target/known (B, C, H, W); class_w (C,).
+def masked_bce_dice(logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor, class_w: torch.Tensor,
+                    pos_w: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Static-channel loss. logits/target/known (B, C, H, W); class_w (C,); pos_w (C,) optional BCE weight of the
+    positive pixels (> 1 for classes covering a tiny fraction of the image, so "absent everywhere" stops paying off).
 
     Returns (bce, dice, per_class_known_count): bce and dice are class-weighted means over the classes that have
     at least one known pixel in the batch (0 if none).
     """
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * known
+    pw = None if pos_w is None else pos_w.view(1, -1, 1, 1).to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none", pos_weight=pw) * known
     n_known = known.sum(dim=(0, 2, 3))
     has = (n_known > 0).to(logits.dtype)
     bce_c = bce.sum(dim=(0, 2, 3)) / n_known.clamp_min(1.0)
@@ -75,6 +77,7 @@ def _mask_losses(pm: torch.Tensor, tm: torch.Tensor, valid: torch.Tensor) -> tup
 @dataclass
 class CriterionConfig:
     class_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CLASS_WEIGHTS))
+    pos_weights: dict[str, float] = field(default_factory=dict)  # BCE weight of positives per class (default 1)
     w_sem_bce: float = 1.0
     w_sem_dice: float = 1.0
     w_inst: float = 1.0          # weight of the whole instance term
@@ -91,18 +94,20 @@ class HyperDETRCriterion(nn.Module):
         super().__init__()
         self.cfg = cfg or CriterionConfig()
         self.classes = tuple(classes)
-        unknown = set(self.cfg.class_weights) - set(self.classes)
-        if unknown:
-            raise ValueError(f"class_weights names unknown classes: {sorted(unknown)}")
+        for key in ("class_weights", "pos_weights"):
+            unknown = set(getattr(self.cfg, key)) - set(self.classes)
+            if unknown:
+                raise ValueError(f"{key} names unknown classes: {sorted(unknown)}")
         self.register_buffer("class_w", torch.tensor([float(self.cfg.class_weights.get(c, 1.0))
                                                       for c in self.classes]))
+        self.register_buffer("pos_w", torch.tensor([float(self.cfg.pos_weights.get(c, 1.0)) for c in self.classes]))
         self.register_buffer("ce_w", torch.tensor([1.0, self.cfg.eos_coef]))
 
     def static_loss(self, sem_logits: torch.Tensor, targets: dict) -> tuple[torch.Tensor, dict]:
         size = tuple(sem_logits.shape[-2:])
         sem = resize_targets(targets["sem"], size, "soft")
         known = resize_targets(targets["known"], size, "all")
-        bce, dice, _ = masked_bce_dice(sem_logits.float(), sem, known, self.class_w)
+        bce, dice, _ = masked_bce_dice(sem_logits.float(), sem, known, self.class_w, self.pos_w)
         loss = self.cfg.w_sem_bce * bce + self.cfg.w_sem_dice * dice
         return loss, {"sem_bce": float(bce.detach()), "sem_dice": float(dice.detach())}
 

@@ -158,3 +158,47 @@ def test_criterion_rejects_unknown_class_weight():
 
     with pytest.raises(ValueError, match="unknown classes"):
         HyperDETRCriterion(CLASSES, CriterionConfig(class_weights={"cats": 2.0}))
+
+
+def test_pos_weight_exact_and_only_on_positives():
+    logits = torch.zeros(1, 1, 2, 2)
+    target = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
+    known = torch.ones_like(target)
+    bce1, _, _ = masked_bce_dice(logits, target, known, torch.ones(1))
+    bce4, _, _ = masked_bce_dice(logits, target, known, torch.ones(1), torch.tensor([4.0]))
+    # 2 positives weigh 4x, 2 negatives 1x: mean = (4 + 4 + 1 + 1) / 4 * log 2
+    assert abs(float(bce4) - 2.5 * np.log(2)) < 1e-6
+    assert abs(float(bce1) - np.log(2)) < 1e-6
+    # all-negative targets: the positive weight changes nothing
+    zero = torch.zeros_like(target)
+    a = masked_bce_dice(logits, zero, known, torch.ones(1))[0]
+    b = masked_bce_dice(logits, zero, known, torch.ones(1), torch.tensor([4.0]))[0]
+    assert abs(float(a) - float(b)) < 1e-7
+
+
+def test_criterion_rejects_unknown_pos_weight():
+    from campipe.segmentation.criterion import CriterionConfig
+
+    with pytest.raises(ValueError, match="pos_weights names unknown classes"):
+        HyperDETRCriterion(CLASSES, CriterionConfig(pos_weights={"cats": 2.0}))
+
+
+def test_init_from_loads_weights_and_rejects_other_architecture(tmp_path):
+    from campipe.segmentation.checkpoint import save_checkpoint
+    from campipe.segmentation.model import build_model
+    from campipe.segmentation.training.train import init_weights
+
+    torch.manual_seed(0)
+    cfg = _tiny_cfg()
+    src = build_model(cfg).eval()
+    path = save_checkpoint(tmp_path / "src.pt", src, cfg)
+    torch.manual_seed(1)
+    dst = build_model(cfg)
+    init_weights(dst, cfg, path)
+    for k, v in src.state_dict().items():
+        assert torch.equal(v, dst.state_dict()[k]), k
+    other = type(cfg).from_dict({**cfg.to_dict(), "mask_dim": cfg.mask_dim * 2})
+    with pytest.raises(ValueError, match="mask_dim"):
+        init_weights(build_model(other), other, path)
+    with pytest.raises(FileNotFoundError):
+        init_weights(dst, cfg, tmp_path / "missing.pt")

@@ -81,6 +81,7 @@ class TrainConfig:
     augment: dict[str, Any] = field(default_factory=dict)
     criterion: dict[str, Any] = field(default_factory=dict)
     out_dir: str = "/work/ckpt/train"
+    init_from: str | None = None  # float campipe checkpoint to start from (fine-tuning); ignored when resuming
     seed: int = 0
     threads: int = 2
     ema_decay: float = 0.999
@@ -171,6 +172,24 @@ def make_channels_last(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def init_weights(model: torch.nn.Module, mcfg: HyperDETRConfig, path: Path) -> None:
+    """Load a campipe checkpoint's weights (dequantised) into ``model``; the architectures must match."""
+    from ..checkpoint import read_checkpoint
+    from ..quantize import dequantize_state_dict
+
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from checkpoint not found: {path}")
+    ck = read_checkpoint(path)
+    src = HyperDETRConfig.from_dict(dict(ck["config"]))
+    for k in ("width_mult", "hidden_dim", "mask_dim", "num_queries", "dec_layers", "enc_layers", "mask_stride"):
+        if getattr(src, k) != getattr(mcfg, k):
+            raise ValueError(f"init_from {path}: model.{k} is {getattr(src, k)} there, {getattr(mcfg, k)} here")
+    missing, unexpected = model.load_state_dict(dequantize_state_dict(ck["state_dict"]), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"init_from {path}: missing {missing[:5]}, unexpected {unexpected[:5]} "
+                         f"(a pruned checkpoint cannot seed a {mcfg.dec_layers}-layer model)")
+
+
 def load_records(cfg: TrainConfig, split: str = "train", log=print) -> dict:
     data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
     if not data_dir.is_dir():
@@ -226,9 +245,12 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log_fn=N
         (no_decay if p.ndim <= 1 or n.endswith(".bias") or "query_embed" in n else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.phases[0].lr)
-    ema = EMA(model, cfg.ema_decay)
     state = {"phase": 0, "step": 0, "global_step": 0, "elapsed": 0.0}
     last = out / "last.pt"
+    if cfg.init_from and not (resume and last.exists()):
+        init_weights(model, mcfg, Path(cfg.init_from))
+        log(f"initialised from {cfg.init_from}")
+    ema = EMA(model, cfg.ema_decay)
     if resume and last.exists():
         ck = torch.load(last, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"])
