@@ -101,6 +101,9 @@ def register(app: typer.Typer) -> None:
         max_persons: int = typer.Option(4, "--max-persons", min=0, help="Keep at most this many instances."),
         threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Minimum instance score."),
         refine: bool = typer.Option(True, "--refine/--no-refine", help="Edge-aware (guided) mask upsampling."),
+        dedup_iou: float = typer.Option(0.8, "--dedup-iou", min=0.0, max=1.0,
+                                        help="Drop a person instance overlapping a higher-scoring one by more than "
+                                             "this mask IoU (duplicate answers); 1 keeps every instance."),
     ) -> None:
         """Write soft masks (sky, hair, skin, teeth, glasses, person, person_i) + segments.json per image."""
         from campipe.segmentation import NoWeightsError
@@ -117,7 +120,7 @@ def register(app: typer.Typer) -> None:
             from campipe.segmentation.inference import get_segmenter
 
             seg = get_segmenter(weights, runtime=runtime, max_persons=max_persons, score_threshold=threshold,
-                                refine="guided" if refine else "bilinear")
+                                refine="guided" if refine else "bilinear", dedup_iou=dedup_iou)
         except NoWeightsError as e:
             typer.echo(f"campipe segment: {e}", err=True)
             raise typer.Exit(1)

@@ -11,7 +11,8 @@ Without trained weights the stage logs one clear warning per process and leaves 
 Provides: ``"masks"``, ``"persons"``. Requires: ``"linear"``.
 Params: ``max_persons`` (4), ``score_threshold`` (0.5), ``max_side`` (1024, render size for the network input),
 ``refine`` (True: guided-filter upsampling; False: bilinear), ``runtime`` ("auto" | "onnx" | "torch"),
-``weights`` ("" = installed weights / $CAMPIPE_WEIGHTS).
+``weights`` ("" = installed weights / $CAMPIPE_WEIGHTS), ``dedup_iou`` (0.8: a person instance overlapping a
+higher-scoring one by more than this mask IoU is a duplicate answer and dropped; 1 keeps all).
 
 References: Reinhard et al., "Photographic Tone Reproduction for Digital Images" (SIGGRAPH 2002) for the log-average
 key; He et al. guided filter (2010).
@@ -72,9 +73,9 @@ def _warn_no_weights(msg: str) -> None:
 
 @register_stage("segment", requires=("linear",), provides=("masks", "persons"),
                 params={"max_persons": 4, "score_threshold": 0.5, "max_side": 1024, "refine": True,
-                        "runtime": "auto", "weights": ""})
+                        "runtime": "auto", "weights": "", "dedup_iou": 0.8})
 def segment_stage(frame: Frame, max_persons: int, score_threshold: float, max_side: int, refine: bool,
-                  runtime: str, weights: str) -> Frame:
+                  runtime: str, weights: str, dedup_iou: float = 0.8) -> Frame:
     """Semantic masks (sky, person, hair, skin, teeth, glasses) and person instances from HyperDETR."""
     from campipe.segmentation import NoWeightsError, weights_path
 
@@ -90,7 +91,7 @@ def segment_stage(frame: Frame, max_persons: int, score_threshold: float, max_si
     from campipe.segmentation.inference import get_segmenter
 
     seg = get_segmenter(wpath, runtime=runtime, max_persons=int(max_persons), score_threshold=float(score_threshold),
-                        refine="guided" if refine else "bilinear")
+                        refine="guided" if refine else "bilinear", dedup_iou=float(dedup_iou))
     scene = bool(frame.meta.get("scene_referred", True))
     gain = exposure_gain(frame.image) if scene else 1.0
     small = display_render(frame.image, scene_referred=scene, max_side=max_side, gain=gain)

@@ -36,7 +36,7 @@ from campipe.frame import PersonInstance
 
 from . import weights_path
 from .checkpoint import load_checkpoint
-from .postprocess import decode_outputs, letterbox, normalize, upsample_masks
+from .postprocess import DEFAULT_DEDUP_IOU, decode_outputs, letterbox, normalize, upsample_masks
 from .runtime import make_runner
 
 MODEL_NAME = "HyperDETR"
@@ -94,13 +94,18 @@ class Segmenter:
             "onnx", "onnx-int8", "torch", "compile-bf16" (see :mod:`.runtime`).
         keep_dec_layers: prune the decoder to the first k layers at load.
         max_persons, score_threshold: instance selection.
+        dedup_iou: drop a person instance whose mask overlaps a higher-scoring one by more than this IoU
+            (duplicate answers of several queries); 1.0 keeps them all.
         refine: "guided" (edge-aware, default) or "bilinear" upsampling to the output resolution.
         guide_radius, guide_eps: guided-filter window radius (network-resolution pixels) and regularisation.
     """
 
     def __init__(self, weights=None, *, runtime: str = "auto", keep_dec_layers: int | None = None,
                  threads: int | None = None, max_persons: int = 4, score_threshold: float = 0.5,
-                 refine: str = "guided", guide_radius: int = 2, guide_eps: float = 1e-3) -> None:
+                 refine: str = "guided", guide_radius: int = 2, guide_eps: float = 1e-3,
+                 dedup_iou: float = DEFAULT_DEDUP_IOU) -> None:
+        if not 0.0 <= dedup_iou <= 1.0:
+            raise ValueError(f"dedup_iou must be in [0, 1], got {dedup_iou}")
         if refine not in ("guided", "bilinear"):
             raise ValueError(f"refine must be 'guided' or 'bilinear', got {refine!r}")
         if max_persons < 0 or not 0.0 <= score_threshold <= 1.0:
@@ -115,6 +120,7 @@ class Segmenter:
         self._scene_runner = None
         self.load_seconds = time.perf_counter() - t0
         self.max_persons, self.score_threshold = int(max_persons), float(score_threshold)
+        self.dedup_iou = float(dedup_iou)
         self.refine, self.guide_radius, self.guide_eps = refine, int(guide_radius), float(guide_eps)
         self.mean = self.meta["normalization"]["mean"]
         self.std = self.meta["normalization"]["std"]
@@ -168,7 +174,8 @@ class Segmenter:
         timings["network"] = time.perf_counter() - t
         t = time.perf_counter()
         raw = decode_outputs(outputs, box, self.classes, mask_stride=self.cfg.mask_stride,
-                             score_threshold=self.score_threshold, max_persons=self.max_persons)
+                             score_threshold=self.score_threshold, max_persons=self.max_persons,
+                             dedup_iou=self.dedup_iou)
         stack = np.concatenate([raw.semantic, raw.instances], axis=0)
         g = None
         if self.refine == "guided":
@@ -211,11 +218,12 @@ def get_segmenter(weights=None, **kwargs) -> Segmenter:
 
 def segment(image, *, weights=None, runtime: str = "auto", max_persons: int = 4, score_threshold: float = 0.5,
             refine: str = "guided", keep_dec_layers: int | None = None, scene_only: bool = False,
-            guide: np.ndarray | None = None, out_size: tuple[int, int] | None = None) -> SegmentationResult:
+            guide: np.ndarray | None = None, out_size: tuple[int, int] | None = None,
+            dedup_iou: float = DEFAULT_DEDUP_IOU) -> SegmentationResult:
     """Segment ``image`` (path, uint8/uint16 sRGB array or float32 display-referred array); see module docstring.
 
     Raises :class:`campipe.segmentation.NoWeightsError` when no trained weights are installed.
     """
     seg = get_segmenter(weights, runtime=runtime, max_persons=max_persons, score_threshold=score_threshold,
-                        refine=refine, keep_dec_layers=keep_dec_layers)
+                        refine=refine, keep_dec_layers=keep_dec_layers, dedup_iou=dedup_iou)
     return seg(image, guide=guide, out_size=out_size, scene_only=scene_only)

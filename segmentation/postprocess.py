@@ -75,6 +75,10 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
 
 
+#: default IoU above which a lower-scoring person instance is dropped as a duplicate of a higher-scoring one
+DEFAULT_DEDUP_IOU = 0.8
+
+
 @dataclass
 class RawMasks:
     """Masks at network resolution, cropped to the content: static (K, h, w) and instances (M, h, w), in [0, 1]."""
@@ -109,11 +113,12 @@ def suppress_duplicates(mask_logits: np.ndarray, order: list[int], iou_threshold
 
 def decode_outputs(outputs: dict[str, np.ndarray], box: Letterbox, classes, *, mask_stride: int = 1,
                    score_threshold: float = 0.5, max_persons: int = 4,
-                   dedup_iou: float | None = None) -> RawMasks:
+                   dedup_iou: float | None = DEFAULT_DEDUP_IOU) -> RawMasks:
     """Network outputs of ONE image (batch index 0) -> cropped probabilities and selected instances.
 
-    ``dedup_iou``: if set, drop an instance whose mask overlaps a higher-scoring one by more than this IoU
-    (:func:`suppress_duplicates`); off by default for now (see MODEL_CARD known failure modes).
+    ``dedup_iou``: drop an instance whose mask overlaps a higher-scoring one by more than this IoU
+    (:func:`suppress_duplicates`; the pruned 2-layer model can answer the same person with several queries);
+    ``None`` keeps every query above ``score_threshold``.
 
     outputs: ``sem_logits`` (1, K, h, w); optionally ``pred_logits`` (1, N, 2) and ``pred_masks`` (1, N, h, w).
     """

@@ -84,7 +84,7 @@ def test_decode_outputs_selects_sorted_instances():
     masks = np.stack([np.full((4, 4), i, np.float32) for i in range(5)])[None]
     _, box = letterbox(np.zeros((4, 4, 3), np.float32), (4, 4), (0, 0, 0))
     raw = decode_outputs({"sem_logits": sem, "pred_logits": logits, "pred_masks": masks}, box, list("abcdef"),
-                         score_threshold=0.6, max_persons=2)
+                         score_threshold=0.6, max_persons=2, dedup_iou=None)  # constant masks: all "duplicates"
     assert raw.scores.shape == (2,) and raw.scores[0] >= raw.scores[1] >= 0.6
     # query 2 (logit 4) then query 1 (logit 2); mask logits i -> sigmoid(i)
     np.testing.assert_allclose(raw.instances[:, 0, 0], 1 / (1 + np.exp(-np.array([2.0, 1.0]))), atol=1e-6)
@@ -139,9 +139,9 @@ def _check_result(res, h, w, max_persons=4):
 @pytest.mark.parametrize("shape", [(70, 50), (37, 121), (64, 96)])
 def test_segment_uint8_any_size(ckpt, shape):
     img = (np.random.default_rng(1).random(shape + (3,)) * 255).astype(np.uint8)
-    res = segment(img, weights=ckpt, runtime="torch", score_threshold=0.0)
+    res = segment(img, weights=ckpt, runtime="torch", score_threshold=0.0, dedup_iou=1.0)
     _check_result(res, *shape)
-    assert len(res.persons) == 4  # threshold 0 keeps every query up to max_persons
+    assert len(res.persons) == 4  # threshold 0 and no duplicate suppression keep every query up to max_persons
     assert res.model["name"] == "HyperDETR" and len(res.model["sha256"]) == 64
     assert set(res.timings) >= {"preprocess", "network", "upsample"}
 
@@ -166,7 +166,7 @@ def test_segment_path_applies_exif_orientation(ckpt, tmp_path):
 
 def test_segment_max_persons_scene_only_and_out_size(ckpt):
     img = (np.random.default_rng(4).random((40, 60, 3)) * 255).astype(np.uint8)
-    seg = Segmenter(ckpt, runtime="torch", max_persons=2, score_threshold=0.0, refine="bilinear")
+    seg = Segmenter(ckpt, runtime="torch", max_persons=2, score_threshold=0.0, refine="bilinear", dedup_iou=1.0)
     res = seg(img)
     _check_result(res, 40, 60, max_persons=2)
     assert len(res.persons) == 2
@@ -194,7 +194,7 @@ def test_stage_fills_masks_at_frame_resolution(ckpt, monkeypatch, linear_image):
     monkeypatch.setenv("CAMPIPE_WEIGHTS", str(ckpt))
     frame = Frame(linear_image.copy(), meta={"scene_referred": True})
     out = st.segment_stage(frame, max_persons=4, score_threshold=0.0, max_side=32, refine=True, runtime="torch",
-                           weights="")
+                           weights="", dedup_iou=1.0)
     assert np.array_equal(out.image, linear_image)  # frame.image is not modified
     assert set(out.masks) == KEYS and len(out.persons) == 4
     for m in out.masks.values():

@@ -1,5 +1,6 @@
 """Duplicate person instances (several queries on the same person) are suppressed by mask IoU."""
 import numpy as np
+import pytest
 
 from campipe.segmentation.postprocess import suppress_duplicates
 
@@ -28,8 +29,16 @@ def test_decode_outputs_dedup_option():
     masks[0, 2, :, 2:] = 5
     _, box = letterbox(np.zeros((4, 4, 3), np.float32), (4, 4), (0, 0, 0))
     out = {"sem_logits": sem, "pred_logits": logits, "pred_masks": masks}
-    assert decode_outputs(out, box, list("abcdef"), score_threshold=0.5).scores.shape == (3,)
-    assert decode_outputs(out, box, list("abcdef"), score_threshold=0.5, dedup_iou=0.8).scores.shape == (2,)
+    assert decode_outputs(out, box, list("abcdef"), score_threshold=0.5, dedup_iou=None).scores.shape == (3,)
+    assert decode_outputs(out, box, list("abcdef"), score_threshold=0.5, dedup_iou=1.0).scores.shape == (3,)
+    assert decode_outputs(out, box, list("abcdef"), score_threshold=0.5).scores.shape == (2,)  # on by default
+
+
+def test_segmenter_rejects_bad_dedup_iou(tmp_path):
+    from campipe.segmentation.inference import Segmenter
+
+    with pytest.raises(ValueError, match="dedup_iou"):
+        Segmenter(tmp_path / "unused.pt", dedup_iou=1.5)
 
 
 def test_guided_upsample_khw_equals_guided_upsample():
