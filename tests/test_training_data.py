@@ -208,3 +208,27 @@ def test_real_sets_map(shared_data):
     train = set(D.list_stems(shared_data, "camvid", "train"))
     val = set(D.list_stems(shared_data, "camvid", "val"))
     assert train and val and not (train & val)
+
+
+def test_full_body_skin_truth_is_polygon_inside_person():
+    from campipe.segmentation.training.skin_check import _prf, full_body_truth
+
+    raw = np.zeros((10, 10), np.uint8)
+    raw[2:8, 2:8] = 1                                   # one person
+    gt, person = full_body_truth(raw, [[[0, 0], [4, 0], [4, 4], [0, 4]]])  # square 0..4 overlapping the person
+    assert person.sum() == 36
+    assert gt.sum() == 9 and gt[2:5, 2:5].all()         # only the part inside the person (rows/cols 2..4)
+    pred = np.zeros_like(gt)
+    pred[2:4, 2:8] = True                               # 12 px predicted: 6 right, 6 wrong; 3 missed
+    assert _prf(pred, gt, person) == (6, 6, 3)
+
+
+def test_full_body_labels_file_is_well_formed():
+    import json
+
+    from campipe.segmentation.training.skin_check import FULL_BODY_LABELS
+
+    doc = json.loads(FULL_BODY_LABELS.read_text())
+    assert doc["set"] == "pennfudan" and len(doc["images"]) >= 3
+    for stem, polys in doc["images"].items():
+        assert polys and all(len(p) >= 3 and all(len(xy) == 2 for xy in p) for p in polys), stem
