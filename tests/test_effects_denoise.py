@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from campipe.colour import luminance_weights
-from campipe.effects.denoise import class_strength, denoise, flatness, guided_filter, strength_map
+from campipe.effects.denoise import (MIN_FACTOR, class_strength, denoise, flatness, guided_filter,
+                                    joint_guided_filter, strength_map)
 from campipe.effects.noise import NoiseModel, add_grain, estimate_noise_model, noise_model_from_meta
 from campipe.effects.sharpen import sharpen
 
@@ -65,14 +66,33 @@ def test_guided_filter_exact_on_constant_and_identity_with_zero_eps():
     np.testing.assert_allclose(guided_filter(r, r, 1, 1e-12), r, atol=1e-3)
 
 
+def test_joint_guided_filter_constant_and_chroma_edge():
+    c = np.full((12, 14), 0.3, np.float32)
+    g = np.full((12, 14), 0.5, np.float32)
+    np.testing.assert_allclose(joint_guided_filter(g, c, 2, 1e-3, 1e-3), c, atol=1e-6)
+    # a chroma step with no luminance step: luminance-guided filtering blurs it, the two-channel guide keeps it
+    rng = np.random.default_rng(0)
+    y = np.full((40, 40), 0.4, np.float32) + rng.standard_normal((40, 40)).astype(np.float32) * 0.002
+    cr = np.where(np.arange(40)[None, :] < 20, -0.1, 0.1).astype(np.float32) * np.ones((40, 1), np.float32)
+    eps = 1e-4
+    joint = joint_guided_filter(y, cr, 3, eps, 2 * eps)
+    luma_only = guided_filter(y, cr, 3, 2 * eps)
+    assert float(np.abs(joint - cr).mean()) < 0.2 * float(np.abs(luma_only - cr).mean())
+
+
 def test_strength_map_exact():
     sky = np.array([[1.0, 0.0], [0.5, 0.0]], np.float32)
     skin = np.array([[0.0, 1.0], [0.0, 0.0]], np.float32)
     s = strength_map((2, 2), 2.0, sky, skin, 1.0, 0.5)
     np.testing.assert_allclose(s, [[4.0, 3.0], [3.0, 2.0]], atol=1e-6)
     flat = np.array([[0.5, 1.0], [0.0, 1.0]], np.float32)
-    s = strength_map((2, 2), 2.0, sky, skin, 1.0, 0.5, flat)
+    # strength * (1 + beta * ((1 + p) * flat - p)), beta = [[1, .5], [.5, 0]], p = 0.5
+    s = strength_map((2, 2), 2.0, sky, skin, 1.0, 0.5, flat, protect=0.5)
+    np.testing.assert_allclose(s, [[2.5, 3.0], [1.5, 2.0]], atol=1e-6)
+    s = strength_map((2, 2), 2.0, sky, skin, 1.0, 0.5, flat, protect=0.0)  # boost only, no protection
     np.testing.assert_allclose(s, [[3.0, 3.0], [2.0, 2.0]], atol=1e-6)
+    s = strength_map((2, 2), 2.0, sky * 10, None, 1.0, 0.0, np.zeros((2, 2), np.float32), protect=0.5)
+    np.testing.assert_allclose(s, [[2.0 * MIN_FACTOR, 2.0], [2.0 * MIN_FACTOR, 2.0]], atol=1e-6)  # floor
 
 
 def test_flatness_is_one_on_noise_and_zero_on_edges():
@@ -92,7 +112,8 @@ def test_class_strength_boosts_flat_class_pixels_only():
     s = class_strength(noisy, MODEL, sky, None, strength=1.0, sky_boost=0.4)
     w = noisy.shape[1] // 2
     assert float(s[:, 10:40].mean()) > 1.3  # flat gradient: boosted
-    assert float(s[:, w - 1:w + 1].max()) < 1.1  # the step edge keeps the base strength
+    assert float(s[:, w - 1:w + 1].max()) < 1.0  # the step edge is protected: below the base strength
+    assert float(s.min()) >= 1.0 - 0.4 * 0.5 - 1e-6  # at most p * boost below it
     np.testing.assert_allclose(class_strength(noisy, MODEL, None, None, strength=0.7), 0.7, atol=0)
 
 
