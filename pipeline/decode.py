@@ -100,19 +100,21 @@ def _check_budget(path, w: int, h: int, max_megapixels: float) -> None:
                           f"(raise it with --max-megapixels)")
 
 
-def _check_pixels(path, img: np.ndarray) -> None:
-    if img.shape[0] < 1 or img.shape[1] < 1:
-        raise DecodeError(f"{path}: decoded image is empty")
-    if not np.isfinite(img).all():
-        raise DecodeError(f"{path}: decoded data contains NaN or infinite values")
-    if not img.any():
-        raise DecodeError(f"{path}: decoded data is all zero (no image content)")
+def _percentile(a: np.ndarray, q: float) -> float:
+    """``np.percentile(a, q)`` (linear interpolation) by partial sorting; np.percentile itself imports numpy.ma
+    (~35 ms of start-up) through np.unique."""
+    flat = np.ravel(a)
+    pos = (flat.size - 1) * q / 100.0
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, flat.size - 1)
+    part = np.partition(flat, (lo, hi))
+    return float(part[lo] + (pos - lo) * (float(part[hi]) - float(part[lo])))
 
 
 def _warn_exposure(path, img: np.ndarray, clip_fraction: float | None) -> None:
     """Warn (not fail) on an almost entirely black or clipped result; both can be real photos (lens cap, sun)."""
     step = max(1, int(np.sqrt(img.shape[0] * img.shape[1] / 65536)))
-    top = float(np.percentile(img[::step, ::step].max(axis=2), 99.9))
+    top = _percentile(img[::step, ::step].max(axis=2), 99.9)
     if top < BLACK_WARN_LEVEL:
         log.warning("%s: the image is almost entirely black (brightest pixels at %.2g of full scale): lens cap, or "
                     "a far too short exposure?", path, top)
@@ -274,6 +276,64 @@ def _check_float_dng(path, max_megapixels: float) -> None:
         log.debug("%s: float DNG pre-check skipped (%s: %s)", path, type(e).__name__, e)
 
 
+#: Highlight weight ramp: 0 at 90 % of full scale in the most-exposed camera channel, 1 at full scale.
+_NEAR_CLIP = np.uint16(0.9 * 65535)
+_CLIPPED = np.uint16(0.999 * 65535)
+
+
+def _camera_to_working(path, rgb16: np.ndarray, cam_to_working: np.ndarray):
+    """uint16 camera RGB (H, W, 3) -> (float32 linear working RGB >= 0, clipped fraction, highlight weight).
+
+    One pass per 64-row band on two threads (campipe.bands), all in cache: cast into the preallocated output,
+    apply the 3x3 matrix in place (the 1/65535 scale folded in), clamp negatives (out-of-gamut noise) and, from the
+    same uint16 band, the most-exposed channel for the clipped fraction and the highlight weight (how close it is to
+    clipping; used by the highlights stage). The weight is sparse (flat pixel indices, float32 weights) since few
+    pixels are near clipping; internal, not serialised. No full-size temporary besides the output.
+
+    Raises DecodeError for an empty, all-zero or non-finite result. The result is finite by construction when the
+    matrix is (uint16 times a finite matrix whose row sums stay far below float32's range); otherwise every band is
+    checked.
+    """
+    import cv2
+
+    h, w = rgb16.shape[:2]
+    if h < 1 or w < 1:
+        raise DecodeError(f"{path}: decoded image is empty")
+    m = np.asarray(cam_to_working, np.float32) * np.float32(1.0 / 65535.0)
+    bound = float(np.abs(m.astype(np.float64)).sum(axis=1).max()) * 65535.0
+    check_finite = not (np.isfinite(bound) and bound < 1e30)
+    img = np.empty((h, w, 3), np.float32)
+    bands: dict[int, tuple] = {}
+
+    def band(r0: int, r1: int) -> None:
+        src, dst = rgb16[r0:r1], img[r0:r1]
+        np.copyto(dst, src, casting="unsafe")
+        cv2.transform(dst, m, dst=dst)  # per pixel, safe in place
+        finite = bool(np.isfinite(dst).all()) if check_finite else True
+        np.maximum(dst, 0.0, out=dst)
+        cmax = np.maximum(np.maximum(src[..., 0], src[..., 1]), src[..., 2])
+        near = np.flatnonzero(cmax >= _NEAR_CLIP)
+        wgt = None
+        if near.size:
+            wgt = cmax.ravel()[near] * np.float32(10.0 / 65535.0) - np.float32(9.0)
+            np.clip(wgt, 0.0, 1.0, out=wgt)
+            near += r0 * w
+        bands[r0] = (near, wgt, int(np.count_nonzero(cmax >= _CLIPPED)), finite, bool(dst.any()))
+
+    for_each_band(h, band)
+    parts = [bands[r0] for r0 in sorted(bands)]
+    if not all(p[3] for p in parts):
+        raise DecodeError(f"{path}: decoded data contains NaN or infinite values")
+    if not any(p[4] for p in parts):
+        raise DecodeError(f"{path}: decoded data is all zero (no image content)")
+    clip_fraction = sum(p[2] for p in parts) / float(h * w)
+    hit = [p for p in parts if p[1] is not None]
+    weight = None
+    if hit:
+        weight = (np.concatenate([p[0] for p in hit]), np.concatenate([p[1] for p in hit]))
+    return img, clip_fraction, weight
+
+
 def load_raw(path: str | Path, *, half_size: bool = False, demosaic: str = "AHD",
              max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, strict: bool = False) -> Frame:
     """Decode a RAW file into a linear working-space Frame.
@@ -415,27 +475,11 @@ def load_raw(path: str | Path, *, half_size: bool = False, demosaic: str = "AHD"
     meta["orientation_applied"] = True
     cam_to_working = (cc.xyz_to_working() @ camera_to_xyz_matrix(xyz_to_cam)).astype(np.float32)
     meta["cam_to_working"] = cam_to_working.tolist()
-    # uint16 camera RGB -> float32 working RGB, band by band on two threads (small temporaries, no second
-    # full-size buffer): the 1/65535 scale is folded into the matrix
-    m = cam_to_working * np.float32(1.0 / 65535.0)
-    img = np.empty(rgb16.shape, np.float32)
-
-    def _band(r0: int, r1: int) -> None:
-        img[r0:r1] = cc.apply_matrix(rgb16[r0:r1].astype(np.float32), m)
-
-    for_each_band(rgb16.shape[0], _band)
-    # highlight weight: how close the most-exposed camera channel is to clipping (used by the highlights stage).
-    # Kept sparse (flat pixel indices + weights) since few pixels are near clipping; internal, not serialised.
-    cmax = np.maximum(np.maximum(rgb16[..., 0], rgb16[..., 1]), rgb16[..., 2])
-    near = cmax >= np.uint16(0.9 * 65535)
-    meta["clip_fraction"] = float(np.count_nonzero(cmax >= np.uint16(0.999 * 65535)) / cmax.size)
-    if near.any():
-        idx = np.flatnonzero(near)
-        w = cmax.ravel()[idx] * np.float32(10.0 / 65535.0) - np.float32(9.0)
-        meta["_highlight_weight"] = (idx, np.clip(w, 0.0, 1.0))
-    del cmax, near, rgb16
-    np.maximum(img, 0.0, out=img)  # negative values from the matrix are out-of-gamut noise
-    _check_pixels(path, img)
+    img, clip_fraction, weight = _camera_to_working(path, rgb16, cam_to_working)
+    del rgb16  # LibRaw's buffer goes back before the stages allocate anything
+    meta["clip_fraction"] = clip_fraction
+    if weight is not None:
+        meta["_highlight_weight"] = weight
     _warn_exposure(path, img, meta["clip_fraction"])
     meta["noise"] = {"iso": meta.get("iso"), "black_level": meta["black_level"], "white_level": meta["white_level"],
                      "profile": meta.get("noise_profile")}
