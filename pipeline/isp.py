@@ -150,7 +150,7 @@ def _tone_lut(white: float, strength: float, contrast: float) -> np.ndarray:
 
 
 def apply_lut(image: np.ndarray, lut: np.ndarray, xmax: float, out: np.ndarray | None = None) -> np.ndarray:
-    """Per-channel 1-D LUT over [0, xmax] (values above xmax take the last entry), nearest entry.
+    """Per-channel 1-D LUT over [0, xmax] (values above xmax take the last entry, below 0 the first), nearest entry.
 
     float32 (H, W, 3) images are processed in bands (campipe.bands) into ``out`` (a new array if None; may be
     ``image`` itself for an in-place update); other shapes in one go."""
@@ -171,9 +171,19 @@ def apply_lut(image: np.ndarray, lut: np.ndarray, xmax: float, out: np.ndarray |
         return res
     if out is None:
         out = np.empty_like(image)
+    if n + 1 <= 65536 and out.dtype == np.float32 and out.flags.c_contiguous and image.flags.c_contiguous:
+        import cv2
 
-    def band(r0: int, r1: int) -> None:
-        out[r0:r1] = gather(image[r0:r1])
+        # index = round(x * scale), saturated to [0, 65535] by OpenCV's conversion to uint16 in the same pass,
+        # gathered with np.take straight into the output band (mode="clip": indices past the LUT take its last entry)
+        w3 = image.shape[1] * image.shape[2]
+
+        def band(r0: int, r1: int) -> None:
+            idx = cv2.multiply(image[r0:r1].reshape(r1 - r0, w3), float(scale), dtype=cv2.CV_16U)
+            np.take(lut, idx, out=out[r0:r1].reshape(r1 - r0, w3), mode="clip")
+    else:
+        def band(r0: int, r1: int) -> None:
+            out[r0:r1] = gather(image[r0:r1])
 
     for_each_band(image.shape[0], band)
     return out
