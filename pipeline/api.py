@@ -67,15 +67,30 @@ def build(style: str | Path | Preset = "standard", sets: list[str] | None = None
     return preset.build(sets, extra_stages)
 
 
+def _output_may_reuse_linear(pipeline: Pipeline) -> bool:
+    """True when the pipeline has an ``output`` stage and no later stage requires the linear image."""
+    names = pipeline.names
+    if "output" not in names:
+        return False
+    later = pipeline.stages[len(names) - names[::-1].index("output"):]
+    return all("linear" not in st.spec.requires for st in later)
+
+
 def process(source: str | Path | np.ndarray | Frame, style: str | Path | Preset = "standard",
             sets: list[str] | None = None, portrait: bool = False, stage_light: str | None = None,
             aperture: float | None = None, focus: str | int | None = None,
             on_stage: Callable[[str, Frame, float], None] | None = None, half_size: bool = False,
             max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, strict: bool = False,
-            pipeline: Pipeline | None = None, meta: dict[str, Any] | None = None) -> ProcessResult:
+            pipeline: Pipeline | None = None, meta: dict[str, Any] | None = None,
+            keep_linear: bool = True) -> ProcessResult:
     """Render ``source`` (a file path, a float32 linear working-space (H, W, 3) array, or a Frame) with a style.
 
     The pipeline is built (and its requirements checked) before the input is decoded.
+
+    ``keep_linear=False`` is for callers that only want the rendered image (the CLI and batch writers): the output
+    stage then encodes in the linear buffer itself instead of allocating a second full-size image, so
+    ``res.frame.image`` is the display image afterwards (``meta['linear_released']``). It applies only when no stage
+    after ``output`` needs the linear image.
     """
     if pipeline is None:
         extra, more_sets = effect_overrides(portrait, stage_light, aperture, focus)
@@ -90,7 +105,10 @@ def process(source: str | Path | np.ndarray | Frame, style: str | Path | Preset 
     else:
         frame = decode_file(source, half_size=half_size, max_megapixels=max_megapixels, strict=strict)
     frame.meta["style"] = pipeline.preset_name
+    if not keep_linear and _output_may_reuse_linear(pipeline):
+        frame.meta["_output_in_place"] = True
     frame = pipeline.run(frame, on_stage=on_stage)
+    frame.meta.pop("_output_in_place", None)
     if frame.display is None:
         from .output import output_transform
         frame.display = output_transform(np.clip(frame.image, 0, 1), frame.meta.get("output_space", "srgb"))

@@ -30,3 +30,19 @@ def for_each_band(height: int, fn: Callable[[int, int], None], rows: int = BAND_
         return
     for f in [_pool().submit(fn, r0, r1) for r0, r1 in bands]:
         f.result()
+
+
+def all_finite(image) -> bool:
+    """``np.isfinite(image).all()`` band by band (no full-size boolean temporary) for (H, ...) arrays."""
+    import numpy as np
+
+    if image.ndim < 2 or image.shape[0] <= 2 * BAND_ROWS:
+        return bool(np.isfinite(image).all())
+    bad: list[int] = []
+
+    def band(r0: int, r1: int) -> None:
+        if not np.isfinite(image[r0:r1]).all():
+            bad.append(r0)
+
+    for_each_band(image.shape[0], band)
+    return not bad

@@ -41,9 +41,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-import numpy as np
-
 from . import workers as _workers
+from .bands import all_finite
 from .batch_dask import model_spec, run_batch_dask
 from .decode import SUPPORTED_EXTENSIONS
 from .encode import FORMATS, LOCK_NAME, TMP_MARK
@@ -163,9 +162,9 @@ def render_one(job: RenderJob, pipeline=None, on_stage=None) -> FileResult:
         if job.cache_dir:
             pipeline = _cached_pipeline(pipeline, job)
         res = process(job.input, pipeline=pipeline, max_megapixels=job.max_megapixels, strict=job.strict,
-                      half_size=job.half_size, on_stage=on_stage)
+                      half_size=job.half_size, on_stage=on_stage, keep_linear=False)
         cache_state = res.frame.meta.pop("_mask_cache", None)
-        if not np.isfinite(res.image).all():  # never write garbage: a stage bug on odd data
+        if not all_finite(res.image):  # never write garbage: a stage bug on odd data
             return FileResult(job.input, None, "failed", f"{job.input}: internal error: the pipeline produced NaN or "
                               f"infinite values (please report this file); no output was written",
                               time.perf_counter() - t0, warned, "InternalError")

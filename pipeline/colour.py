@@ -107,20 +107,24 @@ def luminance(img: np.ndarray) -> np.ndarray:
 _SRGB_T = 0.0031308
 
 
-def srgb_encode_fast(lin: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Exact sRGB encoding of float32 (H, W, 3) with OpenCV passes (no LUT, no branch):
+def srgb_encode_fast(lin: np.ndarray, out: np.ndarray | None = None, scratch: np.ndarray | None = None) -> np.ndarray:
+    """Exact sRGB encoding of float32 (H, W, 3) with in-place SIMD passes (no LUT, no branch):
     y = P(max(x, t)) + 12.92 * min(x, t) - P(t), where P is the power segment and t the breakpoint; for x >= t this
-    is P(x), for x < t it is 12.92 x. Input clipped to [0, 1]. ``out`` may be ``lin`` (in place)."""
+    is P(x), for x < t it is 12.92 x. Input clipped to [0, 1].
+
+    ``out`` may be ``lin`` (in place); ``scratch`` (float32, same shape, optional) holds min(x, t) so that nothing is
+    allocated (callers working in bands pass one per band)."""
     import cv2
 
     x = np.asarray(lin, dtype=np.float32)
-    t4 = (_SRGB_T,) * 4  # a Python float would be Scalar(t, 0, 0, 0): first channel only
-    lo = cv2.min(x, t4)
-    np.maximum(lo, 0.0, out=lo)
-    hi = cv2.max(x, t4, dst=out if out is not None else None)
-    np.minimum(hi, 1.0, out=hi)
-    cv2.pow(hi, 1.0 / 2.4, dst=hi)
-    return cv2.addWeighted(hi, 1.055, lo, 12.92, -0.055 - 12.92 * _SRGB_T, dst=hi)
+    if out is None:
+        out = np.empty_like(x)
+    t = np.float32(_SRGB_T)
+    np.clip(x, 0.0, 1.0, out=out)
+    lo = np.minimum(out, t, out=scratch)
+    np.maximum(out, t, out=out)
+    cv2.pow(out, 1.0 / 2.4, dst=out)
+    return cv2.addWeighted(out, 1.055, lo, 12.92, -0.055 - 12.92 * _SRGB_T, dst=out)
 
 
 def srgb_encode(lin: np.ndarray) -> np.ndarray:

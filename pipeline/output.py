@@ -22,19 +22,35 @@ from .frame import Frame
 from .registry import register_stage
 
 
-def output_transform(image: np.ndarray, space: str = "srgb") -> np.ndarray:
-    """Pure function: float32 display-linear working RGB (H, W, 3) -> float32 encoded RGB in [0, 1] in ``space``."""
+def output_transform(image: np.ndarray, space: str = "srgb", out: np.ndarray | None = None) -> np.ndarray:
+    """Pure function: float32 display-linear working RGB (H, W, 3) -> float32 encoded RGB in [0, 1] in ``space``.
+
+    ``out`` (optional, float32 (H, W, 3), may be ``image`` itself) receives the result instead of a new array.
+    Full-size images go in 64-row bands on two threads: the matrix is applied straight into ``out`` and the transfer
+    function is encoded there in place, with one small per-band scratch (no full-size temporaries).
+    """
     if space not in cc.OUTPUT_SPACES:
         raise ValueError(f"output.space must be one of {', '.join(cc.OUTPUT_SPACES)}, got {space!r}")
     image = np.ascontiguousarray(image, dtype=np.float32)
     m = cc.working_to_output(space)
     if image.ndim != 3:
-        return cc.srgb_encode(cc.apply_matrix(image, m))
-    out = np.empty_like(image)
+        res = cc.srgb_encode(cc.apply_matrix(image, m))
+        if out is not None:
+            out[...] = res
+            return out
+        return res
+    import cv2
+
+    if out is None:
+        out = np.empty_like(image)
+    elif out.shape != image.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError("output_transform: out must be a C-contiguous float32 array of the image's shape")
+    m32 = np.asarray(m, np.float32)
 
     def band(r0: int, r1: int) -> None:
-        lin = cc.apply_matrix(image[r0:r1], m)
-        cc.srgb_encode_fast(lin, out=out[r0:r1])
+        dst = out[r0:r1]
+        cv2.transform(image[r0:r1], m32, dst=dst)  # per pixel: safe when out is image
+        cc.srgb_encode_fast(dst, out=dst, scratch=np.empty_like(dst))
 
     for_each_band(image.shape[0], band)  # bands on two threads: small temporaries, both cores
     return out
@@ -43,7 +59,14 @@ def output_transform(image: np.ndarray, space: str = "srgb") -> np.ndarray:
 @register_stage("output", requires=("linear",), provides=("display",), params={"space": "srgb"})
 def output_stage(frame: Frame, space: str) -> Frame:
     """Working space -> display-encoded sRGB / Display P3 in frame.display."""
-    frame.display = output_transform(frame.image, space)
+    if frame.meta.pop("_output_in_place", False):
+        # the caller only wants the rendered image (campipe.api.process(keep_linear=False)): encode in the linear
+        # buffer itself instead of a second full-size one; frame.image is then the display image
+        frame.display = output_transform(frame.image, space, out=frame.image)
+        frame.image = frame.display
+        frame.meta["linear_released"] = True
+    else:
+        frame.display = output_transform(frame.image, space)
     frame.meta["output_space"] = space
     return frame
 
