@@ -27,11 +27,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .compare_metrics import clipped_fractions, downscale, histograms, mean_delta_e, skin_delta_e, sky_noise
-from .compare_page import (METRIC_COLUMNS, Column, PageGroup, PageRender, fmt_value, metric_values, safe_name,
-                           timing_columns, timing_values, write_overlays, write_page, write_thumb)
 from .errors import CampipeError
-from .sidebyside import contact_sheet, side_by_side, to_uint8, write_rgb8
+
+# compare_metrics, compare_page and sidebyside (with cv2 and Pillow) are imported by the functions that use them,
+# so that registering this command costs nothing at start-up of the other commands.
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".heic", ".heif")
 BROWSER_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -70,6 +69,8 @@ def _write_render(path: Path, display: np.ndarray, meta: dict) -> None:
     try:
         from .encode import write_image
     except ImportError:
+        from .sidebyside import to_uint8, write_rgb8
+
         write_rgb8(path, to_uint8(display), meta=meta, quality=92)
         return
     write_image(path, display, fmt="jpeg", quality=92, meta=meta, overwrite=True)
@@ -107,6 +108,11 @@ def compare_styles(source: str | Path, styles: list[str], out: str | Path, portr
     ``process`` defaults to :func:`campipe.api.process` (injectable for tests; it receives the decoded
     :class:`~campipe.frame.Frame` copy). Returns the written page or image.
     """
+    from .compare_metrics import clipped_fractions, downscale, histograms, skin_delta_e, sky_noise
+    from .compare_page import (METRIC_COLUMNS, PageGroup, PageRender, metric_values, safe_name, timing_columns,
+                               timing_values, write_overlays, write_page)
+    from .sidebyside import side_by_side, to_uint8, write_rgb8
+
     out = Path(out)
     source = Path(source)
     if not source.is_file():
@@ -260,6 +266,8 @@ def _page_copy(src: Path, out: Path, rel_stem: str, display: np.ndarray, icc: by
         return rel
     from PIL import Image
 
+    from .sidebyside import to_uint8
+
     rel = rel_stem + ".png"
     (out / rel).parent.mkdir(parents=True, exist_ok=True)
     kw = {"icc_profile": icc} if icc else {}
@@ -270,6 +278,11 @@ def _page_copy(src: Path, out: Path, rel_stem: str, display: np.ndarray, icc: by
 def compare_folders(dir_a: str | Path, dir_b: str | Path, out: str | Path, overwrite: bool = False,
                     console=None) -> Path:
     """Pair same-named renders of two batch runs into one page (split slider per pair + contact sheet)."""
+    from .compare_metrics import clipped_fractions, histograms, mean_delta_e
+    from .compare_page import (METRIC_COLUMNS, Column, PageGroup, PageRender, fmt_value, metric_values, safe_name,
+                               write_page, write_thumb)
+    from .sidebyside import contact_sheet, side_by_side, to_uint8, write_rgb8
+
     dir_a, dir_b, out = Path(dir_a), Path(dir_b), Path(out)
     pairs, only_a, only_b = pair_folders(dir_a, dir_b)
     if not pairs:

@@ -65,20 +65,28 @@ def register_stage(name: str, *, requires=(), provides=(), params: dict[str, Any
     return deco
 
 
-def _load_all() -> None:
+def _load(mod: str) -> None:
     import importlib
 
+    try:
+        importlib.import_module(mod)
+    except ModuleNotFoundError as e:  # a module not written yet must not break the others
+        if e.name != mod:
+            raise
+
+
+def _load_all() -> None:
     for mod in STAGE_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # a module not written yet must not break the others
-            if e.name != mod:
-                raise
+        _load(mod)
 
 
 def get_stage(name: str) -> StageSpec:
-    if name not in _REGISTRY:
-        _load_all()
+    # stage modules are imported in order until the name is registered: the non-semantic stages (campipe.isp,
+    # campipe.output) never import the segmentation and effects modules
+    for mod in STAGE_MODULES:
+        if name in _REGISTRY:
+            break
+        _load(mod)
     try:
         return _REGISTRY[name]
     except KeyError:
