@@ -9,8 +9,9 @@ so reference and noisy frames differ only by the noise.
 
 Both denoisers read the noise model from the decoded metadata (``meta['noise']['profile']``). The class-aware one
 uses the labelled masks with the stage defaults (strength 1, sky_boost 0.4, skin_boost 0.3); the uniform one uses a
-constant strength equal to the mean of the class-aware version's per-pixel strength map (``class_strength``: the
-boosts only where the class is locally flat) over the image (same average strength), no masks.
+constant strength equal to the mean of the class-aware version's per-pixel strength map (``class_strength``: raised
+where the class is locally flat, lowered on the class's structured pixels, the base strength elsewhere) over the
+image (same average strength), no masks.
 
 Figures (display-referred: baseline exposure applied, clip, sRGB encode), averaged over images:
 PSNR (dB) over sky pixels, over skin pixels; SSIM (luminance, skimage, 7x7 Gaussian-free window) averaged over
