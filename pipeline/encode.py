@@ -15,7 +15,11 @@ EXIF carried over from the input: Make, Model, LensModel, ExposureTime, FNumber,
 DateTimeOriginal; Orientation is reset to 1 (pixels are already rotated); Software = campipe.
 TIFF gets the same fields as TIFF/EP-style IFD0 tags (tifffile does not write an EXIF sub-IFD).
 
-References: Pillow image file formats (JPEG/PNG/AVIF save options), pillow-heif, tifffile.imwrite, EXIF 2.32.
+JPEG goes through OpenCV's libjpeg-turbo (``cv2.imencodeWithMetadata``) when available, else Pillow; both give the
+same bytes for the same quality and chroma subsampling (tested).
+
+References: Pillow image file formats (JPEG/PNG/AVIF save options), pillow-heif, tifffile.imwrite, EXIF 2.32,
+OpenCV imgcodecs (imencodeWithMetadata, IMWRITE_JPEG_*), ICC.1:2022 annex B (embedding profiles in JPEG).
 """
 from __future__ import annotations
 
@@ -143,6 +147,10 @@ def encode_bytes(display: np.ndarray, fmt: str, quality: int = 92, meta: dict | 
         tifffile.imwrite(buf, arr, photometric="rgb", compression="zlib", software="campipe",
                          extratags=_tiff_tags(meta, icc))
         return buf.getvalue()
+    if fmt == "jpeg":
+        data = _jpeg_opencv(display, int(quality), meta, space, dither, icc)
+        if data is not None:
+            return data
     from PIL import Image
 
     im = Image.fromarray(quantize(display, 8, dither))
@@ -165,6 +173,35 @@ def encode_bytes(display: np.ndarray, fmt: str, quality: int = 92, meta: dict | 
         except (KeyError, OSError) as e:
             raise EncodeError(f"AVIF output is not supported by this Pillow build ({e})") from None
     return buf.getvalue()
+
+
+#: Largest ICC profile one APP2 segment holds (65535 - 2 length bytes - "ICC_PROFILE\0" - sequence/count bytes).
+_ICC_ONE_SEGMENT = 65519
+
+
+def _jpeg_opencv(display: np.ndarray, quality: int, meta: dict | None, space: str, dither: float,
+                 icc: bytes) -> bytes | None:
+    """JPEG bytes through OpenCV's libjpeg-turbo, straight from the quantised array (Pillow would first copy it into
+    its own 4-byte-per-pixel image): JFIF APP0, EXIF APP1 and ICC APP2 in the same order and with the same content
+    as Pillow writes them, 4:4:4 chroma at quality >= 90 (4:2:0 below), baseline Huffman tables. Returns None
+    where this OpenCV has no metadata support (before 4.12) or the profile needs several APP2 segments; the caller
+    then uses Pillow."""
+    import cv2
+
+    if not hasattr(cv2, "imencodeWithMetadata") or len(icc) > _ICC_ONE_SEGMENT:
+        return None
+    bgr = quantize(display, 8, dither, bgr=True)
+    exif = build_exif(meta, (bgr.shape[1], bgr.shape[0]), space)
+    if exif.startswith(b"Exif\x00\x00"):  # OpenCV writes the APP1 identifier itself
+        exif = exif[6:]
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_OPTIMIZE, 0, cv2.IMWRITE_JPEG_PROGRESSIVE, 0,
+              cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+              cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444 if quality >= 90 else cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420]
+    ok, buf = cv2.imencodeWithMetadata(".jpg", bgr, [cv2.IMAGE_METADATA_EXIF, cv2.IMAGE_METADATA_ICCP],
+                                       [np.frombuffer(exif, np.uint8), np.frombuffer(icc, np.uint8)], params)
+    if not ok:
+        raise EncodeError("JPEG encoding failed (OpenCV)")
+    return buf.tobytes()
 
 
 def _why(e: OSError) -> str:

@@ -77,10 +77,11 @@ def _tpdf_tile(size: int = 256, seed: int = 0) -> np.ndarray:
     return (rng.random((size, size, 3), dtype=np.float32) - rng.random((size, size, 3), dtype=np.float32))
 
 
-def quantize(display: np.ndarray, bits: int = 8, dither: float = 0.0) -> np.ndarray:
+def quantize(display: np.ndarray, bits: int = 8, dither: float = 0.0, bgr: bool = False) -> np.ndarray:
     """float32 [0, 1] (H, W, 3) -> uint8 (bits=8) or uint16 (bits=16), with ``dither`` LSB of TPDF noise at 8 bits.
 
-    The noise is a fixed seeded 256x256 tile (deterministic output; no per-render RNG cost)."""
+    The noise is a fixed seeded 256x256 tile (deterministic output; no per-render RNG cost). ``bgr=True`` (8 bits)
+    writes the channels in OpenCV's B, G, R order (for cv2 encoders; the same values as ``[..., ::-1]``)."""
     if bits not in (8, 16):
         raise ValueError("bits must be 8 or 16")
     import cv2
@@ -95,7 +96,8 @@ def quantize(display: np.ndarray, bits: int = 8, dither: float = 0.0) -> np.ndar
         def band(r0: int, r1: int) -> None:
             x = display[r0:r1]
             if tile is None:
-                out[r0:r1] = cv2.convertScaleAbs(np.maximum(x, 0), alpha=255.0)
+                q = cv2.convertScaleAbs(np.maximum(x, 0), alpha=255.0)
+                out[r0:r1] = q if not bgr else cv2.cvtColor(q, cv2.COLOR_RGB2BGR)
                 return
             # rows r0:r1 of the tiled TPDF pattern (bands are 64 rows, the tile 256: one slice, no wrap)
             tr0 = r0 % t
@@ -104,7 +106,11 @@ def quantize(display: np.ndarray, bits: int = 8, dither: float = 0.0) -> np.ndar
             noise = np.tile(noise_rows, (1, -(-w // t), 1))[:, :w]
             # x*255 + dither*noise; convertScaleAbs then rounds and saturates to [0, 255]
             y = cv2.scaleAdd(x, 255.0 / dither, noise)
-            out[r0:r1] = cv2.convertScaleAbs(np.maximum(y, 0, out=y), alpha=dither)
+            if bgr:
+                q = cv2.convertScaleAbs(np.maximum(y, 0, out=y), alpha=dither)
+                cv2.cvtColor(q, cv2.COLOR_RGB2BGR, dst=out[r0:r1])
+            else:
+                cv2.convertScaleAbs(np.maximum(y, 0, out=y), alpha=dither, dst=out[r0:r1])
 
         for_each_band(h, band)
         return out

@@ -118,3 +118,31 @@ def test_basic_style_imports_no_semantic_modules():
             "print(sorted(m for m in sys.modules if m.startswith(('campipe.effects', 'campipe.segment', 'torch'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("quality", [92, 75])
+@pytest.mark.parametrize("space", ["srgb", "display-p3"])
+def test_jpeg_through_opencv_is_byte_identical_to_pillow(monkeypatch, quality, space):
+    from campipe import encode
+
+    cv2 = pytest.importorskip("cv2")
+    if not hasattr(cv2, "imencodeWithMetadata"):
+        pytest.skip("OpenCV without imencodeWithMetadata (< 4.12): Pillow is used")
+    rng = np.random.default_rng(8)
+    y, x = np.mgrid[0:150, 0:211].astype(np.float32)
+    disp = np.clip(np.stack([x / 211, y / 150, 0.5 + 0.3 * np.sin(x / 7)], -1)
+                   + rng.normal(0, 0.02, (150, 211, 3)), 0, 1).astype(np.float32)
+    meta = {"camera_make": "Sony", "camera_model": "ILCE-7M3", "iso": 800, "exposure_time": 1 / 125,
+            "f_number": 2.8, "focal_length": 35.0, "lens": "FE 35mm", "datetime_original": "2026:01:01 12:00:00"}
+    fast = encode.encode_bytes(disp, "jpeg", quality, meta, space, 1.0)
+    monkeypatch.setattr(encode, "_jpeg_opencv", lambda *a, **k: None)  # force the Pillow path
+    ref = encode.encode_bytes(disp, "jpeg", quality, meta, space, 1.0)
+    assert fast == ref
+
+
+def test_quantize_bgr_is_channel_reversed():
+    from campipe.output import quantize
+
+    disp = np.random.default_rng(9).random((3 * BAND_ROWS + 1, 29, 3), dtype=np.float32)
+    for dither in (0.0, 1.0):
+        np.testing.assert_array_equal(quantize(disp, 8, dither, bgr=True), quantize(disp, 8, dither)[..., ::-1])
