@@ -8,9 +8,13 @@ interleaved, each contender is run ``--runs`` times as a separate child process 
 * rawpy:    a python child doing ``rawpy.imread(IN).postprocess()`` (LibRaw defaults: AHD, camera WB if present,
   auto-bright, 8-bit sRGB) and ``PIL.Image.save(OUT.jpg, quality=95)``.
 
-Per run: wall time (perf_counter around the child) and the child's own peak RSS (ru_maxrss from ``os.wait4`` in a small launcher process, so that\nthe benchmark's own memory is not folded into it).
-Printed: median wall time, median peak RSS and the campipe / rawpy ratios (target: wall-time ratio <= 1.5x), then
-(unless --no-breakdown) one in-process ``campipe.process`` per size with its per-stage timings.
+Per run: wall time (perf_counter around the child), the child's CPU time (user + system, all its threads) and its
+own peak RSS (``ru_utime``/``ru_stime``/``ru_maxrss`` from ``os.wait4`` in a small launcher process, so that the
+benchmark's own memory is not folded into it).
+Printed: the 1/5/15-minute load averages before and after, median wall time, median CPU time, median peak RSS and the
+campipe / rawpy ratios (target: wall-time ratio <= 1.5x), then (unless --no-breakdown) one in-process
+``campipe.process`` per size with its per-stage timings. On a shared machine the wall time depends on the load (the
+CPU columns much less so): compare ratios from the same run.
 Both children pay the Python start-up and import cost; that is part of what a user waits for.
 
 Usage::
@@ -66,13 +70,14 @@ _LAUNCHER = """
 import os, subprocess, sys
 p = subprocess.Popen(sys.argv[1:])
 _, status, ru = os.wait4(p.pid, 0)
-sys.stderr.write(f"\\nMAXRSS_KIB={ru.ru_maxrss}\\n")
+sys.stderr.write(f"\\nCPU_S={ru.ru_utime + ru.ru_stime:.4f}\\nMAXRSS_KIB={ru.ru_maxrss}\\n")
 sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def run_child(cmd: list[str]) -> tuple[float, float, int, str]:
-    """Run ``cmd`` (through the launcher); return (wall s, peak RSS MiB of that child, exit status, stderr tail)."""
+def run_child(cmd: list[str]) -> tuple[float, float, float, int, str]:
+    """Run ``cmd`` (through the launcher); return (wall s, CPU s, peak RSS MiB of that child, exit status,
+    stderr tail)."""
     t0 = time.perf_counter()
     p = subprocess.Popen([sys.executable, "-c", _LAUNCHER, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # read stderr before waiting so a chatty child cannot block on a full pipe
@@ -82,7 +87,20 @@ def run_child(cmd: list[str]) -> tuple[float, float, int, str]:
     wall = time.perf_counter() - t0
     head, _, tail = err.rstrip().rpartition("MAXRSS_KIB=")
     peak_mib = int(tail) / 1024.0 if tail.isdigit() else float("nan")
-    return wall, peak_mib, p.returncode, head[-2000:]
+    head, _, cpu_s = head.rstrip().rpartition("CPU_S=")
+    try:
+        cpu = float(cpu_s)
+    except ValueError:
+        cpu = float("nan")
+    return wall, cpu, peak_mib, p.returncode, head[-2000:]
+
+
+def _load() -> str:
+    """The 1/5/15-minute load averages (as `uptime` prints them)."""
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="timed runs per contender and size (median reported)")
     ap.add_argument("--sizes", default="12,24", help="megapixel sizes, from: 1 (smoke test), 12, 24")
     ap.add_argument("--style", default="standard")
-    ap.add_argument("--keep", type=Path, default=None, help="keep the simulated DNGs and outputs in this folder")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="keep the simulated DNGs and outputs in this folder (DNGs already there are reused)")
     ap.add_argument("--no-breakdown", dest="breakdown", action="store_false",
                     help="skip the in-process per-stage timing of campipe.process")
     ap.add_argument("extra", nargs="*", help="extra arguments for campipe process (after --)")
@@ -100,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         if s not in SIZES:
             ap.error(f"unknown size {s}; choose from {sorted(SIZES)}")
 
+    load_before = _load()
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="campipe-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"# campipe process vs rawpy postprocess  ({platform.processor() or platform.machine()}, "
@@ -108,37 +128,44 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for mp in sizes:
         dng = work / f"bench_{mp}mp.dng"
-        t0 = time.perf_counter()
-        make_dng(dng, mp)
-        print(f"simulated {dng.name}: {dng.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s")
-        results: dict[str, list[tuple[float, float]]] = {"campipe": [], "rawpy": []}
+        if args.keep and dng.is_file():  # the same simulation (fixed seed): reuse it from an earlier --keep run
+            print(f"reusing {dng}")
+        else:
+            t0 = time.perf_counter()
+            make_dng(dng, mp)
+            print(f"simulated {dng.name}: {dng.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s")
+        results: dict[str, list[tuple[float, float, float]]] = {"campipe": [], "rawpy": []}
         for i in range(args.runs + 1):  # run 0 is the warm-up
             out_dir = work / f"out_{mp}_{i}"
             out_dir.mkdir(exist_ok=True)
+            for old in out_dir.iterdir():  # outputs of an earlier --keep run
+                if old.is_file():
+                    old.unlink()
             cmds = {
                 "campipe": [sys.executable, "-m", "campipe.cli", "process", str(dng), "--style", args.style,
                             "-o", str(out_dir), *args.extra],
                 "rawpy": [sys.executable, "-c", RAWPY_CHILD, str(dng), str(out_dir / "rawpy.jpg")],
             }
             for name, cmd in cmds.items():
-                wall, rss, rc, err = run_child(cmd)
+                wall, cpu, rss, rc, err = run_child(cmd)
                 if rc != 0:
                     print(f"{name} failed (exit {rc}) on {dng.name}:\n{err}", file=sys.stderr)
                     return 1
                 if i > 0:
-                    results[name].append((wall, rss))
-        med = {k: (statistics.median(w for w, _ in v), statistics.median(r for _, r in v)) for k, v in results.items()}
+                    results[name].append((wall, cpu, rss))
+        med = {k: tuple(statistics.median(r[j] for r in v) for j in range(3)) for k, v in results.items()}
         rows.append((mp, med))
 
     print()
-    print(f"{'size':>6} | {'campipe s':>9} | {'rawpy s':>8} | {'time x':>6} | {'campipe MiB':>11} | {'rawpy MiB':>9} | "
-          f"{'RSS x':>5} | target")
-    print("-" * 84)
+    print(f"load average before: {load_before}; after: {_load()}")
+    print(f"{'size':>6} | {'campipe s':>9} | {'rawpy s':>8} | {'time x':>6} | {'campipe CPU':>11} | {'rawpy CPU':>9} | "
+          f"{'CPU x':>5} | {'campipe MiB':>11} | {'rawpy MiB':>9} | {'RSS x':>5} | target")
+    print("-" * 124)
     for mp, med in rows:
-        (tc, rc_), (tr, rr) = med["campipe"], med["rawpy"]
+        (tc, cc_, rc_), (tr, cr, rr) = med["campipe"], med["rawpy"]
         ratio = tc / tr
-        print(f"{mp:>4}MP | {tc:9.2f} | {tr:8.2f} | {ratio:5.2f}x | {rc_:11.0f} | {rr:9.0f} | {rc_ / rr:4.2f}x | "
-              f"{'met' if ratio <= 1.5 else 'NOT met'} (<= 1.5x)")
+        print(f"{mp:>4}MP | {tc:9.2f} | {tr:8.2f} | {ratio:5.2f}x | {cc_:11.2f} | {cr:9.2f} | {cc_ / cr:4.2f}x | "
+              f"{rc_:11.0f} | {rr:9.0f} | {rc_ / rr:4.2f}x | {'met' if ratio <= 1.5 else 'NOT met'} (<= 1.5x)")
     if args.breakdown:
         # where campipe's time goes: one in-process run per size (not part of the medians above)
         import campipe
