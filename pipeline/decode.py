@@ -304,6 +304,7 @@ def _camera_to_working(path, rgb16: np.ndarray, cam_to_working: np.ndarray):
     check_finite = not (np.isfinite(bound) and bound < 1e30)
     img = np.empty((h, w, 3), np.float32)
     bands: dict[int, tuple] = {}
+    content = [False]  # some band already has a non-zero pixel (then the others need not be tested)
 
     def band(r0: int, r1: int) -> None:
         src, dst = rgb16[r0:r1], img[r0:r1]
@@ -311,20 +312,24 @@ def _camera_to_working(path, rgb16: np.ndarray, cam_to_working: np.ndarray):
         cv2.transform(dst, m, dst=dst)  # per pixel, safe in place
         finite = bool(np.isfinite(dst).all()) if check_finite else True
         np.maximum(dst, 0.0, out=dst)
-        cmax = np.maximum(np.maximum(src[..., 0], src[..., 1]), src[..., 2])
-        near = np.flatnonzero(cmax >= _NEAR_CLIP)
-        wgt = None
-        if near.size:
+        top = src.max()  # one contiguous reduction; the per-pixel channel maximum only where it can matter
+        near, wgt, clipped = np.empty(0, np.intp), None, 0
+        if top >= _NEAR_CLIP:
+            cmax = np.maximum(np.maximum(src[..., 0], src[..., 1]), src[..., 2])
+            near = np.flatnonzero(cmax >= _NEAR_CLIP)
             wgt = cmax.ravel()[near] * np.float32(10.0 / 65535.0) - np.float32(9.0)
             np.clip(wgt, 0.0, 1.0, out=wgt)
             near += r0 * w
-        bands[r0] = (near, wgt, int(np.count_nonzero(cmax >= _CLIPPED)), finite, bool(dst.any()))
+            clipped = int(np.count_nonzero(cmax >= _CLIPPED)) if top >= _CLIPPED else 0
+        if top > 0 and not content[0] and dst.any():
+            content[0] = True
+        bands[r0] = (near, wgt, clipped, finite)
 
     for_each_band(h, band)
     parts = [bands[r0] for r0 in sorted(bands)]
     if not all(p[3] for p in parts):
         raise DecodeError(f"{path}: decoded data contains NaN or infinite values")
-    if not any(p[4] for p in parts):
+    if not content[0]:
         raise DecodeError(f"{path}: decoded data is all zero (no image content)")
     clip_fraction = sum(p[2] for p in parts) / float(h * w)
     hit = [p for p in parts if p[1] is not None]
