@@ -104,13 +104,12 @@ def quantize(display: np.ndarray, bits: int = 8, dither: float = 0.0, bgr: bool 
             noise_rows = tile[tr0:tr0 + (r1 - r0)] if tr0 + (r1 - r0) <= t else np.concatenate(
                 [tile[tr0:], tile[:(r1 - r0) - (t - tr0)]])
             noise = np.tile(noise_rows, (1, -(-w // t), 1))[:, :w]
-            # x*255 + dither*noise; convertScaleAbs then rounds and saturates to [0, 255]
-            y = cv2.scaleAdd(x, 255.0 / dither, noise)
+            # x*255 + dither*noise, rounded and saturated to [0, 255] in the same pass
             if bgr:
-                q = cv2.convertScaleAbs(np.maximum(y, 0, out=y), alpha=dither)
+                q = cv2.addWeighted(x, 255.0, noise, float(dither), 0.0, dtype=cv2.CV_8U)
                 cv2.cvtColor(q, cv2.COLOR_RGB2BGR, dst=out[r0:r1])
             else:
-                cv2.convertScaleAbs(np.maximum(y, 0, out=y), alpha=dither, dst=out[r0:r1])
+                cv2.addWeighted(x, 255.0, noise, float(dither), 0.0, dst=out[r0:r1], dtype=cv2.CV_8U)
 
         for_each_band(h, band)
         return out
