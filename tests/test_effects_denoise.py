@@ -196,3 +196,106 @@ def test_sharpen_bad_parameters():
         sharpen(clean, amount=-0.5)
     with pytest.raises(ValueError, match="sharpen.radius"):
         sharpen(clean, radius=0)
+
+
+# ------------------------------------------------------------------------------------ denoise: fast paths --
+
+def reference_denoise(x, noise, sky, skin, r, **kw):
+    """The whole-image algorithm from the public helpers (full-resolution chroma, no bands): the behaviour the
+    banded three-pass implementation must reproduce with ``chroma_scale=1``."""
+    s = class_strength(x, noise, sky, skin, radius=r, **kw)
+    w = luminance_weights()
+    y = x @ w
+    eps = (np.float32(2.1) * s) ** 2 * noise.variance(y)
+    yd = guided_filter(y, y, r, eps)
+    crd = joint_guided_filter(yd, x[..., 0] - y, 2 * r, eps, 2 * eps)
+    cbd = joint_guided_filter(yd, x[..., 2] - y, 2 * r, eps, 2 * eps)
+    out = np.empty_like(x)
+    out[..., 0] = yd + crd
+    out[..., 2] = yd + cbd
+    out[..., 1] = (yd - w[0] * out[..., 0] - w[2] * out[..., 2]) / w[1]
+    return np.maximum(out, 0)
+
+
+def test_denoise_full_res_chroma_matches_whole_image_reference():
+    clean, noisy = noisy_pair(h=90, w=131)
+    sky = np.zeros(noisy.shape[:2], np.float32)
+    sky[:40] = 1.0
+    skin = np.zeros_like(sky)
+    skin[50:80, 20:60] = 0.7
+    for r in (2, 3):
+        got = denoise(noisy, MODEL, sky, skin, radius=r, chroma_scale=1)
+        exp = reference_denoise(noisy, MODEL, sky, skin, r)
+        np.testing.assert_allclose(got, exp, atol=2e-5)
+
+
+@pytest.mark.parametrize("chroma_scale", [1, 2])
+def test_denoise_banded_equals_unbanded(monkeypatch, chroma_scale):
+    import campipe.effects.denoise as dn
+
+    clean, noisy = noisy_pair(h=203, w=77)  # odd sizes: block padding at the bottom/right
+    sky = np.zeros(noisy.shape[:2], np.float32)
+    sky[:90] = 1.0
+    monkeypatch.setattr(dn, "BAND_ROWS", 1 << 20)
+    whole = denoise(noisy, MODEL, sky, None, chroma_scale=chroma_scale)
+    for rows in (8, 14, 64):  # bands much smaller than the 3 r + chroma halo
+        monkeypatch.setattr(dn, "BAND_ROWS", rows)
+        np.testing.assert_allclose(denoise(noisy, MODEL, sky, None, chroma_scale=chroma_scale), whole, atol=1e-5)
+    monkeypatch.setattr(dn, "MAX_THREADS", 1)  # the same bands run inline
+    np.testing.assert_allclose(denoise(noisy, MODEL, sky, None, chroma_scale=chroma_scale), whole, atol=1e-5)
+
+
+def test_block_upsampling_of_a_band_equals_the_whole_image_rows():
+    import campipe.effects.denoise as dn
+
+    rng = np.random.default_rng(1)
+    blocks = rng.random((13, 9, 2)).astype(np.float32)
+    full = dn._up(blocks, 2, 0, 25, 17)
+    assert full.shape == (25, 17, 2)
+    for r0, r1 in ((0, 4), (4, 10), (10, 25), (6, 7)):
+        np.testing.assert_allclose(dn._up(blocks, 2, r0, r1, 17), full[r0:r1], atol=0)
+    x = rng.random((25, 17)).astype(np.float32)
+    d = dn._down(x, 2)
+    assert d.shape == (13, 9)
+    np.testing.assert_allclose(d[0, 0], x[:2, :2].mean(), atol=1e-7)
+    np.testing.assert_allclose(d[12, 8], x[24, 16], atol=1e-7)  # reflect padding repeats the last row/column
+
+
+def test_fast_joint_guided_filter_close_to_full_resolution_on_smooth_image():
+    yy, xx = np.mgrid[0:96, 0:128].astype(np.float32)
+    g = 0.3 + 0.1 * np.sin(xx / 17.0) * np.cos(yy / 23.0)
+    c = 0.05 * np.cos(xx / 19.0 + yy / 29.0)
+    rng = np.random.default_rng(0)
+    gn = (g + rng.standard_normal(g.shape).astype(np.float32) * 0.003).astype(np.float32)
+    cn = (c + rng.standard_normal(c.shape).astype(np.float32) * 0.003).astype(np.float32)
+    eps = np.full(g.shape, 1e-5, np.float32)
+    # noise-free: block statistics + bilinear coefficients stay within 0.5 % of the chroma range (0.1) everywhere
+    full = joint_guided_filter(g, c, 4, eps, 2 * eps)
+    fast = joint_guided_filter(g, c, 4, eps, 2 * eps, scale=2)
+    assert float(np.abs(fast - full).max()) < 5e-4
+    assert float(np.abs(fast - full).mean()) < 1e-4
+    # noisy: as close to the clean signal as the full-resolution filter (measured 0.93x its mean error)
+    full = joint_guided_filter(gn, cn, 4, eps, 2 * eps)
+    fast = joint_guided_filter(gn, cn, 4, eps, 2 * eps, scale=2)
+    assert float(np.abs(fast - c).mean()) < 1.05 * float(np.abs(full - c).mean())
+    # constants are reproduced exactly; several sources in one call = one call per source
+    k = np.full(g.shape, 0.2, np.float32)
+    np.testing.assert_allclose(joint_guided_filter(gn, k, 4, eps, eps, scale=2), k, atol=1e-6)
+    both = joint_guided_filter(gn, np.stack([cn, 0.5 * cn + 0.1], -1), 4, eps, 2 * eps, scale=2)
+    np.testing.assert_allclose(both[..., 0], fast, atol=1e-6)
+    np.testing.assert_allclose(both[..., 1], joint_guided_filter(gn, 0.5 * cn + 0.1, 4, eps, 2 * eps, scale=2),
+                               atol=1e-6)
+
+
+def test_denoise_automatic_chroma_scale(monkeypatch):
+    import campipe.effects.denoise as dn
+
+    clean, noisy = noisy_pair(h=64, w=80)
+    full, fast = (denoise(noisy, MODEL, chroma_scale=k) for k in (1, 2))
+    np.testing.assert_allclose(denoise(noisy, MODEL), full, atol=0)  # below FAST_CHROMA_MIN_PIXELS
+    monkeypatch.setattr(dn, "FAST_CHROMA_MIN_PIXELS", 64 * 80)
+    np.testing.assert_allclose(denoise(noisy, MODEL), fast, atol=0)
+    assert psnr(fast, clean) > psnr(noisy, clean) + 6.0
+    assert psnr(fast, clean) > psnr(full, clean) - 0.1  # smooth colours: block chroma loses nothing (+0.6 dB here)
+    with pytest.raises(ValueError, match="chroma_scale"):
+        denoise(noisy, MODEL, chroma_scale=-1)
