@@ -74,6 +74,13 @@ def main() -> None:
             sys.exit(EXIT_USAGE)
         sys.stderr.write(f"campipe: internal error: {type(e).__name__}: {e} (set CAMPIPE_DEBUG=1 for details)\n")
         sys.exit(EXIT_FAILED)
+    finally:
+        # The work is done: move every object to the collector's permanent generation so the interpreter's
+        # shutdown does not walk them all again (~40 ms of a 1 s 12 MP render, measured with
+        # benchmarks/bench_process.py). Atexit handlers and module teardown still run as usual.
+        import gc
+
+        gc.freeze()
 
 
 if __name__ == "__main__":

@@ -123,6 +123,43 @@ def _warn_exposure(path, img: np.ndarray, clip_fraction: float | None) -> None:
                     100 * clip_fraction)
 
 
+class _SideWork:
+    """Work a RAW render needs that does not depend on the pixels, started on a second thread just before LibRaw's
+    demosaic (rawpy releases the GIL while LibRaw runs, so it overlaps instead of following the decode): the EXIF
+    read (exifread, pure Python) and the imports of the modules the later stages and the encoder use (OpenCV, Pillow,
+    the dither tile). ``exif()`` joins and returns :func:`read_exif`'s result, or raises its exception, exactly as
+    calling it here would. The imports are a warm-up only: a failure there resurfaces where the module is used."""
+
+    def __init__(self, path: Path) -> None:
+        import threading
+
+        self.path, self._result, self._error = path, None, None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="campipe-decode-side", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._result = read_exif(self.path)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller by exif()
+            self._error = e
+        self._done.set()
+        try:
+            import cv2  # noqa: F401
+            import PIL.Image  # noqa: F401
+
+            from . import encode, output  # noqa: F401
+            output._tpdf_tile()
+        except Exception:  # noqa: BLE001 - warm-up only
+            pass
+
+    def exif(self) -> dict:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
 class _NativeStderr:
     """Capture what native code (LibRaw) writes on file descriptor 2 while the block runs.
 
@@ -448,6 +485,7 @@ def load_raw(path: str | Path, *, half_size: bool = False, demosaic: str = "AHD"
                   output_color=rawpy.ColorSpace.raw, user_flip=None, use_camera_wb=wb_ok,
                   user_wb=[1.0, 1.0, 1.0, 1.0] if mono else None)
         native = _NativeStderr()
+        side = _SideWork(path)  # EXIF + imports on the other core while LibRaw demosaics (it releases the GIL)
         try:
             with native:
                 rgb16 = raw.postprocess(demosaic_algorithm=algo, **kw)
@@ -476,7 +514,7 @@ def load_raw(path: str | Path, *, half_size: bool = False, demosaic: str = "AHD"
             rgb16 = np.repeat(rgb16, 3, axis=2)
         elif rgb16.shape[2] != 3:
             raise UnsupportedFormatError(f"{path}: unsupported raw layout ({rgb16.shape[2]} output channels)")
-    meta.update(read_exif(path))
+    meta.update(side.exif())
     meta["orientation_applied"] = True
     cam_to_working = (cc.xyz_to_working() @ camera_to_xyz_matrix(xyz_to_cam)).astype(np.float32)
     meta["cam_to_working"] = cam_to_working.tolist()

@@ -146,3 +146,18 @@ def test_quantize_bgr_is_channel_reversed():
     disp = np.random.default_rng(9).random((3 * BAND_ROWS + 1, 29, 3), dtype=np.float32)
     for dither in (0.0, 1.0):
         np.testing.assert_array_equal(quantize(disp, 8, dither, bgr=True), quantize(disp, 8, dither)[..., ::-1])
+
+
+def test_decode_side_work_returns_exif_or_raises_its_error(monkeypatch, tmp_path):
+    """The EXIF read overlapped with LibRaw's demosaic gives exactly read_exif's result, or re-raises its error."""
+    import campipe.decode as dec
+
+    monkeypatch.setattr(dec, "read_exif", lambda p: {"make": "X", "path": str(p)})
+    assert dec._SideWork(tmp_path / "a.dng").exif() == {"make": "X", "path": str(tmp_path / "a.dng")}
+
+    def boom(p):
+        raise OSError("unreadable")
+
+    monkeypatch.setattr(dec, "read_exif", boom)
+    with pytest.raises(OSError, match="unreadable"):
+        dec._SideWork(tmp_path / "b.dng").exif()
