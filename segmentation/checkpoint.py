@@ -18,7 +18,6 @@ References: facebookresearch/detr checkpoint layout (``{"model", "args"}``), PyT
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,6 +25,7 @@ from typing import Any, Sequence
 import torch
 
 from .config import HyperDETRConfig
+from .graph_cache import file_sha256  # noqa: F401 - part of this module's API
 from .model import HyperDETR, build_model
 from .quantize import dequantize_state_dict, quantize_state_dict
 
@@ -37,14 +37,6 @@ _DEC_KEY = re.compile(r"^transformer\.decoder\.(\d+)\.")
 
 class CheckpointError(ValueError):
     """A file that is not a usable HyperDETR checkpoint; the message names the file and the problem."""
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _strip_decoder(sd: dict[str, Any], k: int) -> dict[str, Any]:

@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .graph_cache import cached_onnx_path
+
 OUTPUT_NAMES = ("sem_logits", "pred_logits", "pred_masks")
 OPSET = 18
 
@@ -41,11 +43,6 @@ class OnnxWrapper(nn.Module):
         if self.scene_only:
             return out["sem_logits"]
         return out["sem_logits"], out["pred_logits"], out["pred_masks"]
-
-
-def cache_dir() -> Path:
-    """Root of campipe's user cache (``$CAMPIPE_CACHE`` or ``~/.cache/campipe``)."""
-    return Path(os.environ.get("CAMPIPE_CACHE") or Path.home() / ".cache" / "campipe")
 
 
 def export_onnx(model: nn.Module, path: str | Path, *, scene_only: bool = False, batch: int = 1,
@@ -147,10 +144,6 @@ def int8_sidecar_path(weights: str | Path) -> Path:
     """Where a calibrated int8 graph for ``weights`` is looked for: ``<weights stem>.int8.onnx`` next to it."""
     weights = Path(weights)
     return weights.with_name(weights.stem + ".int8.onnx")
-
-
-def cached_onnx_path(sha256: str, dec_layers: int, variant: str = "fp32") -> Path:
-    return cache_dir() / "onnx" / f"hyperdetr-{sha256[:16]}-d{dec_layers}-{variant}.onnx"
 
 
 def get_or_export(model: nn.Module, sha256: str, *, scene_only: bool = False) -> Path:

@@ -35,9 +35,7 @@ import numpy as np
 from campipe.frame import PersonInstance
 
 from . import weights_path
-from .checkpoint import load_checkpoint
 from .postprocess import DEFAULT_DEDUP_IOU, decode_outputs, letterbox, normalize, upsample_masks
-from .runtime import make_runner
 
 MODEL_NAME = "HyperDETR"
 MASK_KEYS = ("sky", "person", "hair", "skin", "teeth", "glasses")
@@ -112,12 +110,15 @@ class Segmenter:
             raise ValueError("max_persons must be >= 0 and score_threshold in [0, 1]")
         self.path = weights_path(weights)
         t0 = time.perf_counter()
-        self.model, self.meta = load_checkpoint(self.path, keep_dec_layers=keep_dec_layers)
-        self.cfg = self.meta["config_obj"]
-        self.runtime_request, self.threads = runtime, threads
-        self.runner = make_runner(self.model, self.meta["sha256"], runtime, threads=threads,
-                                  weights_file=self.path)
+        self.runtime_request, self.threads, self._keep = runtime, threads, keep_dec_layers
         self._scene_runner = None
+        if not self._load_cached_graph():
+            self._load_model()
+            from .runtime import make_runner
+
+            self.runner = make_runner(self.model, self.meta["sha256"], runtime, threads=threads,
+                                      weights_file=self.path)
+            self._record_graph_meta()
         self.load_seconds = time.perf_counter() - t0
         self.max_persons, self.score_threshold = int(max_persons), float(score_threshold)
         self.dedup_iou = float(dedup_iou)
@@ -127,10 +128,65 @@ class Segmenter:
         self.classes = tuple(self.meta.get("classes") or self.cfg.semantic_classes)
         self._lock = threading.Lock()
 
+    def _load_model(self) -> None:
+        """Build the PyTorch model from the checkpoint (imports torch)."""
+        from .checkpoint import load_checkpoint
+
+        self.model, self.meta = load_checkpoint(self.path, keep_dec_layers=self._keep)
+        self.cfg = self.meta["config_obj"]
+        self.dec_layers = len(self.model.transformer.decoder)
+
+    def _load_cached_graph(self) -> bool:
+        """ONNX Runtime on the graph already exported for exactly these weights (same sha256), without PyTorch:
+        only for the default fp32 ONNX path (runtime auto/onnx, no pruning override) and only when the cache holds
+        both the graph and its metadata (:mod:`.graph_cache`). Anything missing or unreadable: False (the caller
+        loads the checkpoint, which re-exports and re-records)."""
+        if self.runtime_request not in ("auto", "onnx") or self._keep is not None:
+            return False
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return False
+        from .config import HyperDETRConfig
+        from .graph_cache import cached_onnx_path, file_sha256, read_meta
+        from .ort_runner import OrtRunner
+
+        try:
+            sha = file_sha256(self.path)
+            m = read_meta(sha)
+            if m is None:
+                return False
+            graph = cached_onnx_path(sha, int(m["dec_layers"]), "fp32")
+            if not graph.is_file():
+                return False
+            cfg = HyperDETRConfig.from_dict(dict(m["config"]))
+            runner = OrtRunner(graph, self.threads)
+        except Exception:  # noqa: BLE001 - a damaged cache entry is never fatal: the checkpoint path is exact
+            return False
+        self.model, self.cfg, self.runner, self.dec_layers = None, cfg, runner, int(m["dec_layers"])
+        self.meta = {"sha256": sha, "path": str(self.path), "file_size": self.path.stat().st_size,
+                     "config_obj": cfg, "classes": m["classes"], "normalization": m["normalization"],
+                     "quantized": bool(m.get("quantized", False))}
+        return True
+
+    def _record_graph_meta(self) -> None:
+        """After an fp32 ONNX runner was built from the checkpoint, record what :meth:`_load_cached_graph` needs."""
+        if getattr(self.runner, "name", None) != "onnx" or self._keep is not None:
+            return
+        from .graph_cache import write_meta
+
+        try:
+            write_meta(self.meta["sha256"], {"dec_layers": self.dec_layers, "config": self.cfg.to_dict(),
+                                             "classes": list(self.meta.get("classes") or self.cfg.semantic_classes),
+                                             "normalization": dict(self.meta["normalization"]),
+                                             "quantized": bool(self.meta.get("quantized", False))})
+        except OSError:  # read-only cache: the next process simply loads the checkpoint again
+            pass
+
     @property
     def info(self) -> dict[str, Any]:
         return {"name": MODEL_NAME, "file": self.path.name, "path": str(self.path), "sha256": self.meta["sha256"],
-                "runtime": getattr(self.runner, "name", "?"), "decoder_layers": len(self.model.transformer.decoder),
+                "runtime": getattr(self.runner, "name", "?"), "decoder_layers": self.dec_layers,
                 "num_queries": self.cfg.num_queries, "input_size": list(self.cfg.input_size),
                 "quantized": bool(self.meta.get("quantized", False)), "classes": list(self.classes)}
 
@@ -139,6 +195,10 @@ class Segmenter:
             return self.runner
         if self._scene_runner is None:
             rt = self.runtime_request if self.runtime_request != "onnx-int8" else "onnx"
+            if self.model is None:  # loaded from the graph cache: the scene-only graph needs the model once
+                self._load_model()
+            from .runtime import make_runner
+
             self._scene_runner = make_runner(self.model, self.meta["sha256"], rt, scene_only=True,
                                              threads=self.threads)
         return self._scene_runner
