@@ -3,8 +3,9 @@
 Layout under :func:`cache_dir` (``$CAMPIPE_CACHE`` or ``~/.cache/campipe``), keyed by the first 16 hex digits of
 the weights file's sha256:
 
-* ``onnx/hyperdetr-<sha16>-d<layers>-<variant>.onnx``: a graph exported by :mod:`.export` (variant ``fp32`` or
-  ``fp32-scene``);
+* ``onnx/hyperdetr-<sha16>-d<layers>-<variant>.onnx``: a graph exported by :mod:`.export` (variant
+  :data:`FP32_VARIANT` or :data:`FP32_SCENE_VARIANT`: static batch-1 graphs; older caches' ``fp32`` graphs, with a
+  dynamic batch axis, are no longer used);
 * ``onnx/hyperdetr-<sha16>.meta.json``: what inference needs besides the graph (decoder depth, model config, class
   list, input normalisation, quantized flag), written next to the first export. With both present,
   :class:`campipe.segmentation.inference.Segmenter` runs ONNX Runtime without importing PyTorch (about 1.3 s of a
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 META_VERSION = 1
+#: Cache variants of the fp32 graphs (batch 1, all shapes static).
+FP32_VARIANT, FP32_SCENE_VARIANT = "fp32-b1", "fp32-scene-b1"
 
 
 def cache_dir() -> Path:
@@ -36,7 +39,7 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def cached_onnx_path(sha256: str, dec_layers: int, variant: str = "fp32") -> Path:
+def cached_onnx_path(sha256: str, dec_layers: int, variant: str = FP32_VARIANT) -> Path:
     return cache_dir() / "onnx" / f"hyperdetr-{sha256[:16]}-d{dec_layers}-{variant}.onnx"
 
 

@@ -148,7 +148,7 @@ class Segmenter:
         except ImportError:
             return False
         from .config import HyperDETRConfig
-        from .graph_cache import cached_onnx_path, file_sha256, read_meta
+        from .graph_cache import FP32_VARIANT, cached_onnx_path, file_sha256, read_meta
         from .ort_runner import OrtRunner
 
         try:
@@ -156,7 +156,7 @@ class Segmenter:
             m = read_meta(sha)
             if m is None:
                 return False
-            graph = cached_onnx_path(sha, int(m["dec_layers"]), "fp32")
+            graph = cached_onnx_path(sha, int(m["dec_layers"]), FP32_VARIANT)
             if not graph.is_file():
                 return False
             cfg = HyperDETRConfig.from_dict(dict(m["config"]))

@@ -32,6 +32,28 @@ def test_onnx_matches_eager(tmp_path, scene_only):
         np.testing.assert_allclose(out[k], ref[k].numpy(), atol=1e-4, rtol=1e-4, err_msg=k)
 
 
+def _input_dims(path):
+    import onnx
+
+    m = onnx.load(str(path))
+    return [d.dim_param or d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
+
+
+def test_export_is_static_batch_one_unless_dynamic_asked(tmp_path):
+    m = calibrated_model(tiny_config(keep_dec_layers=2))
+    static = export_onnx(m, tmp_path / "s.onnx")
+    dyn = export_onnx(m, tmp_path / "d.onnx", dynamic_batch=True)
+    assert _input_dims(static) == [1, 3, 64, 96]
+    assert _input_dims(dyn) == ["batch", 3, 64, 96]
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = m(x)
+    out = OrtRunner(dyn, threads=1)(x.numpy())  # the dynamic graph takes a batch of 2
+    np.testing.assert_allclose(out["pred_masks"], ref["pred_masks"].numpy(), atol=1e-4, rtol=1e-4)
+    one = OrtRunner(static, threads=1)(x[:1].numpy())
+    np.testing.assert_allclose(one["pred_masks"], out["pred_masks"][:1], atol=1e-4, rtol=1e-4)
+
+
 def test_auto_runtime_uses_cached_onnx(tmp_path, monkeypatch):
     monkeypatch.setenv("CAMPIPE_CACHE", str(tmp_path / "cache"))
     ck = tiny_checkpoint(tmp_path / "t.pt")
