@@ -1,4 +1,4 @@
-"""Sampling and batching: records -> augmented, normalised torch batches, produced in a prefetch thread.
+"""Sampling and batching: records -> augmented, normalised torch batches, produced ahead by prefetch threads.
 
 Sampling (per batch element, from a generator seeded by ``(seed, phase, step)``, so a resumed run sees the same
 stream): with probability ``synth_fraction`` a copy-paste scene (:mod:`.synth`), otherwise a set drawn by
@@ -12,8 +12,7 @@ the dropped ones are ignored by the instance loss (their pixels get inst_valid =
 """
 from __future__ import annotations
 
-import queue
-import threading
+import collections
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,33 +112,61 @@ def collate(images: np.ndarray, labs: np.ndarray, inst_known, mean, std, max_ins
 
 
 class Prefetcher:
-    """Produces batches ``make(step)`` for step = start, start+1, ... in a background thread (queue of ``depth``)."""
+    """Produces batches ``make(step)`` for step = start, start+1, ... ahead of the training loop.
 
-    def __init__(self, make, start: int, depth: int = 3):
-        self.make, self.q = make, queue.Queue(maxsize=depth)
-        self.stop = threading.Event()
-        self.t = threading.Thread(target=self._run, args=(start,), daemon=True)
-        self.t.start()
+    ``workers`` threads build up to ``depth`` batches ahead (at least ``workers``); :meth:`get` returns them in step
+    order, so the stream is the same whatever ``workers`` is (``make(step)`` must depend on the step only, as the
+    seeded sampler does). One worker suits a 2-core CPU; on a GPU machine several keep the accelerator fed (OpenCV and
+    most NumPy work release the GIL). ``pin_memory`` pins the batch tensors for asynchronous host-to-GPU copies.
+    A loader error is re-raised by :meth:`get` at the step that failed.
+    """
 
-    def _run(self, step: int) -> None:
-        while not self.stop.is_set():
-            try:
-                item = (step, self.make(step), None)
-            except Exception as e:  # surface loader errors in the training thread
-                item = (step, None, e)
-            while not self.stop.is_set():
-                try:
-                    self.q.put(item, timeout=0.5)
-                    break
-                except queue.Full:
-                    continue
-            step += 1
+    def __init__(self, make, start: int, depth: int = 3, workers: int = 1, pin_memory: bool = False):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.make, self.pin = make, pin_memory
+        self.ex = ThreadPoolExecutor(max(1, workers), thread_name_prefix="campipe-batches")
+        self.depth = max(depth, workers)
+        self.next_step = start
+        self.pending: collections.deque = collections.deque()
+        for _ in range(self.depth):
+            self._submit()
+
+    def _build(self, step: int) -> dict:
+        batch = self.make(step)
+        if self.pin:
+            batch = {k: pin_batch_value(v) for k, v in batch.items()}
+        return batch
+
+    def _submit(self) -> None:
+        self.pending.append((self.next_step, self.ex.submit(self._build, self.next_step)))
+        self.next_step += 1
 
     def get(self):
-        step, batch, err = self.q.get()
-        if err is not None:
-            raise err
-        return step, batch
+        step, fut = self.pending.popleft()
+        self._submit()
+        return step, fut.result()  # re-raises the loader's exception here, in the training thread
 
     def close(self) -> None:
-        self.stop.set()
+        for _, fut in self.pending:
+            fut.cancel()
+        self.ex.shutdown(wait=False, cancel_futures=True)
+
+
+def pin_batch_value(v):
+    if isinstance(v, torch.Tensor):
+        return v.pin_memory()
+    if isinstance(v, list):
+        return [pin_batch_value(t) for t in v]
+    return v
+
+
+def batch_to(batch: dict, device: torch.device, non_blocking: bool = False) -> dict:
+    """Every tensor of a batch (including the per-image ``instances`` list) moved to ``device``."""
+    def mv(v):
+        if isinstance(v, torch.Tensor):
+            return v.to(device, non_blocking=non_blocking)
+        if isinstance(v, list):
+            return [mv(t) for t in v]
+        return v
+    return {k: mv(v) for k, v in batch.items()}

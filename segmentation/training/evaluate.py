@@ -23,7 +23,7 @@ References: A. Kirillov et al., "Panoptic Segmentation", CVPR 2019; the data set
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 

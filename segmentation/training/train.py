@@ -6,7 +6,8 @@ Config: a TOML file (``segmentation/configs/*.toml``)::
     [model]            # HyperDETRConfig overrides (aux_loss is forced on: every decoder layer is supervised)
     [data]             # dir, cache_dir, cache_max_side, sampler (SamplerConfig fields), augment (AugmentConfig)
     [criterion]        # CriterionConfig fields
-    [train]            # out_dir, seed, threads, ema_decay, weight_decay, grad_clip, val_every_min, ckpt_every_min...
+    [train]            # out_dir, seed, threads, device, amp, loader_workers, ema_decay, weight_decay, grad_clip,
+                       # val_every_min, ckpt_every_min...
     [[phase]]          # name, input_hw = [h, w], batch_size, lr, minutes (wall-clock budget) or steps, warmup_steps
 
 Learning rate: linear warm-up, then cosine from ``lr`` to ``lr * min_lr_frac`` over the phase's budget. A phase given
@@ -20,6 +21,12 @@ pruned to 2 decoder layers: what ships).
 
 CPU notes: ``torch.set_num_threads(threads)``, channels_last memory format (with the stride-32 projection and the
 mask features made contiguous, which the transformer and the hyper-head need), augmentation in one prefetch thread.
+
+Devices: ``device = "auto"`` (default) trains on the first CUDA GPU when PyTorch sees one and on the CPU otherwise,
+so the same config simply runs faster on a GPU machine (phases budgeted in minutes then see more samples); ``amp =
+"auto"`` means bfloat16 autocast on a GPU and float32 on the CPU (``"bf16"`` / ``"off"`` force it); ``loader_workers
+= 0`` (auto) uses one augmentation thread on the CPU and up to 8 on a GPU machine. Losses, the Hungarian matching,
+validation and the exported checkpoints stay float32; validation and export run on the CPU copy of the EMA weights.
 
 References: DETR training recipe (AdamW, grad clipping, aux losses; facebookresearch/detr ``main.py``), Polyak
 averaging / EMA of weights (as timm ``ModelEmaV2``), SGDR cosine schedule (Loshchilov & Hutter 2017).
@@ -47,7 +54,7 @@ from ..config import HyperDETRConfig
 from ..criterion import CriterionConfig, HyperDETRCriterion
 from ..model import build_model
 from .augment import AugmentConfig
-from .batches import Prefetcher, Sampler, SamplerConfig
+from .batches import Prefetcher, Sampler, SamplerConfig, batch_to
 from .datasets import SETS, default_data_dir, load_cached
 
 
@@ -84,6 +91,9 @@ class TrainConfig:
     init_from: str | None = None  # float campipe checkpoint to start from (fine-tuning); ignored when resuming
     seed: int = 0
     threads: int = 2
+    device: str = "auto"          # "auto" | "cpu" | "cuda" | "cuda:K"
+    amp: str = "auto"             # "auto" | "bf16" | "off"
+    loader_workers: int = 0       # augmentation threads; 0 = auto (1 on the CPU, up to 8 with a GPU)
     ema_decay: float = 0.999
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
@@ -132,6 +142,45 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> the first CUDA GPU if PyTorch sees one, else the CPU; an explicit GPU that is not there is an
+    error (never a silent fall-back to a 50x slower run)."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"train.device: unknown device {name!r} (use auto, cpu, cuda or cuda:K)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"train.device: {name!r} is not supported (use auto, cpu, cuda or cuda:K)")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"train.device is {name!r} but PyTorch sees no CUDA GPU on this machine "
+                             f"(torch {torch.__version__}); use device = \"auto\" or \"cpu\"")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"train.device is {name!r} but this machine has {torch.cuda.device_count()} GPU(s)")
+    return dev
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for the forward pass: bfloat16 on a GPU with ``"auto"``, None (float32) on the CPU."""
+    amp = (amp or "auto").strip().lower()
+    if amp not in ("auto", "bf16", "off"):
+        raise ValueError(f"train.amp: {amp!r} (use auto, bf16 or off)")
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    return torch.bfloat16
+
+
+def resolve_loader_workers(n: int, device: torch.device) -> int:
+    if n < 0:
+        raise ValueError(f"train.loader_workers must be >= 0 (0 = auto), got {n}")
+    if n:
+        return n
+    return 1 if device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 def lr_at(phase: Phase, step: int, frac: float) -> float:
@@ -212,7 +261,7 @@ def _save_state(path: Path, state: dict) -> None:
 def export_weights(model: torch.nn.Module, cfg_model: HyperDETRConfig, out_dir: Path, metrics: dict | None = None,
                    extra: dict | None = None) -> tuple[Path, Path]:
     """Write the EMA model as campipe checkpoints: float (all layers) and int8 pruned to 2 decoder layers."""
-    m = copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()
+    m = copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format).eval()
     f32 = save_checkpoint(out_dir / "ema_float.pt", m, cfg_model, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                           metrics=metrics, extra=extra)
     keep = min(2, cfg_model.dec_layers)
@@ -232,14 +281,19 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log_fn=N
         (log_fn or print)(line)
         sys.stdout.flush()
 
+    device = resolve_device(cfg.device)
+    amp_dtype = resolve_amp(cfg.amp, device)
+    workers = resolve_loader_workers(cfg.loader_workers, device)
     torch.set_num_threads(max(1, cfg.threads))
     import cv2
 
-    cv2.setNumThreads(1)  # augmentation runs in one prefetch thread; no OpenCV thread pool on a shared CPU
+    cv2.setNumThreads(1)  # augmentation runs in prefetch threads; no OpenCV thread pool on a shared CPU
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     seed_everything(cfg.seed)
     mcfg = HyperDETRConfig.from_dict({**cfg.model, "aux_loss": True})
-    model = make_channels_last(build_model(mcfg)).train()
-    criterion = HyperDETRCriterion(mcfg.semantic_classes, CriterionConfig(**cfg.criterion))
+    model = make_channels_last(build_model(mcfg).to(device)).train()  # before the optimiser sees the parameters
+    criterion = HyperDETRCriterion(mcfg.semantic_classes, CriterionConfig(**cfg.criterion)).to(device)
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         (no_decay if p.ndim <= 1 or n.endswith(".bias") or "query_embed" in n else decay).append(p)
@@ -258,6 +312,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log_fn=N
         opt.load_state_dict(ck["opt"])
         state = ck["state"]
         log(f"resumed from {last}: phase {state['phase']} step {state['step']} ({state['elapsed'] / 60:.1f} min)")
+    log(f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
+        f"{'bf16 autocast' if amp_dtype else 'float32'}, {workers} loader thread(s), {cfg.threads} torch thread(s)")
 
     recs = load_records(cfg, "train", log)
     sampler = Sampler(recs, SamplerConfig(**cfg.sampler), AugmentConfig(**cfg.augment))
@@ -290,7 +346,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log_fn=N
                 rng = np.random.default_rng([cfg.seed, pi, step])
                 return sampler.batch(rng, ph.batch_size, ph.input_hw, mean, std)
 
-            pf = Prefetcher(make, state["step"])
+            pf = Prefetcher(make, state["step"], workers=workers, pin_memory=device.type == "cuda")
             t_last_ckpt = t_last_val = time.time()
             t0, e0 = time.time(), state["elapsed"]
             budget = ph.minutes * 60 if ph.minutes else None
@@ -314,8 +370,11 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log_fn=N
                     lr = lr_at(ph, step, frac)
                     for g in opt.param_groups:
                         g["lr"] = lr
+                    if device.type != "cpu":
+                        batch = batch_to(batch, device, non_blocking=True)
                     x = batch["image"].contiguous(memory_format=torch.channels_last)
-                    outputs = model(x)
+                    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                        outputs = model(x)
                     loss, logs = criterion(outputs, batch)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -385,7 +444,7 @@ def _flat_metrics(res: dict | None) -> dict:
 
 def _validate(model, mcfg, cfg, logf, log, state, evaluate_model) -> dict:
     t = time.time()
-    m = copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()
+    m = copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format).eval()
     data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
     res = evaluate_model(m, data_dir, sets=cfg.sets, split="val", limit=cfg.val_limit,
                          input_size=mcfg.input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)

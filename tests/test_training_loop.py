@@ -1,0 +1,187 @@
+"""The training loop end to end on a tiny generated data set: phases, checkpoints, exports, logs, resume after an
+interruption (bit-identical to an uninterrupted run), device / autocast / loader-thread selection, the prefetcher."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from campipe.segmentation.checkpoint import load_checkpoint, read_checkpoint
+from campipe.segmentation.training import train as T
+from campipe.segmentation.training.batches import Prefetcher, batch_to
+from campipe.segmentation.training.datasets import is_val
+from test_segmentation_helpers import TINY
+
+
+def _stems(set_name: str, n_train: int, n_val: int) -> list[str]:
+    """Stems whose deterministic split puts ``n_train`` of them in training and ``n_val`` in validation."""
+    tr, va, i = [], [], 0
+    while len(tr) < n_train or len(va) < n_val:
+        s = f"s{i:03d}"
+        (va if is_val(set_name, s) else tr).append(s)
+        i += 1
+    return tr[:n_train] + va[:n_val]
+
+
+def _write(root, set_name, stem, img, raw):
+    for sub in ("images", "masks"):
+        (root / set_name / sub).mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(root / set_name / "images" / f"{stem}.png"), img)
+    cv2.imwrite(str(root / set_name / "masks" / f"{stem}.png"), raw)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """CelebAMask-, CamVid- and Penn-Fudan-like images (96x96) with labels in each set's own id scheme."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:96, :96]
+    for k, stem in enumerate(_stems("celebamask", 6, 2)):
+        raw = np.zeros((96, 96), np.uint8)
+        cx, cy, r = 48 + k % 5, 52, 26 + k % 4
+        raw[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = 1                     # face skin
+        raw[(yy < cy - r // 2) & ((xx - cx) ** 2 + (yy - cy) ** 2 < (r + 8) ** 2)] = 13   # hair
+        raw[(abs(yy - cy - 12) < 3) & (abs(xx - cx) < 8)] = 10               # inner mouth
+        raw[84:, 20:76] = 18                                                 # cloth
+        img = np.full((96, 96, 3), 40, np.uint8)
+        img[raw == 1], img[raw == 13], img[raw == 10], img[raw == 18] = (120, 150, 210), (30, 40, 60), \
+            (230, 230, 230), (200, 60, 60)
+        _write(root, "celebamask", stem, img + rng.integers(0, 8, img.shape, dtype=np.uint8), raw)
+    for k, stem in enumerate(_stems("camvid", 4, 2)):
+        raw = np.full((96, 96), 1, np.uint8)       # building
+        raw[: 30 + k] = 0                          # sky
+        raw[60:, :] = 3                            # road
+        raw[40:80, 40 + k:52 + k] = 9              # pedestrian
+        img = np.where((raw == 0)[..., None], np.uint8([230, 180, 120]), np.uint8([90, 90, 90])).astype(np.uint8)
+        _write(root, "camvid", stem, img, raw)
+    for k, stem in enumerate(_stems("pennfudan", 4, 2)):
+        raw = np.zeros((96, 96), np.uint8)
+        raw[20:90, 10 + k:30 + k] = 1
+        raw[25:90, 55:75] = 2
+        img = np.full((96, 96, 3), 100, np.uint8)
+        img[raw == 1], img[raw == 2] = (40, 40, 160), (40, 160, 40)
+        _write(root, "pennfudan", stem, img, raw)
+    return root
+
+
+def _cfg(data, out, **train) -> T.TrainConfig:
+    model = {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}
+    return T.TrainConfig.from_dict({
+        "model": {**model, "input_size": [64, 96]},
+        "data": {"dir": str(data), "cache_dir": None, "sampler": {
+            "set_weights": {"celebamask": 1.0, "camvid": 1.0, "pennfudan": 1.0}, "synth_fraction": 0.3}},
+        "train": {"out_dir": str(out), "seed": 3, "threads": 1, "device": "cpu", "val_every_min": 0,
+                  "val_limit": 2, "log_every": 1, "sets": ["celebamask", "camvid", "pennfudan"], **train},
+        "phase": [{"name": "low", "input_hw": [64, 64], "batch_size": 2, "lr": 1e-3, "steps": 3, "warmup_steps": 1},
+                  {"name": "full", "input_hw": [64, 96], "batch_size": 2, "lr": 2e-4, "steps": 2,
+                   "warmup_steps": 1}],
+    })
+
+
+def _state(path):
+    return read_checkpoint(path)["state_dict"]
+
+
+def test_train_runs_phases_exports_and_resumes_identically(tiny_data, tmp_path):
+    a = T.train(_cfg(tiny_data, tmp_path / "a"), progress=False, log_fn=lambda m: None)
+    assert not a["interrupted"] and a["state"]["global_step"] == 5
+    for f in ("last.pt", "ema_float.pt", "ema_int8_l2.pt", "log.jsonl"):
+        assert (tmp_path / "a" / f).is_file(), f
+    logs = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    train_logs = [r for r in logs if r["kind"] == "train"]
+    assert [r["gstep"] for r in train_logs] == [1, 2, 3, 4, 5]
+    assert all(np.isfinite(r["loss"]) for r in train_logs)
+    val = [r for r in logs if r["kind"] == "val"][-1]["results"]
+    assert set(val) == {"celebamask", "camvid", "pennfudan"} and val["celebamask"]["n_images"] == 2
+    m, meta = load_checkpoint(tmp_path / "a" / "ema_int8_l2.pt")   # what ships: int8, 2 decoder layers
+    assert meta["quantized"] and len(m.transformer.decoder) == 2
+
+    # interrupted (SIGTERM) during phase 0, then resumed: same weights as the uninterrupted run
+    seen = []
+
+    def stop_at_step_2(msg):
+        seen.append(msg)
+        if "p0 step 2 " in msg:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    b1 = T.train(_cfg(tiny_data, tmp_path / "b"), progress=False, log_fn=stop_at_step_2)
+    assert b1["interrupted"] and b1["state"]["global_step"] == 2
+    assert not (tmp_path / "b" / "ema_float.pt").exists()
+    b2 = T.train(_cfg(tiny_data, tmp_path / "b"), progress=False, log_fn=seen.append)
+    assert any("resumed from" in s for s in seen)
+    assert not b2["interrupted"] and b2["state"]["global_step"] == 5
+    sa, sb = _state(tmp_path / "a" / "ema_float.pt"), _state(tmp_path / "b" / "ema_float.pt")
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def test_train_bf16_autocast_on_cpu_runs(tiny_data, tmp_path):
+    seen = []
+    s = T.train(_cfg(tiny_data, tmp_path, amp="bf16", loader_workers=2), progress=False, log_fn=seen.append)
+    assert s["state"]["global_step"] == 5
+    assert any("bf16 autocast, 2 loader thread(s)" in m for m in seen)
+    sd = _state(tmp_path / "ema_float.pt")
+    assert all(v.dtype == torch.float32 for v in sd.values() if v.is_floating_point())  # exports stay float32
+
+
+def test_resolve_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert T.resolve_device("auto") == torch.device("cpu")
+    assert T.resolve_device("CPU") == torch.device("cpu")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        T.resolve_device("cuda")
+    with pytest.raises(ValueError, match="unknown device|not supported"):
+        T.resolve_device("tpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert T.resolve_device("auto") == torch.device("cuda")
+    assert T.resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ValueError, match="1 GPU"):
+        T.resolve_device("cuda:3")
+
+
+def test_resolve_amp_and_loader_workers():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert T.resolve_amp("auto", cpu) is None and T.resolve_amp("auto", gpu) is torch.bfloat16
+    assert T.resolve_amp("bf16", cpu) is torch.bfloat16 and T.resolve_amp("off", gpu) is None
+    with pytest.raises(ValueError, match="amp"):
+        T.resolve_amp("fp8", gpu)
+    assert T.resolve_loader_workers(0, cpu) == 1 and T.resolve_loader_workers(3, cpu) == 3
+    assert 1 <= T.resolve_loader_workers(0, gpu) <= 8
+    with pytest.raises(ValueError):
+        T.resolve_loader_workers(-1, cpu)
+    with pytest.raises(ValueError, match="unknown keys"):
+        T.TrainConfig.from_dict({"train": {"devise": "cuda"}, "phase": [{"steps": 1}]})
+
+
+def test_prefetcher_order_is_independent_of_workers_and_errors_surface_at_their_step():
+    def make(step):
+        if step == 7:
+            raise RuntimeError("bad sample at 7")
+        rng = np.random.default_rng(step)
+        return {"x": torch.from_numpy(rng.random(4))}
+
+    got = {}
+    for w in (1, 3):
+        pf = Prefetcher(make, 2, workers=w)
+        got[w] = [pf.get() for _ in range(5)]   # steps 2..6
+        with pytest.raises(RuntimeError, match="bad sample at 7"):
+            pf.get()
+        pf.close()
+    assert [s for s, _ in got[1]] == [s for s, _ in got[3]] == [2, 3, 4, 5, 6]
+    for (_, b1), (_, b3) in zip(got[1], got[3]):
+        assert torch.equal(b1["x"], b3["x"])
+
+
+def test_batch_to_moves_every_tensor():
+    b = {"image": torch.zeros(2, 3, 4, 4), "instances": [torch.zeros(1, 4, 4), torch.zeros(0, 4, 4)],
+         "inst_known": torch.tensor([True, False]), "note": "x"}
+    m = batch_to(b, torch.device("meta"))
+    assert m["image"].is_meta and all(t.is_meta for t in m["instances"]) and m["inst_known"].is_meta
+    assert m["note"] == "x" and m["instances"][1].shape == (0, 4, 4)
