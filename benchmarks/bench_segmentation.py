@@ -10,7 +10,9 @@ Sections
    pruned to 2 layers as shipped), plus HyperDETR ``scene_only``. Latency = median of ``--repeats`` (>= 5) runs after
    one warm-up (wall clock, and process CPU time: with ``--threads 1`` the CPU time is a load-independent measure of
    the compute, useful when other processes share the CPU); peak memory = peak RSS growth (VmHWM reset just before)
-   during one forward pass, each configuration in a fresh subprocess.
+   during one forward pass, each configuration in a fresh subprocess. Also timed per N (unless ``--no-trunk``): the
+   trunk both heads share (backbone, projection, transformer), which splits each forward into trunk + mask path and
+   shows the bound the trunk puts on the whole-forward speed-up.
 2. Runtimes at N=4: eager fp32, ONNX Runtime fp32, ONNX Runtime int8 QDQ (calibrated on ``--calib-images`` real
    photos from ../shared/data when present), and with ``--compile`` torch.compile + bf16 + channels_last; with the
    mean |dp| of the probabilities and the IoU of the 0.5-thresholded masks against eager fp32.
@@ -93,6 +95,10 @@ def worker(spec: dict) -> dict:
         from campipe.segmentation.panoptic_baseline import build_panoptic_baseline
         model = build_panoptic_baseline(cfg).eval()
         fwd = lambda x: model(x)  # noqa: E731
+    elif spec["head"] == "trunk":
+        from campipe.segmentation.model import build_model
+        model = _Trunk(build_model(cfg)).eval()
+        fwd = lambda x: model(x)  # noqa: E731
     else:
         from campipe.segmentation.model import build_model
         from campipe.segmentation.tiling import set_tiling
@@ -112,7 +118,8 @@ def worker(spec: dict) -> dict:
                 o = self.m(t)
                 return o["pred_logits"], o["pred_masks"]
 
-        net = _Detr(model) if spec["head"] == "detr" else OnnxWrapper(model, spec["head"] == "scene")
+        net = _Detr(model) if spec["head"] == "detr" else model if spec["head"] == "trunk" else \
+            OnnxWrapper(model, spec["head"] == "scene")
         import warnings
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -131,6 +138,25 @@ def worker(spec: dict) -> dict:
             cpu.append(time.process_time() - c)
     return {"ms": 1000 * float(np.median(times)), "ms_min": 1000 * min(times), "peak_mb": peak,
             "cpu_ms": 1000 * float(np.median(cpu))}
+
+
+def _Trunk(model):
+    """The part both heads share: backbone, stride-32 projection, transformer (N queries) -> last decoder layer's
+    query embeddings (B, N, C). Timing it beside both heads splits each forward into shared trunk + mask path."""
+    import torch
+
+    class Trunk(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            m = self.m
+            p32 = m.input_proj(m.backbone(x)["s32"])
+            hs, _ = m.transformer(p32, m.position(p32), m.query_embed.weight)
+            return hs[-1]
+
+    return Trunk(model)
 
 
 def run_worker(spec: dict) -> dict:
@@ -157,7 +183,7 @@ def _run_worker(spec: dict) -> dict:
 def scaling(args) -> list[dict]:
     rows = []
     for n in args.ns:
-        for head in ("hyperdetr", "detr"):
+        for head in ("hyperdetr", "detr") + (("trunk",) if args.trunk else ()):
             r = run_worker({"head": head, "n": n, "size": [384, 512], "threads": args.threads,
                             "repeats": args.repeats, "mask_stride": args.mask_stride, "runtime": args.runtime})
             rows.append({"head": head, "n": n, **r})
@@ -365,6 +391,8 @@ def main(argv=None) -> int:
                     help="runtime for section 1 (both heads): eager PyTorch fp32 or ONNX Runtime fp32")
     ap.add_argument("--mask-stride", type=int, default=1, choices=(1, 2),
                     help="mask output stride for sections 1 and 3 (1: masks at 384x512, as in the issue's figure)")
+    ap.add_argument("--no-trunk", dest="trunk", action="store_false",
+                    help="section 1 without the shared-trunk timing (backbone + transformer alone, per N)")
     ap.add_argument("--weights", default=None)
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile+bf16 (slow first call)")
     ap.add_argument("--calib-images", type=int, default=16)
@@ -405,7 +433,22 @@ def main(argv=None) -> int:
                   f"{de[nmax]['ms'] / hy[nmax]['ms']:.1f}x (wall) / {de[nmax]['cpu_ms'] / hy[nmax]['cpu_ms']:.1f}x "
                   f"(cpu) faster (target >= 20x), "
                   f"{de[nmax]['peak_mb'] / max(hy[nmax]['peak_mb'], 1e-3):.1f}x less memory (target >= 5x)")
-            plot(rows, args.plot)
+            tr = {r["n"]: r for r in rows if r["head"] == "trunk"}
+            if tr:
+                print(f"\n  mask path = forward - shared trunk (backbone + projection + transformer, same N), ms "
+                      f"(wall / cpu)\n  {'N':>4s} | {'trunk':>13s} | {'HyperDETR path':>15s} | {'DETR path':>15s} | "
+                      f"path ratio (wall / cpu)")
+                for n in sorted(tr):
+                    hp = (hy[n]["ms"] - tr[n]["ms"], hy[n]["cpu_ms"] - tr[n]["cpu_ms"])
+                    dp = (de[n]["ms"] - tr[n]["ms"], de[n]["cpu_ms"] - tr[n]["cpu_ms"])
+                    print(f"  {n:4d} | {tr[n]['ms']:5.1f} / {tr[n]['cpu_ms']:5.1f} | {hp[0]:6.1f} / {hp[1]:6.1f} | "
+                          f"{dp[0]:6.1f} / {dp[1]:6.1f} | {dp[0] / max(hp[0], 1e-3):6.1f}x / "
+                          f"{dp[1] / max(hp[1], 1e-3):6.1f}x")
+                t1 = tr[min(tr)]
+                bound = de[nmax]["ms"] / max(t1["ms"], 1e-3)
+                print(f"  bound: even a HyperDETR costing only the N=1 trunk ({t1['ms']:.1f} ms) would be "
+                      f"{bound:.1f}x faster than the DETR head at N={nmax}")
+            plot([r for r in rows if r["head"] != "trunk"], args.plot)
             print(f"  plot: {args.plot}")
         ckpt = is_random = None
         if sections & {"runtimes", "sizes"}:
