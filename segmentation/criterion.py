@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .matcher import hungarian_match
+from .matcher import hungarian_match, hungarian_match_many
 
 #: Default per-class weights of the static loss (order = semantic_classes): rare classes count more.
 DEFAULT_CLASS_WEIGHTS = {"sky": 1.0, "person": 1.0, "hair": 1.0, "skin": 1.0, "teeth": 2.5, "glasses": 2.5}
@@ -112,8 +112,10 @@ class HyperDETRCriterion(nn.Module):
         return loss, {"sem_bce": float(bce.detach()), "sem_dice": float(dice.detach())}
 
     def instance_loss_layer(self, pred_logits: torch.Tensor, pred_masks: torch.Tensor, tgts: list, valid: torch.Tensor,
-                            inst_known: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Instance loss of one decoder layer, averaged over the images with complete instance labels."""
+                            inst_known: torch.Tensor, matches: dict | None = None) -> tuple[torch.Tensor, dict]:
+        """Instance loss of one decoder layer, averaged over the images with complete instance labels.
+
+        ``matches`` (image index -> (query indices, target indices)) skips the matching (precomputed in a batch)."""
         c = self.cfg
         idx = [i for i in range(pred_logits.shape[0]) if bool(inst_known[i])]
         zero = pred_masks.sum() * 0.0
@@ -122,8 +124,11 @@ class HyperDETRCriterion(nn.Module):
         ce_sum, bce_sum, dice_sum, n_inst = zero, zero, zero, 0
         for i in idx:
             tm, v = tgts[i], valid[i]
-            qi, ti = hungarian_match(pred_logits[i], pred_masks[i], tm, v, w_class=c.w_class,
-                                     w_bce=c.w_mask_bce, w_dice=c.w_mask_dice)
+            if matches is not None:
+                qi, ti = matches[i]
+            else:
+                qi, ti = hungarian_match(pred_logits[i], pred_masks[i], tm, v, w_class=c.w_class,
+                                         w_bce=c.w_mask_bce, w_dice=c.w_mask_dice)
             labels = torch.ones(pred_logits.shape[1], dtype=torch.long, device=pred_logits.device)  # no-object
             labels[torch.as_tensor(qi, dtype=torch.long)] = 0
             ce_sum = ce_sum + F.cross_entropy(pred_logits[i].float(), labels, weight=self.ce_w)
@@ -145,9 +150,15 @@ class HyperDETRCriterion(nn.Module):
                     t.new_zeros((0,) + size) for t in targets["instances"]]
             layers = [(outputs["pred_logits"], outputs["pred_masks"])]
             layers += [(a["pred_logits"], a["pred_masks"]) for a in outputs.get("aux_outputs", [])]
+            # every layer's matching in one batch: one host transfer per step instead of one per image and layer
+            known = [i for i in range(len(tgts)) if bool(targets["inst_known"][i])]
+            flat = hungarian_match_many([(lg[i], pm[i], tgts[i], valid[i]) for lg, pm in layers for i in known],
+                                        w_class=self.cfg.w_class, w_bce=self.cfg.w_mask_bce,
+                                        w_dice=self.cfg.w_mask_dice)
+            per_layer = [dict(zip(known, flat[j * len(known):(j + 1) * len(known)])) for j in range(len(layers))]
             inst_total = 0.0
             for j, (lg, pm) in enumerate(layers):
-                l_j, lg_j = self.instance_loss_layer(lg, pm, tgts, valid, targets["inst_known"])
+                l_j, lg_j = self.instance_loss_layer(lg, pm, tgts, valid, targets["inst_known"], per_layer[j])
                 inst_total = inst_total + l_j
                 if j == 0:
                     logs.update(lg_j)

@@ -85,6 +85,35 @@ def hungarian_match(pred_logits: torch.Tensor, pred_masks: torch.Tensor, tgt_mas
     return qi.astype(np.int64), ti.astype(np.int64)
 
 
+@torch.no_grad()
+def hungarian_match_many(items: list, max_points: int = 4096, **weights) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`hungarian_match` for many images at once: ``items`` = [(pred_logits, pred_masks, tgt_masks, valid)].
+
+    All cost matrices are computed first and copied to the host in one transfer (one device synchronisation for the
+    whole batch and every decoder layer instead of one per image and layer); the assignments are the same.
+    """
+    out: list = [None] * len(items)
+    costs, where = [], []
+    for k, (lg, pm, tm, v) in enumerate(items):
+        if tm.shape[0] == 0:
+            out[k] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+            continue
+        vv = None if v is None else _subsample(v.float(), max_points)
+        c = cost_matrix(lg.float(), _subsample(pm.float(), max_points), _subsample(tm.float(), max_points), vv,
+                        **weights)
+        costs.append(c.reshape(-1))
+        where.append((k, c.shape))
+    if costs:
+        flat = torch.cat(costs).cpu().numpy()
+        o = 0
+        for k, shape in where:
+            n = shape[0] * shape[1]
+            qi, ti = linear_sum_assignment(flat[o:o + n].reshape(shape))
+            out[k] = (qi.astype(np.int64), ti.astype(np.int64))
+            o += n
+    return out
+
+
 def match_cost(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Hungarian assignment of a given cost matrix (N, T) (thin wrapper, for tests and tools)."""
     qi, ti = linear_sum_assignment(np.asarray(cost))

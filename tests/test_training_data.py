@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from campipe.segmentation.training import datasets as D
 from campipe.segmentation.training.augment import AugmentConfig, augment, geometric, resize_only
@@ -232,3 +233,26 @@ def test_full_body_labels_file_is_well_formed():
     assert doc["set"] == "pennfudan" and len(doc["images"]) >= 3
     for stem, polys in doc["images"].items():
         assert polys and all(len(p) >= 3 and all(len(xy) == 2 for xy in p) for p in polys), stem
+
+
+def test_compact_collate_then_finalize_equals_float_collate(rng):
+    from campipe.segmentation.training.batches import finalize_batch
+
+    rec, _ = _toy_record()
+    imgs = np.stack([rec.image, rec.image[::-1].copy()])
+    labs = np.stack([rec.lab, rec.lab[::-1].copy()])
+    labs[1, :, :8, 1] = 0
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    ref = collate(imgs, labs, [True, False], mean, std)
+    c = collate(imgs, labs, [True, False], mean, std, compact=True)
+    assert c["image"].dtype == torch.uint8 and c["sem"].dtype == torch.uint8 and c["known"].dtype == torch.uint8
+    assert all(t.dtype == torch.uint8 for t in c["instances"])
+    f = finalize_batch(c, mean, std)
+    assert f["image"].shape == ref["image"].shape and f["image"].dtype == torch.float32
+    assert torch.allclose(f["image"], ref["image"], atol=1e-5)
+    for k in ("sem", "known", "inst_valid"):
+        assert f[k].dtype == torch.float32 and torch.equal(f[k], ref[k]), k
+    assert len(f["instances"]) == len(ref["instances"])
+    for a, b in zip(f["instances"], ref["instances"]):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert torch.equal(f["inst_known"], ref["inst_known"])

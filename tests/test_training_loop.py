@@ -185,3 +185,24 @@ def test_batch_to_moves_every_tensor():
     m = batch_to(b, torch.device("meta"))
     assert m["image"].is_meta and all(t.is_meta for t in m["instances"]) and m["inst_known"].is_meta
     assert m["note"] == "x" and m["instances"][1].shape == (0, 4, 4)
+
+
+def _proc_make(step):  # module level: inherited by the forked loader processes
+    if step == 6:
+        raise RuntimeError("bad sample at 6")
+    rng = np.random.default_rng(step)
+    return {"x": torch.from_numpy(rng.random(4)), "l": [torch.from_numpy(rng.random(2))]}
+
+
+def test_process_prefetcher_gives_the_thread_stream_and_surfaces_errors():
+    th = Prefetcher(_proc_make, 2, workers=1)
+    want = [th.get() for _ in range(4)]  # steps 2..5
+    th.close()
+    pf = Prefetcher(_proc_make, 2, processes=2)
+    got = [pf.get() for _ in range(4)]
+    with pytest.raises(RuntimeError, match="bad sample at 6"):
+        pf.get()
+    pf.close()
+    assert [s for s, _ in got] == [s for s, _ in want] == [2, 3, 4, 5]
+    for (_, a), (_, b) in zip(got, want):
+        assert torch.equal(a["x"], b["x"]) and torch.equal(a["l"][0], b["l"][0])

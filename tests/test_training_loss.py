@@ -202,3 +202,21 @@ def test_init_from_loads_weights_and_rejects_other_architecture(tmp_path):
         init_weights(build_model(other), other, path)
     with pytest.raises(FileNotFoundError):
         init_weights(dst, cfg, tmp_path / "missing.pt")
+
+
+def test_batched_matching_equals_per_image_matching():
+    from campipe.segmentation.matcher import hungarian_match_many
+
+    g = torch.Generator().manual_seed(3)
+    items = []
+    for t in (0, 1, 3, 5, 2):  # number of targets per image (5 > N = 4 queries)
+        lg = torch.randn(4, 2, generator=g)
+        pm = torch.randn(4, 24, 32, generator=g)
+        tm = (torch.rand(t, 24, 32, generator=g) > 0.6).float()
+        v = (torch.rand(24, 32, generator=g) > 0.1).float()
+        items.append((lg, pm, tm, v))
+    many = hungarian_match_many(items, max_points=300, w_class=2.0, w_bce=5.0, w_dice=5.0)
+    for (lg, pm, tm, v), (qi, ti) in zip(items, many):
+        q1, t1 = hungarian_match(lg, pm, tm, v, max_points=300, w_class=2.0, w_bce=5.0, w_dice=5.0)
+        assert np.array_equal(qi, q1) and np.array_equal(ti, t1)
+        assert len(qi) == min(4, tm.shape[0])

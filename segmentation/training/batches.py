@@ -68,7 +68,9 @@ class Sampler:
         k = self.names[int(rng.choice(len(self.names), p=self.set_p))]
         return self.records[k][int(rng.choice(len(self.records[k]), p=self.rec_p[k]))]
 
-    def batch(self, rng: np.random.Generator, batch_size: int, hw: tuple[int, int], mean, std) -> dict:
+    def batch(self, rng: np.random.Generator, batch_size: int, hw: tuple[int, int], mean, std,
+              compact: bool = False) -> dict:
+        """One augmented batch (see :func:`collate`; ``compact`` = uint8 tensors for :func:`finalize_batch`)."""
         imgs, labs, iks = [], [], []
         for _ in range(batch_size):
             r = self.draw(rng)
@@ -77,12 +79,17 @@ class Sampler:
             labs.append(lb)
             iks.append(r.inst_known)
         return collate(np.stack(imgs), np.stack(labs), iks, mean, std, self.cfg.max_instances,
-                       self.cfg.min_instance_px)
+                       self.cfg.min_instance_px, compact=compact)
 
 
 def collate(images: np.ndarray, labs: np.ndarray, inst_known, mean, std, max_instances: int = 4,
-            min_instance_px: int = 48) -> dict:
-    """uint8 images (B, h, w, 3) + packed labs (B, h, w, 3) -> batch dict of tensors (see module docstring)."""
+            min_instance_px: int = 48, compact: bool = False) -> dict:
+    """uint8 images (B, h, w, 3) + packed labs (B, h, w, 3) -> batch dict of tensors (see module docstring).
+
+    ``compact=True`` keeps every tensor uint8 (``image`` stays (B, h, w, 3) sRGB 0..255, not normalised; ``mean``
+    and ``std`` are then unused): a quarter of the bytes to move between loader processes and to the GPU, where
+    :func:`finalize_batch` makes the float32 batch. Both paths give the same batch (tested).
+    """
     u = unpack(labs)  # sem/known: (C, B, h, w) because of the leading class axis
     sem = np.ascontiguousarray(u["sem"].transpose(1, 0, 2, 3))
     valid = u["valid"]
@@ -97,8 +104,18 @@ def collate(images: np.ndarray, labs: np.ndarray, inst_known, mean, std, max_ins
         bad = [i for c, i in keep if i not in good]
         if bad:
             inst_valid[b][np.isin(u["inst"][b], bad)] = 0
-        instances.append(torch.from_numpy(np.stack([u["inst"][b] == i for i in good]).astype(np.float32))
-                         if good else torch.zeros((0,) + images.shape[1:3]))
+        tdt = np.uint8 if compact else np.float32
+        instances.append(torch.from_numpy(np.stack([u["inst"][b] == i for i in good]).astype(tdt))
+                         if good else torch.zeros((0,) + images.shape[1:3], dtype=torch.uint8 if compact else None))
+    if compact:
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(images)),
+            "sem": torch.from_numpy(sem),
+            "known": torch.from_numpy(known.astype(np.uint8)),
+            "instances": instances,
+            "inst_valid": torch.from_numpy(inst_valid.astype(np.uint8)),
+            "inst_known": torch.tensor([bool(v) for v in inst_known]),
+        }
     x = images.astype(np.float32) / 255.0
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return {
@@ -111,6 +128,36 @@ def collate(images: np.ndarray, labs: np.ndarray, inst_known, mean, std, max_ins
     }
 
 
+def finalize_batch(batch: dict, mean, std) -> dict:
+    """A ``compact`` batch (uint8 tensors, on any device) -> the float32 batch of :func:`collate` on that device."""
+    img = batch["image"]
+    m = torch.as_tensor(mean, dtype=torch.float32, device=img.device).view(1, 3, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=img.device).view(1, 3, 1, 1)
+    x = (img.permute(0, 3, 1, 2).float() / 255.0 - m) / s
+    return {**batch, "image": x.contiguous(), "sem": batch["sem"].float(), "known": batch["known"].float(),
+            "instances": [t.float() for t in batch["instances"]], "inst_valid": batch["inst_valid"].float()}
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Map-style view of ``make(start + i)`` for :class:`torch.utils.data.DataLoader` worker processes."""
+
+    def __init__(self, make, start: int, length: int = 10 ** 9):
+        self.make, self.start, self.length = make, start, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        return self.start + i, self.make(self.start + i)
+
+
+def _worker_init(_):
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
 class Prefetcher:
     """Produces batches ``make(step)`` for step = start, start+1, ... ahead of the training loop.
 
@@ -118,13 +165,27 @@ class Prefetcher:
     order, so the stream is the same whatever ``workers`` is (``make(step)`` must depend on the step only, as the
     seeded sampler does). One worker suits a 2-core CPU; on a GPU machine several keep the accelerator fed (OpenCV and
     most NumPy work release the GIL). ``pin_memory`` pins the batch tensors for asynchronous host-to-GPU copies.
-    A loader error is re-raised by :meth:`get` at the step that failed.
+    A loader error is re-raised by :meth:`get` at the step that failed. ``processes > 0`` builds the batches in that
+    many forked worker processes instead (a :class:`torch.utils.data.DataLoader` over the step indices, same order,
+    same batches): augmentation is Python + OpenCV and the GIL caps threads at a few cores, so a 16-core GPU machine
+    needs processes to keep the accelerator fed.
     """
 
-    def __init__(self, make, start: int, depth: int = 3, workers: int = 1, pin_memory: bool = False):
+    def __init__(self, make, start: int, depth: int = 3, workers: int = 1, pin_memory: bool = False,
+                 processes: int = 0):
         from concurrent.futures import ThreadPoolExecutor
 
         self.make, self.pin = make, pin_memory
+        self.loader = None
+        if processes > 0:
+            # forked worker processes (a GPU machine's many cores; no GIL between the augmentations); the
+            # DataLoader hands the batches back in index order, so the stream is the same as with threads
+            self.loader = iter(torch.utils.data.DataLoader(
+                _StepBatches(make, start), batch_size=None, shuffle=False, num_workers=processes,
+                prefetch_factor=max(2, depth), pin_memory=pin_memory, worker_init_fn=_worker_init,
+                multiprocessing_context="fork"))
+            self.ex = None
+            return
         self.ex = ThreadPoolExecutor(max(1, workers), thread_name_prefix="campipe-batches")
         self.depth = max(depth, workers)
         self.next_step = start
@@ -143,11 +204,18 @@ class Prefetcher:
         self.next_step += 1
 
     def get(self):
+        if self.loader is not None:
+            step, batch = next(self.loader)
+            return int(step), batch
         step, fut = self.pending.popleft()
         self._submit()
         return step, fut.result()  # re-raises the loader's exception here, in the training thread
 
     def close(self) -> None:
+        if self.loader is not None:
+            self.loader._shutdown_workers()
+            self.loader = None
+            return
         for _, fut in self.pending:
             fut.cancel()
         self.ex.shutdown(wait=False, cancel_futures=True)

@@ -54,7 +54,7 @@ from ..config import HyperDETRConfig
 from ..criterion import CriterionConfig, HyperDETRCriterion
 from ..model import build_model
 from .augment import AugmentConfig
-from .batches import Prefetcher, Sampler, SamplerConfig, batch_to
+from .batches import Prefetcher, Sampler, SamplerConfig, batch_to, finalize_batch
 from .datasets import SETS, default_data_dir, load_cached
 
 
@@ -94,6 +94,8 @@ class TrainConfig:
     device: str = "auto"          # "auto" | "cpu" | "cuda" | "cuda:K"
     amp: str = "auto"             # "auto" | "bf16" | "off"
     loader_workers: int = 0       # augmentation threads; 0 = auto (1 on the CPU, up to 8 with a GPU)
+    loader_processes: int = 0     # > 0: that many forked augmentation processes instead of threads (many-core GPU hosts)
+    final_val: bool = True        # validate the EMA weights at the end (off where the validation images are absent)
     ema_decay: float = 0.999
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
@@ -284,6 +286,9 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log_fn=N
     device = resolve_device(cfg.device)
     amp_dtype = resolve_amp(cfg.amp, device)
     workers = resolve_loader_workers(cfg.loader_workers, device)
+    if cfg.loader_processes < 0:
+        raise ValueError(f"train.loader_processes must be >= 0, got {cfg.loader_processes}")
+    procs = cfg.loader_processes
     torch.set_num_threads(max(1, cfg.threads))
     import cv2
 
@@ -313,7 +318,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log_fn=N
         state = ck["state"]
         log(f"resumed from {last}: phase {state['phase']} step {state['step']} ({state['elapsed'] / 60:.1f} min)")
     log(f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
-        f"{'bf16 autocast' if amp_dtype else 'float32'}, {workers} loader thread(s), {cfg.threads} torch thread(s)")
+        f"{'bf16 autocast' if amp_dtype else 'float32'}, "
+        f"{f'{procs} loader process(es)' if procs else f'{workers} loader thread(s)'}, {cfg.threads} torch thread(s)")
 
     recs = load_records(cfg, "train", log)
     sampler = Sampler(recs, SamplerConfig(**cfg.sampler), AugmentConfig(**cfg.augment))
@@ -344,9 +350,9 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log_fn=N
 
             def make(step, ph=ph, pi=pi):
                 rng = np.random.default_rng([cfg.seed, pi, step])
-                return sampler.batch(rng, ph.batch_size, ph.input_hw, mean, std)
+                return sampler.batch(rng, ph.batch_size, ph.input_hw, mean, std, compact=procs > 0)
 
-            pf = Prefetcher(make, state["step"], workers=workers, pin_memory=device.type == "cuda")
+            pf = Prefetcher(make, state["step"], workers=workers, pin_memory=device.type == "cuda", processes=procs)
             t_last_ckpt = t_last_val = time.time()
             t0, e0 = time.time(), state["elapsed"]
             budget = ph.minutes * 60 if ph.minutes else None
@@ -372,6 +378,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log_fn=N
                         g["lr"] = lr
                     if device.type != "cpu":
                         batch = batch_to(batch, device, non_blocking=True)
+                    if procs:
+                        batch = finalize_batch(batch, mean, std)
                     x = batch["image"].contiguous(memory_format=torch.channels_last)
                     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                         outputs = model(x)
@@ -426,7 +434,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log_fn=N
     save("interrupted" if stop["flag"] else "final")
     summary = {"out_dir": str(out), "state": state, "interrupted": stop["flag"]}
     if not stop["flag"]:
-        val_results = _validate(ema.module, mcfg, cfg, logf, log, state, evaluate_model)
+        if cfg.final_val:
+            val_results = _validate(ema.module, mcfg, cfg, logf, log, state, evaluate_model)
         f32, q = export_weights(ema.module, mcfg, out, metrics=_flat_metrics(val_results),
                                 extra={"train_config": cfg.to_dict(), "global_step": state["global_step"]})
         summary.update(float_checkpoint=str(f32), int8_checkpoint=str(q))
