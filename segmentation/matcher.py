@@ -104,7 +104,8 @@ def hungarian_match_many(items: list, max_points: int = 4096, **weights) -> list
         costs.append(c.reshape(-1))
         where.append((k, c.shape))
     if costs:
-        flat = torch.cat(costs).cpu().numpy()
+        # a non-finite prediction must not stop the assignment (scipy rejects NaN/inf): it costs the most
+        flat = torch.nan_to_num(torch.cat(costs), nan=1e4, posinf=1e4, neginf=-1e4).cpu().numpy()
         o = 0
         for k, shape in where:
             n = shape[0] * shape[1]

@@ -152,10 +152,18 @@ class _StepBatches(torch.utils.data.Dataset):
 
 
 def _worker_init(_):
+    """One thread per loader process: OpenCV, torch and the BLAS behind NumPy's ``@`` (colour jitter) would otherwise
+    each start a pool per process, and a dozen processes of spinning pools starve the machine."""
     import cv2
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn/scipy stacks, not required
+        pass
 
 
 class Prefetcher:

@@ -13,7 +13,9 @@ T0=$(date +%s)
 PKG=/tmp/campipe_pkg
 rm -rf "$PKG" && mkdir -p "$PKG"
 cp -r pipeline "$PKG/campipe" && cp -r segmentation "$PKG/campipe/segmentation" && cp -r effects "$PKG/campipe/effects"
-export PYTHONPATH="$PKG" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8
+# one BLAS/OpenMP thread per process: the 14 loader processes would otherwise each spin a pool as large as the
+# machine (the first device run managed 70 img/s that way); the trainer sets its own torch threads
+export PYTHONPATH="$PKG" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 PY=${PYTHON:-python3}
 (nvidia-smi -L; nproc; free -g | head -2; $PY -c "import torch, campipe; print(torch.__version__, campipe.__file__)") 2>&1 | tee "$OUT/train.log"
 OUTDIR=$(grep -E '^out_dir' "$CFG" | sed -E 's/.*= *"(.*)"/\1/')
@@ -21,7 +23,7 @@ $PY -m campipe.segmentation.training.train "$CFG" --no-resume --no-progress --da
 RC=${PIPESTATUS[0]}
 if [ "$RC" != 0 ] && [ $(( $(date +%s) - T0 )) -lt 150 ]; then
   echo "== first start failed (rc $RC): retrying with threads, float32, shorter phases" | tee -a "$OUT/train.log"
-  sed -E 's/^loader_processes = .*/loader_processes = 0/; s/^amp = .*/amp = "off"/; s/^minutes = 6.0/minutes = 4.0/' \
+  sed -E 's/^loader_processes = .*/loader_processes = 0/; s/^amp = .*/amp = "off"/; s/^minutes = 5.0/minutes = 3.5/' \
     "$CFG" > /tmp/campipe_safe.toml
   rm -rf "$OUTDIR"
   $PY -m campipe.segmentation.training.train /tmp/campipe_safe.toml --no-resume --no-progress --data .gpudata/data \

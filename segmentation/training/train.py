@@ -95,6 +95,7 @@ class TrainConfig:
     amp: str = "auto"             # "auto" | "bf16" | "off"
     loader_workers: int = 0       # augmentation threads; 0 = auto (1 on the CPU, up to 8 with a GPU)
     loader_processes: int = 0     # > 0: that many forked augmentation processes instead of threads (many-core GPU hosts)
+    max_bad_steps: int = 10       # consecutive non-finite losses (each skipped) before the run stops with an error
     final_val: bool = True        # validate the EMA weights at the end (off where the validation images are absent)
     ema_decay: float = 0.999
     weight_decay: float = 1e-4
@@ -357,6 +358,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log_fn=N
             t0, e0 = time.time(), state["elapsed"]
             budget = ph.minutes * 60 if ph.minutes else None
             agg: dict[str, float] = {}
+            bad_steps = 0
             n_img_window, t_window = 0, time.time()
             prog = None
             if progress:
@@ -385,6 +387,17 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log_fn=N
                         outputs = model(x)
                     loss, logs = criterion(outputs, batch)
                     opt.zero_grad(set_to_none=True)
+                    if not math.isfinite(logs["loss"]):
+                        # one bad step is skipped (no update, the EMA untouched); a run that keeps failing stops
+                        bad_steps += 1
+                        log(f"non-finite loss at phase {pi} step {step}: step skipped ({bad_steps} in a row)")
+                        if bad_steps >= cfg.max_bad_steps:
+                            raise FloatingPointError(f"loss is {logs['loss']} at phase {pi} step {step} "
+                                                     f"({bad_steps} non-finite steps in a row)")
+                        state["step"] += 1
+                        state["global_step"] += 1
+                        continue
+                    bad_steps = 0
                     loss.backward()
                     if cfg.grad_clip > 0:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -396,8 +409,6 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log_fn=N
                     n_img_window += ph.batch_size
                     for k, v in logs.items():
                         agg[k] = agg.get(k, 0.0) + v
-                    if not math.isfinite(logs["loss"]):
-                        raise FloatingPointError(f"loss is {logs['loss']} at phase {pi} step {step}")
                     if state["step"] % cfg.log_every == 0:
                         ips = n_img_window / max(1e-6, time.time() - t_window)
                         avg = {k: v / cfg.log_every for k, v in agg.items()}
