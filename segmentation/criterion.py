@@ -23,11 +23,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .matcher import hungarian_match, hungarian_match_many
+from .matcher import hungarian_match_many
 
 #: Default per-class weights of the static loss (order = semantic_classes): rare classes count more.
 DEFAULT_CLASS_WEIGHTS = {"sky": 1.0, "person": 1.0, "hair": 1.0, "skin": 1.0, "teeth": 2.5, "glasses": 2.5}
@@ -74,6 +75,13 @@ def _mask_losses(pm: torch.Tensor, tm: torch.Tensor, valid: torch.Tensor) -> tup
     return bce.sum(), dice.sum()
 
 
+def _host_bools(x) -> list[bool]:
+    """A (B,) bool tensor on any device, or a sequence, as a Python list (one transfer)."""
+    if isinstance(x, torch.Tensor):
+        return [bool(v) for v in x.detach().cpu().tolist()]
+    return [bool(v) for v in x]
+
+
 @dataclass
 class CriterionConfig:
     class_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CLASS_WEIGHTS))
@@ -112,29 +120,49 @@ class HyperDETRCriterion(nn.Module):
         return loss, {"sem_bce": float(bce.detach()), "sem_dice": float(dice.detach())}
 
     def instance_loss_layer(self, pred_logits: torch.Tensor, pred_masks: torch.Tensor, tgts: list, valid: torch.Tensor,
-                            inst_known: torch.Tensor, matches: dict | None = None) -> tuple[torch.Tensor, dict]:
+                            inst_known, matches: dict | None = None) -> tuple[torch.Tensor, dict]:
         """Instance loss of one decoder layer, averaged over the images with complete instance labels.
 
-        ``matches`` (image index -> (query indices, target indices)) skips the matching (precomputed in a batch)."""
+        ``inst_known`` (B,) bool (tensor or sequence); ``matches`` (image index -> (query indices, target indices))
+        skips the matching (precomputed for the batch). Vectorised over the batch: one cross-entropy and one mask
+        loss over all matched pairs, index tensors moved to the device once, no device synchronisation (per-image
+        Python loops made the main process the limit of GPU training: ~80 img/s on an H200)."""
         c = self.cfg
-        idx = [i for i in range(pred_logits.shape[0]) if bool(inst_known[i])]
+        known = _host_bools(inst_known)
+        idx = [i for i in range(pred_logits.shape[0]) if known[i]]
         zero = pred_masks.sum() * 0.0
         if not idx:
             return zero, {"inst_ce": 0.0, "inst_bce": 0.0, "inst_dice": 0.0}
-        ce_sum, bce_sum, dice_sum, n_inst = zero, zero, zero, 0
+        if matches is None:
+            got = hungarian_match_many([(pred_logits[i], pred_masks[i], tgts[i], valid[i]) for i in idx],
+                                       w_class=c.w_class, w_bce=c.w_mask_bce, w_dice=c.w_mask_dice)
+            matches = dict(zip(idx, got))
+        n_q = pred_logits.shape[1]
+        labels = np.ones((len(idx), n_q), np.int64)  # 1 = no-object
+        b_sel, q_sel, t_sel = [], [], []
+        offsets, o = {}, 0
         for i in idx:
-            tm, v = tgts[i], valid[i]
-            if matches is not None:
-                qi, ti = matches[i]
-            else:
-                qi, ti = hungarian_match(pred_logits[i], pred_masks[i], tm, v, w_class=c.w_class,
-                                         w_bce=c.w_mask_bce, w_dice=c.w_mask_dice)
-            labels = torch.ones(pred_logits.shape[1], dtype=torch.long, device=pred_logits.device)  # no-object
-            labels[torch.as_tensor(qi, dtype=torch.long)] = 0
-            ce_sum = ce_sum + F.cross_entropy(pred_logits[i].float(), labels, weight=self.ce_w)
-            if len(qi):
-                b, d = _mask_losses(pred_masks[i, qi].float(), tm[ti], v[None])
-                bce_sum, dice_sum, n_inst = bce_sum + b, dice_sum + d, n_inst + len(qi)
+            offsets[i] = o
+            o += tgts[i].shape[0]
+        for k, i in enumerate(idx):
+            qi, ti = matches[i]
+            labels[k, qi] = 0
+            b_sel.extend([i] * len(qi))
+            q_sel.extend(int(q) for q in qi)
+            t_sel.extend(offsets[i] + int(t) for t in ti)
+        dev = pred_logits.device
+        lab = torch.from_numpy(labels).to(dev, non_blocking=True)
+        lg = pred_logits[torch.tensor(idx, device=dev)].float()  # (K, N, 2)
+        nll = F.cross_entropy(lg.reshape(-1, 2), lab.reshape(-1), reduction="none").view(len(idx), n_q)
+        w = self.ce_w[lab]
+        ce_sum = ((w * nll).sum(1) / w.sum(1)).sum()  # = per image F.cross_entropy(weight=ce_w), summed
+        n_inst = len(b_sel)
+        if n_inst:
+            sel = torch.tensor([b_sel, q_sel, t_sel], dtype=torch.long).to(dev, non_blocking=True)
+            tm_all = torch.cat([tgts[i] for i in idx])
+            bce_sum, dice_sum = _mask_losses(pred_masks[sel[0], sel[1]].float(), tm_all[sel[2]], valid[sel[0]])
+        else:
+            bce_sum = dice_sum = zero
         n_img = len(idx)
         n_inst = max(n_inst, 1)
         ce, bce, dice = ce_sum / n_img, bce_sum / n_inst, dice_sum / n_inst
@@ -151,14 +179,15 @@ class HyperDETRCriterion(nn.Module):
             layers = [(outputs["pred_logits"], outputs["pred_masks"])]
             layers += [(a["pred_logits"], a["pred_masks"]) for a in outputs.get("aux_outputs", [])]
             # every layer's matching in one batch: one host transfer per step instead of one per image and layer
-            known = [i for i in range(len(tgts)) if bool(targets["inst_known"][i])]
+            ik = _host_bools(targets["inst_known"])  # one transfer, not one sync per image
+            known = [i for i in range(len(tgts)) if ik[i]]
             flat = hungarian_match_many([(lg[i], pm[i], tgts[i], valid[i]) for lg, pm in layers for i in known],
                                         w_class=self.cfg.w_class, w_bce=self.cfg.w_mask_bce,
                                         w_dice=self.cfg.w_mask_dice)
             per_layer = [dict(zip(known, flat[j * len(known):(j + 1) * len(known)])) for j in range(len(layers))]
             inst_total = 0.0
             for j, (lg, pm) in enumerate(layers):
-                l_j, lg_j = self.instance_loss_layer(lg, pm, tgts, valid, targets["inst_known"], per_layer[j])
+                l_j, lg_j = self.instance_loss_layer(lg, pm, tgts, valid, ik, per_layer[j])
                 inst_total = inst_total + l_j
                 if j == 0:
                     logs.update(lg_j)

@@ -220,3 +220,49 @@ def test_batched_matching_equals_per_image_matching():
         q1, t1 = hungarian_match(lg, pm, tm, v, max_points=300, w_class=2.0, w_bce=5.0, w_dice=5.0)
         assert np.array_equal(qi, q1) and np.array_equal(ti, t1)
         assert len(qi) == min(4, tm.shape[0])
+
+
+def _instance_loss_reference(crit, pred_logits, pred_masks, tgts, valid, inst_known):
+    """The per-image formulation (DETR's SetCriterion written image by image): the vectorised loss must equal it."""
+    import torch.nn.functional as F
+
+    from campipe.segmentation.criterion import _mask_losses
+
+    c = crit.cfg
+    idx = [i for i in range(pred_logits.shape[0]) if bool(inst_known[i])]
+    ce_sum = bce_sum = dice_sum = pred_masks.sum() * 0.0
+    n_inst = 0
+    for i in idx:
+        qi, ti = hungarian_match(pred_logits[i], pred_masks[i], tgts[i], valid[i], w_class=c.w_class,
+                                 w_bce=c.w_mask_bce, w_dice=c.w_mask_dice)
+        labels = torch.ones(pred_logits.shape[1], dtype=torch.long)
+        labels[torch.as_tensor(qi, dtype=torch.long)] = 0
+        ce_sum = ce_sum + F.cross_entropy(pred_logits[i], labels, weight=crit.ce_w)
+        if len(qi):
+            b, d = _mask_losses(pred_masks[i, qi], tgts[i][ti], valid[i][None])
+            bce_sum, dice_sum, n_inst = bce_sum + b, dice_sum + d, n_inst + len(qi)
+    n_inst = max(n_inst, 1)
+    ce, bce, dice = ce_sum / len(idx), bce_sum / n_inst, dice_sum / n_inst
+    return c.w_class * ce + c.w_mask_bce * bce + c.w_mask_dice * dice
+
+
+def test_vectorised_instance_loss_equals_per_image_reference():
+    g = torch.Generator().manual_seed(11)
+    crit = HyperDETRCriterion(CLASSES)
+    b, n, h, w = 5, 4, 12, 16
+    counts = (2, 0, 5, 1, 3)
+    tgts = [(torch.rand(t, h, w, generator=g) > 0.5).float() for t in counts]
+    valid = (torch.rand(b, h, w, generator=g) > 0.15).float()
+    known = torch.tensor([True, True, True, False, True])
+    lg_a = torch.randn(b, n, 2, generator=g, requires_grad=True)
+    pm_a = torch.randn(b, n, h, w, generator=g, requires_grad=True)
+    lg_b = lg_a.detach().clone().requires_grad_(True)
+    pm_b = pm_a.detach().clone().requires_grad_(True)
+    got, logs = crit.instance_loss_layer(lg_a, pm_a, tgts, valid, known)
+    ref = _instance_loss_reference(crit, lg_b, pm_b, tgts, valid, known)
+    assert abs(got.item() - ref.item()) < 1e-5 * max(1.0, abs(ref.item()))
+    got.backward()
+    ref.backward()
+    assert torch.allclose(pm_a.grad, pm_b.grad, atol=1e-6) and torch.allclose(lg_a.grad, lg_b.grad, atol=1e-6)
+    assert pm_a.grad[3].abs().sum() == 0  # the image without complete instance labels takes no part
+    assert set(logs) == {"inst_ce", "inst_bce", "inst_dice"}
