@@ -70,6 +70,13 @@ def _subsample(x: torch.Tensor, max_points: int) -> torch.Tensor:
     return x[..., ::step, ::step]
 
 
+def _subsampled_cost(pred_logits, pred_masks, tgt_masks, valid, max_points: int, **weights) -> torch.Tensor:
+    """:func:`cost_matrix` in float32 on masks (and valid map) subsampled to about ``max_points`` pixels."""
+    v = None if valid is None else _subsample(valid.float(), max_points)
+    return cost_matrix(pred_logits.float(), _subsample(pred_masks.float(), max_points),
+                       _subsample(tgt_masks.float(), max_points), v, **weights)
+
+
 @torch.no_grad()
 def hungarian_match(pred_logits: torch.Tensor, pred_masks: torch.Tensor, tgt_masks: torch.Tensor,
                     valid: torch.Tensor | None = None, max_points: int = 4096, **weights
@@ -77,10 +84,7 @@ def hungarian_match(pred_logits: torch.Tensor, pred_masks: torch.Tensor, tgt_mas
     """Optimal (query indices, target indices) for one image; empty arrays when there is no target."""
     if tgt_masks.shape[0] == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    pm = _subsample(pred_masks.float(), max_points)
-    tm = _subsample(tgt_masks.float(), max_points)
-    v = None if valid is None else _subsample(valid.float(), max_points)
-    c = cost_matrix(pred_logits.float(), pm, tm, v, **weights)
+    c = _subsampled_cost(pred_logits, pred_masks, tgt_masks, valid, max_points, **weights)
     qi, ti = linear_sum_assignment(c.cpu().numpy())
     return qi.astype(np.int64), ti.astype(np.int64)
 
@@ -98,9 +102,7 @@ def hungarian_match_many(items: list, max_points: int = 4096, **weights) -> list
         if tm.shape[0] == 0:
             out[k] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
             continue
-        vv = None if v is None else _subsample(v.float(), max_points)
-        c = cost_matrix(lg.float(), _subsample(pm.float(), max_points), _subsample(tm.float(), max_points), vv,
-                        **weights)
+        c = _subsampled_cost(lg, pm, tm, v, max_points, **weights)
         costs.append(c.reshape(-1))
         where.append((k, c.shape))
     if costs:

@@ -153,7 +153,7 @@ class _StepBatches(torch.utils.data.Dataset):
 
 def _worker_init(_):
     """One thread per loader process: OpenCV, torch and the BLAS behind NumPy's ``@`` (colour jitter) would otherwise
-    each start a pool per process, and a dozen processes of spinning pools starve the machine."""
+    each start a pool as large as the machine in every process."""
     import cv2
 
     cv2.setNumThreads(1)

@@ -194,14 +194,19 @@ class Record:
     inst_known: bool
 
 
-def _load_record(data_dir: Path, set_name: str, stem: str, max_side: int) -> Record:
-    img, raw = read_pair(data_dir, set_name, stem)
+def downscale_pair(img: np.ndarray, raw: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image (INTER_AREA) and raw label map (nearest) downscaled so the long side is at most ``max_side``."""
     h, w = raw.shape
     s = max_side / max(h, w)
-    if s < 1:  # downscale once for the in-memory cache (INTER_AREA image, nearest labels)
+    if s < 1:
         nh, nw = round(h * s), round(w * s)
         img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
         raw = cv2.resize(raw, (nw, nh), interpolation=cv2.INTER_NEAREST)
+    return img, raw
+
+
+def _load_record(data_dir: Path, set_name: str, stem: str, max_side: int) -> Record:
+    img, raw = downscale_pair(*read_pair(data_dir, set_name, stem), max_side)  # once, for the in-memory cache
     lab, ik = map_labels(set_name, raw, img)
     return Record(set_name, stem, img, lab, ik)
 

@@ -13,8 +13,9 @@ T0=$(date +%s)
 PKG=/tmp/campipe_pkg
 rm -rf "$PKG" && mkdir -p "$PKG"
 cp -r pipeline "$PKG/campipe" && cp -r segmentation "$PKG/campipe/segmentation" && cp -r effects "$PKG/campipe/effects"
-# one BLAS/OpenMP thread per process: the 14 loader processes would otherwise each spin a pool as large as the
-# machine (the first device run managed 70 img/s that way); the trainer sets its own torch threads
+# one BLAS/OpenMP thread per process, so 14 loader processes do not each start a pool as large as the machine
+# (measured: 70 img/s with OMP_NUM_THREADS=8, 80 img/s with 1 - the loader was not the main limit); the trainer
+# sets its own torch threads
 export PYTHONPATH="$PKG" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 PY=${PYTHON:-python3}
 (nvidia-smi -L; nproc; free -g | head -2; $PY -c "import torch, campipe; print(torch.__version__, campipe.__file__)") 2>&1 | tee "$OUT/train.log"
@@ -36,7 +37,7 @@ import sys, torch
 from pathlib import Path
 from campipe.segmentation.config import HyperDETRConfig
 from campipe.segmentation.model import build_model
-from campipe.segmentation.training.train import TrainConfig, export_weights
+from campipe.segmentation.training.train import export_weights
 d = Path(sys.argv[1]); ck = torch.load(d / "last.pt", map_location="cpu", weights_only=False)
 mcfg = HyperDETRConfig.from_dict({**ck["config"]["model"], "aux_loss": True})
 m = build_model(mcfg); m.load_state_dict(ck["ema"]); print(export_weights(m, mcfg, d, extra={"partial": ck["state"]}))

@@ -18,17 +18,11 @@ from pathlib import Path
 
 import cv2
 
-from .datasets import SETS, default_data_dir, list_stems, read_pair
+from .datasets import SETS, default_data_dir, downscale_pair, list_stems, read_pair
 
 
 def pack_one(src: Path, dst: Path, set_name: str, stem: str, max_side: int, quality: int) -> int:
-    img, raw = read_pair(src, set_name, stem)
-    h, w = raw.shape
-    s = max_side / max(h, w)
-    if s < 1:
-        nh, nw = round(h * s), round(w * s)
-        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
-        raw = cv2.resize(raw, (nw, nh), interpolation=cv2.INTER_NEAREST)
+    img, raw = downscale_pair(*read_pair(src, set_name, stem), max_side)
     (dst / set_name / "images").mkdir(parents=True, exist_ok=True)
     (dst / set_name / "masks").mkdir(parents=True, exist_ok=True)
     ok1, a = cv2.imencode(".webp", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_WEBP_QUALITY, quality])
