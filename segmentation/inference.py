@@ -9,8 +9,9 @@ Input (any size and orientation):
 Output :class:`SegmentationResult`:
     ``masks``: {"sky", "person", "hair", "skin", "teeth", "glasses"} -> float32 (H, W) in [0, 1]; "person" is the
     union (pixel-wise max) of the semantic person channel and the kept instances;
-    ``persons``: list of :class:`campipe.frame.PersonInstance` (mask float32 (H, W) in [0, 1], score in [0, 1]),
-    sorted by descending score, score >= ``score_threshold``, at most ``max_persons`` (default 4);
+    ``persons``: list of :class:`campipe.frame.PersonInstance` (mask float32 (H, W) in [0, 1], score in [0, 1]:
+    the query's person probability x its mask quality, see :func:`.postprocess.decode_outputs`), sorted by
+    descending score, score >= ``score_threshold``, at most ``max_persons`` (default 4), no empty masks;
     ``timings``: seconds per step; ``model``: name, file, sha256, runtime, decoder layers, quantized flag.
 
 Steps: letterbox to the network size -> runner (ONNX Runtime or eager torch, see :mod:`.runtime`) -> sigmoid/softmax,

@@ -5,13 +5,16 @@ with aspect ratio kept (INTER_AREA when shrinking) to fit the network's (h, w) a
 normalisation mean (i.e. 0 after normalisation). Any size and orientation works; portrait photos get side bands.
 
 Post-processing (:func:`decode_outputs`): logits -> probabilities (sigmoid for the static channels and instance
-masks, softmax over [person, no-object] for the instance score), crop of the padding, instance selection (score >=
-threshold, sorted by score, at most ``max_persons``), then :func:`upsample_masks` to the image's resolution
+masks, softmax over [person, no-object] times the mask quality for the instance score, as in MaskFormer), crop of the
+padding, instance selection (score >= threshold, no empty masks, duplicates suppressed, sorted by score, at most
+``max_persons``), then :func:`upsample_masks` to the image's resolution
 (edge-aware guided filter against the full-resolution guide, or bilinear).
 
 All masks are float32 in [0, 1]; scores float in [0, 1].
 
 References: DETR ``PostProcessPanoptic`` / ``PostProcessSegm`` (facebookresearch/detr models/segmentation.py);
+B. Cheng et al., "Per-Pixel Classification is Not All You Need for Semantic Segmentation" (MaskFormer, NeurIPS 2021)
+and Mask2Former's ``instance_inference`` (instance score = class probability x mean mask probability inside the mask);
 YOLO-style letterboxing.
 """
 from __future__ import annotations
@@ -77,6 +80,8 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 #: default IoU above which a lower-scoring person instance is dropped as a duplicate of a higher-scoring one
 DEFAULT_DEDUP_IOU = 0.8
+#: instances whose binary mask covers less than this fraction of the image are dropped
+DEFAULT_MIN_AREA = 5e-4
 
 
 @dataclass
@@ -111,10 +116,31 @@ def suppress_duplicates(mask_logits: np.ndarray, order: list[int], iou_threshold
     return kept
 
 
+def mask_quality(mask_logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per instance: (mean probability inside its binary mask, fraction of pixels in the binary mask).
+
+    ``mask_logits`` (N, h, w) -> two float32 (N,) arrays. The mean probability is MaskFormer's "mask score" (0 for an
+    empty mask): a confident, crisp mask scores near 1, a faint or speckled one near 0.5.
+    """
+    n = mask_logits.shape[0]
+    flat = mask_logits.reshape(n, -1)
+    b = flat > 0
+    area = b.sum(1)
+    prob_in = np.where(b, sigmoid(flat), 0.0).sum(1)
+    quality = np.where(area > 0, prob_in / np.maximum(area, 1), 0.0).astype(np.float32)
+    return quality, (area / max(flat.shape[1], 1)).astype(np.float32)
+
+
 def decode_outputs(outputs: dict[str, np.ndarray], box: Letterbox, classes, *, mask_stride: int = 1,
                    score_threshold: float = 0.5, max_persons: int = 4,
-                   dedup_iou: float | None = DEFAULT_DEDUP_IOU) -> RawMasks:
+                   dedup_iou: float | None = DEFAULT_DEDUP_IOU, mask_score: bool = True,
+                   min_area: float = DEFAULT_MIN_AREA) -> RawMasks:
     """Network outputs of ONE image (batch index 0) -> cropped probabilities and selected instances.
+
+    Instance score: the query's person probability (softmax over [person, no-object]), times its mask quality
+    (:func:`mask_quality`, MaskFormer's instance score) when ``mask_score``; instances scoring below
+    ``score_threshold`` or whose binary mask covers less than ``min_area`` of the image are dropped (an empty mask is
+    never reported as a person).
 
     ``dedup_iou``: drop an instance whose mask overlaps a higher-scoring one by more than this IoU
     (:func:`suppress_duplicates`; the pruned 2-layer model can answer the same person with several queries);
@@ -125,8 +151,14 @@ def decode_outputs(outputs: dict[str, np.ndarray], box: Letterbox, classes, *, m
     sem = box.crop(sigmoid(outputs["sem_logits"][0]), mask_stride)
     if "pred_logits" in outputs and max_persons > 0:
         scores = softmax(outputs["pred_logits"][0], -1)[:, 0]
+        if mask_score or min_area > 0:
+            quality, area = mask_quality(box.crop(outputs["pred_masks"][0], mask_stride))
+            if mask_score:
+                scores = scores * quality
+            if min_area > 0:
+                scores = np.where(area >= min_area, scores, 0.0)
         order = np.argsort(-scores, kind="stable")
-        cands = [int(i) for i in order if scores[i] >= score_threshold]
+        cands = [int(i) for i in order if scores[i] >= score_threshold and scores[i] > 0]
         if dedup_iou is not None:
             cands = suppress_duplicates(outputs["pred_masks"][0], cands, dedup_iou)
         keep = cands[:max_persons]

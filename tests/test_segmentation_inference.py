@@ -84,7 +84,8 @@ def test_decode_outputs_selects_sorted_instances():
     masks = np.stack([np.full((4, 4), i, np.float32) for i in range(5)])[None]
     _, box = letterbox(np.zeros((4, 4, 3), np.float32), (4, 4), (0, 0, 0))
     raw = decode_outputs({"sem_logits": sem, "pred_logits": logits, "pred_masks": masks}, box, list("abcdef"),
-                         score_threshold=0.6, max_persons=2, dedup_iou=None)  # constant masks: all "duplicates"
+                         score_threshold=0.6, max_persons=2, dedup_iou=None,  # constant masks: all "duplicates"
+                         mask_score=False, min_area=0.0)  # ranking by the class score alone
     assert raw.scores.shape == (2,) and raw.scores[0] >= raw.scores[1] >= 0.6
     # query 2 (logit 4) then query 1 (logit 2); mask logits i -> sigmoid(i)
     np.testing.assert_allclose(raw.instances[:, 0, 0], 1 / (1 + np.exp(-np.array([2.0, 1.0]))), atol=1e-6)
