@@ -1,0 +1,206 @@
+"""Per-class threshold calibration of the static channels, fitted on the TRAINING split and folded into the model.
+
+The static channels are trained with BCE + Dice, rare classes with positive weights (``criterion.pos_weights``) and
+class weights; all of these move the logit at which a pixel is best called positive away from 0 (a positive weight
+``w`` alone moves the BCE optimum by ``log w``). campipe, its effects and ``campipe eval`` read a mask at
+probability 0.5, so the shipped model should put its best IoU threshold there. This module measures, per class, the
+pooled IoU as a function of the threshold on the **training** split (never the validation split that
+``campipe eval`` reports), picks the best threshold ``t_c`` and adds ``-logit(t_c)`` to that class's bias in the
+semantic head (``decoder.sem_head``): ``sigmoid(z - logit(t)) >= 0.5  <=>  sigmoid(z) >= t``. Nothing else changes;
+the offsets are stored in the checkpoint's ``extra["calibration"]`` with the training IoUs before and after.
+
+Protocol: the same inference and class definitions as :mod:`.evaluate` (letterbox -> network -> bilinear upsampling
+to the label's resolution; :data:`.evaluate.EVAL_SPEC`), each class pooled over every training set that labels it.
+Images are an evenly spaced subset of each set's training stems (``limit`` per set), plus every training image that
+passes a class's image filter (glasses: the CelebAMask images with glasses, which are rare).
+
+``python -m campipe.segmentation.training.calibrate --float RUN/ema_float.pt --data ../shared/data
+--out RUN/ema_float_cal.pt [--limit 120] [--json RUN/calibration.json]``
+
+References: J. Platt, "Probabilistic outputs for support vector machines" (1999) and C. Guo et al., "On Calibration
+of Modern Neural Networks" (ICML 2017) for post-hoc recalibration of a trained model's logits on held-in data.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .datasets import list_stems, read_pair
+from .evaluate import EVAL_SPEC, predict
+
+#: probability histogram resolution (thresholds are multiples of 1 / BINS)
+BINS = 1000
+#: largest bias change applied (logits); a larger optimum means the channel is broken, not miscalibrated
+MAX_OFFSET = 3.0
+
+
+def probability_histograms(prob: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of positive and negative pixels per probability bin: two int64 (BINS,) arrays.
+
+    prob float (H, W) in [0, 1]; gt bool (H, W); ignore bool (H, W) or None (ignored pixels are not counted).
+    Bin k holds probabilities in [k / BINS, (k + 1) / BINS) (1.0 in the last bin).
+    """
+    idx = np.minimum((prob * BINS).astype(np.int64), BINS - 1)
+    keep = ~ignore if ignore is not None else np.ones(gt.shape, bool)
+    pos = np.bincount(idx[keep & gt], minlength=BINS)
+    neg = np.bincount(idx[keep & ~gt], minlength=BINS)
+    return pos, neg
+
+
+def iou_curve(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """Pooled IoU when pixels with probability >= k / BINS are called positive, for k = 0..BINS-1: float64 (BINS,)."""
+    tp = np.cumsum(pos[::-1])[::-1].astype(np.float64)   # positives at or above bin k
+    fp = np.cumsum(neg[::-1])[::-1].astype(np.float64)
+    fn = pos.sum() - tp
+    den = tp + fp + fn
+    return np.where(den > 0, tp / np.maximum(den, 1), 0.0)
+
+
+def best_threshold(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float, float]:
+    """(best threshold, IoU there, IoU at 0.5); ties go to the threshold closest to 0.5."""
+    curve = iou_curve(pos, neg)
+    ks = np.arange(BINS)
+    k = int(np.lexsort((np.abs(ks - BINS // 2), -curve))[0])
+    return k / BINS, float(curve[k]), float(curve[BINS // 2])
+
+
+def offset_for(threshold: float) -> float:
+    """Bias change that moves the 0.5 decision to ``threshold``: ``-logit(t)``, clipped to +-MAX_OFFSET."""
+    t = min(max(threshold, 1.0 / BINS), 1.0 - 1.0 / BINS)
+    return float(np.clip(-math.log(t / (1.0 - t)), -MAX_OFFSET, MAX_OFFSET))
+
+
+def calibration_stems(data_dir: Path, set_name: str, split: str, limit: int | None) -> list[str]:
+    """An evenly spaced subset (``limit``) of the split's stems, plus every stem passing a class's image filter."""
+    stems = list_stems(data_dir, set_name, split)
+    if not limit or limit >= len(stems):
+        return stems
+    pick = set(np.linspace(0, len(stems) - 1, limit).round().astype(int).tolist())
+    filters = [f for _, _, f in EVAL_SPEC[set_name].values() if f is not None]
+    out = []
+    for i, s in enumerate(stems):
+        if i in pick:
+            out.append(s)
+        elif filters:
+            raw = read_pair(data_dir, set_name, s)[1]
+            if any(f(raw) for f in filters):
+                out.append(s)
+    return out
+
+
+@torch.no_grad()
+def collect_histograms(model: torch.nn.Module, data_dir: str | Path, sets=None, split: str = "train",
+                       limit: int | None = 120, mean=None, std=None,
+                       progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict[str, Any]]:
+    """class -> {"pos": (BINS,), "neg": (BINS,), "sets": [...], "n_images": int}, pooled over ``sets``."""
+    from ..checkpoint import IMAGENET_MEAN, IMAGENET_STD
+
+    cfg = model.cfg
+    mean, std = mean or IMAGENET_MEAN, std or IMAGENET_STD
+    model.eval()
+    hists: dict[str, dict[str, Any]] = {}
+    for s in [s for s in (sets or EVAL_SPEC) if s in EVAL_SPEC]:
+        stems = calibration_stems(Path(data_dir), s, split, limit)
+        for i, stem in enumerate(stems):
+            image, raw = read_pair(Path(data_dir), s, stem)
+            probs, _, _ = predict(model, image, tuple(cfg.input_size), mean, std, tuple(cfg.semantic_classes),
+                                  cfg.mask_stride, max_persons=0)
+            for c, (pos_fn, ign_fn, filt) in EVAL_SPEC[s].items():
+                if filt is not None and not filt(raw):
+                    continue
+                pos, neg = probability_histograms(probs[c], pos_fn(raw), None if ign_fn is None else ign_fn(raw))
+                h = hists.setdefault(c, {"pos": np.zeros(BINS, np.int64), "neg": np.zeros(BINS, np.int64),
+                                         "sets": [], "n_images": 0})
+                h["pos"] += pos
+                h["neg"] += neg
+                h["n_images"] += 1
+                if s not in h["sets"]:
+                    h["sets"].append(s)
+            if progress:
+                progress(s, i + 1, len(stems))
+    return hists
+
+
+def fit_offsets(hists: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """class -> {"threshold", "offset", "iou_at_0.5", "iou_at_threshold", "sets", "n_images"} (training figures)."""
+    out = {}
+    for c, h in hists.items():
+        t, iou_t, iou_05 = best_threshold(h["pos"], h["neg"])
+        out[c] = {"threshold": t, "offset": offset_for(t), "iou_at_0.5": iou_05, "iou_at_threshold": iou_t,
+                  "sets": list(h["sets"]), "n_images": int(h["n_images"])}
+    return out
+
+
+@torch.no_grad()
+def apply_offsets(model: torch.nn.Module, offsets: dict[str, float]) -> torch.nn.Module:
+    """Add ``offsets[class]`` to that class's bias in ``model.decoder.sem_head`` (in place); returns the model."""
+    classes = list(model.cfg.semantic_classes)
+    bias = model.decoder.sem_head.bias
+    for c, off in offsets.items():
+        if c not in classes:
+            raise KeyError(f"unknown class {c!r} (model classes: {classes})")
+        bias[classes.index(c)] += float(off)
+    return model
+
+
+def calibrate_checkpoint(float_ckpt: Path, data_dir: Path, out: Path, limit: int | None = 120,
+                         sets=None, progress=None) -> dict[str, Any]:
+    """Fit the offsets of a float checkpoint on the training split and write the calibrated float checkpoint."""
+    from ..checkpoint import file_sha256, load_checkpoint, save_checkpoint
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    model, meta = load_checkpoint(float_ckpt)
+    if meta.get("quantized"):
+        raise ValueError(f"{float_ckpt}: calibrate the float checkpoint, not the int8 one")
+    extra = dict(meta.get("extra") or {})
+    if "calibration" in extra:
+        raise ValueError(f"{float_ckpt}: already calibrated (extra['calibration'] present)")
+    norm = meta["normalization"]
+    t0 = time.time()
+    fit = fit_offsets(collect_histograms(model, data_dir, sets, "train", limit, norm["mean"], norm["std"], progress))
+    apply_offsets(model, {c: r["offset"] for c, r in fit.items()})
+    report = {"split": "train", "limit_per_set": limit, "classes": fit, "seconds": round(time.time() - t0, 1),
+              "made_from": {"file": Path(float_ckpt).name, "sha256": file_sha256(float_ckpt)}}
+    extra["calibration"] = report
+    save_checkpoint(out, model, model.cfg, mean=norm["mean"], std=norm["std"], metrics=meta.get("metrics"),
+                    extra=extra)
+    return report
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--float", dest="float_ckpt", required=True, type=Path)
+    ap.add_argument("--data", required=True, type=Path, help="the shared data directory (../shared/data)")
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--limit", type=int, default=120, help="training images per set (0 = all)")
+    ap.add_argument("--set", dest="sets", action="append", default=None, help="restrict to these sets")
+    ap.add_argument("--json", type=Path, default=None, help="also write the report here")
+    a = ap.parse_args(argv)
+    last = {}
+
+    def progress(s, i, n):
+        if i == n or i - last.get(s, 0) >= 25:
+            last[s] = i
+            print(f"  {s}: {i}/{n}", flush=True)
+
+    rep = calibrate_checkpoint(a.float_ckpt, a.data, a.out, a.limit or None, a.sets, progress)
+    print(f"{'class':8s} {'threshold':>9s} {'offset':>7s} {'IoU@0.5':>8s} {'IoU@t':>7s}  (training split)")
+    for c, r in rep["classes"].items():
+        print(f"{c:8s} {r['threshold']:9.3f} {r['offset']:+7.3f} {r['iou_at_0.5']:8.3f} {r['iou_at_threshold']:7.3f}"
+              f"  {','.join(r['sets'])} ({r['n_images']} images)")
+    print(f"wrote {a.out} ({rep['seconds']:.0f} s)")
+    if a.json:
+        a.json.write_text(json.dumps(rep, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

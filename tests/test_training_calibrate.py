@@ -1,0 +1,115 @@
+"""Threshold calibration of the static channels: exact histograms and IoU curves on tiny arrays, the bias offset
+moves the 0.5 decision exactly to the fitted threshold, and the fit on a tiny hand-made training set."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from campipe.segmentation.config import HyperDETRConfig
+from campipe.segmentation.model import build_model
+from campipe.segmentation.training.calibrate import (BINS, MAX_OFFSET, apply_offsets, best_threshold,
+                                                     collect_histograms, fit_offsets, iou_curve, offset_for,
+                                                     probability_histograms)
+
+
+def test_histograms_and_iou_curve_exact():
+    prob = np.array([[0.9, 0.7], [0.3, 0.1]], np.float32)
+    gt = np.array([[True, True], [False, True]])
+    ign = np.array([[False, False], [False, True]])     # the 0.1 positive is ignored
+    pos, neg = probability_histograms(prob, gt, ign)
+    assert pos.sum() == 2 and neg.sum() == 1
+    assert pos[900] == 1 and pos[700] == 1 and neg[300] == 1
+    curve = iou_curve(pos, neg)
+    assert curve[0] == pytest.approx(2 / 3)        # everything positive: TP 2, FP 1
+    assert curve[500] == pytest.approx(1.0)        # >= 0.5: both positives, no negative
+    assert curve[800] == pytest.approx(1 / 2)      # >= 0.8: one positive found, one missed
+    assert curve[950] == 0.0
+    t, iou_t, iou_05 = best_threshold(pos, neg)
+    assert iou_t == 1.0 and iou_05 == 1.0 and t == 0.5   # ties go to the threshold closest to 0.5
+
+
+def test_best_threshold_moves_when_negatives_score_high():
+    # positives at 0.8-0.9, negatives at 0.6: the best cut is above 0.6, and IoU at 0.5 is worse
+    pos = np.zeros(BINS, np.int64)
+    neg = np.zeros(BINS, np.int64)
+    pos[850] = 10
+    neg[600] = 5
+    t, iou_t, iou_05 = best_threshold(pos, neg)
+    assert 0.6 < t <= 0.85 and iou_t == 1.0 and iou_05 == pytest.approx(10 / 15)
+
+
+def test_offset_moves_decision_to_threshold():
+    assert offset_for(0.5) == 0.0
+    t = 0.7
+    off = offset_for(t)
+    z = np.linspace(-4, 4, 801)
+    before = 1 / (1 + np.exp(-z)) >= t
+    after = 1 / (1 + np.exp(-(z + off))) >= 0.5
+    assert (before == after).mean() > 0.995          # equal except at the grid point on the boundary
+    assert offset_for(0.0) == MAX_OFFSET and offset_for(1.0) == -MAX_OFFSET
+    assert offset_for(0.2) == pytest.approx(math.log(4))
+
+
+def test_apply_offsets_shifts_only_that_class():
+    torch.manual_seed(0)
+    model = build_model(HyperDETRConfig(input_size=(64, 64), width_mult=0.5, hidden_dim=32, nheads=2, enc_layers=1,
+                                        dec_layers=2, dim_feedforward=64)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x, scene_only=True)["sem_logits"].clone()
+        apply_offsets(model, {"skin": -1.25, "sky": 0.5})
+        after = model(x, scene_only=True)["sem_logits"]
+    classes = list(model.cfg.semantic_classes)
+    delta = (after - before).mean(dim=(0, 2, 3))
+    for i, c in enumerate(classes):
+        want = {"skin": -1.25, "sky": 0.5}.get(c, 0.0)
+        assert float(delta[i]) == pytest.approx(want, abs=1e-5)
+        assert float((after - before)[0, i].std()) < 1e-5
+    with pytest.raises(KeyError, match="unknown class"):
+        apply_offsets(model, {"cat": 1.0})
+
+
+class _Fixed(torch.nn.Module):
+    """Fake model: static logit +1 where the red channel is bright, -1 elsewhere (probabilities 0.73 / 0.27)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cfg = HyperDETRConfig(input_size=(64, 64), mask_stride=1)
+
+    def forward(self, x, scene_only=False):
+        z = (x[:, :1] > 0.5).float() * 2 - 1
+        return {"sem_logits": z.repeat(1, 6, 1, 1)}
+
+
+def test_fit_on_tiny_training_set(tmp_path: Path):
+    # Penn-Fudan "training" images: red marks rows 0-31, the person is labelled on rows 0-15 only.
+    # At 0.5 the red rows are called person (IoU 16/32); no threshold separates them better, and
+    # a threshold above 0.73 calls nothing (IoU 0): the best threshold keeps IoU 0.5.
+    from campipe.segmentation.training.datasets import is_val
+
+    d = tmp_path / "pennfudan"
+    (d / "images").mkdir(parents=True)
+    (d / "masks").mkdir(parents=True)
+    n = 0
+    for i in range(40):
+        stem = f"p{i}"
+        if is_val("pennfudan", stem):
+            continue
+        img = np.zeros((64, 64, 3), np.uint8)
+        img[:32] = (255, 0, 0)
+        raw = np.zeros((64, 64), np.uint8)
+        raw[:16] = 1
+        cv2.imwrite(str(d / "images" / f"{stem}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(d / "masks" / f"{stem}.png"), raw)
+        n += 1
+    hists = collect_histograms(_Fixed(), tmp_path, sets=["pennfudan"], split="train", limit=None)
+    assert set(hists) == {"person"} and hists["person"]["n_images"] == n
+    fit = fit_offsets(hists)["person"]
+    assert fit["iou_at_0.5"] == pytest.approx(0.5, abs=0.02)   # bilinear edge of the red band
+    assert fit["iou_at_threshold"] >= fit["iou_at_0.5"]
+    assert fit["sets"] == ["pennfudan"]
