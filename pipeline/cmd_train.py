@@ -73,6 +73,8 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("val", "--split", help="val | train | all"),
         limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most N images per set."),
         json_out: Optional[str] = typer.Option(None, "--json", help="Write the JSON report to FILE ('-' = stdout)."),
+        refine: str = typer.Option("guided", "--refine", help="Mask upsampling: guided (campipe's default, "
+                                   "edge-aware) or bilinear."),
     ) -> None:
         """Per-class pooled IoU at 0.5 and person panoptic quality on the held-out split; table + JSON."""
         from campipe.segmentation import NoWeightsError, weights_path
@@ -85,6 +87,9 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2)
         if split not in ("val", "train", "all"):
             typer.echo(f"campipe eval: --split must be val, train or all (got {split!r})", err=True)
+            raise typer.Exit(2)
+        if refine not in ("guided", "bilinear"):
+            typer.echo(f"campipe eval: --refine must be guided or bilinear (got {refine!r})", err=True)
             raise typer.Exit(2)
         if not data_dir.is_dir():
             typer.echo(f"campipe eval: data folder not found: {data_dir}", err=True)
@@ -114,14 +119,15 @@ def register(app: typer.Typer) -> None:
                     prog.update(tasks[name], completed=i)
 
                 report = evaluate_checkpoints(ckpts, data_dir, sets or None, split, limit,
-                                              derive_int8_from="weights" if int8_of_float else None, progress=cb)
+                                              derive_int8_from="weights" if int8_of_float else None, progress=cb,
+                                              refine=refine)
         except (FileNotFoundError, ValueError, OSError) as e:
             typer.echo(f"campipe eval: {e}", err=True)
             raise typer.Exit(1)
         from rich.table import Table
 
         rows = format_table(report)
-        table = Table(title=f"HyperDETR validation ({split} split, pooled IoU @0.5, person PQ)")
+        table = Table(title=f"HyperDETR validation ({split} split, pooled IoU @0.5, person PQ, {refine} upsampling)")
         for h in rows[0]:
             table.add_column(h)
         for r in rows[1:]:

@@ -36,7 +36,8 @@ import numpy as np
 from campipe.frame import PersonInstance
 
 from . import weights_path
-from .postprocess import DEFAULT_DEDUP_IOU, decode_outputs, letterbox, normalize, upsample_masks
+from .postprocess import (DEFAULT_DEDUP_IOU, DEFAULT_GUIDE_EPS, DEFAULT_GUIDE_RADIUS, decode_outputs, letterbox,
+                          normalize, upsample_masks)
 
 MODEL_NAME = "HyperDETR"
 MASK_KEYS = ("sky", "person", "hair", "skin", "teeth", "glasses")
@@ -101,7 +102,7 @@ class Segmenter:
 
     def __init__(self, weights=None, *, runtime: str = "auto", keep_dec_layers: int | None = None,
                  threads: int | None = None, max_persons: int = 4, score_threshold: float = 0.5,
-                 refine: str = "guided", guide_radius: int = 2, guide_eps: float = 1e-3,
+                 refine: str = "guided", guide_radius: int = DEFAULT_GUIDE_RADIUS, guide_eps: float = DEFAULT_GUIDE_EPS,
                  dedup_iou: float = DEFAULT_DEDUP_IOU) -> None:
         if not 0.0 <= dedup_iou <= 1.0:
             raise ValueError(f"dedup_iou must be in [0, 1], got {dedup_iou}")

@@ -80,6 +80,9 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 #: default IoU above which a lower-scoring person instance is dropped as a duplicate of a higher-scoring one
 DEFAULT_DEDUP_IOU = 0.8
+#: guided-filter upsampling defaults (window radius in network-resolution pixels, regularisation), as campipe runs it
+DEFAULT_GUIDE_RADIUS = 2
+DEFAULT_GUIDE_EPS = 1e-3
 #: instances whose binary mask covers less than this fraction of the image are dropped
 DEFAULT_MIN_AREA = 5e-4
 
@@ -171,7 +174,7 @@ def decode_outputs(outputs: dict[str, np.ndarray], box: Letterbox, classes, *, m
 
 
 def upsample_masks(stack_khw: np.ndarray, out_hw: tuple[int, int], guide: np.ndarray | None = None,
-                   radius: int = 2, eps: float = 1e-3) -> np.ndarray:
+                   radius: int = DEFAULT_GUIDE_RADIUS, eps: float = DEFAULT_GUIDE_EPS) -> np.ndarray:
     """(K, h, w) masks -> (K, H, W) float32 in [0, 1]; guided by ``guide`` (H, W) if given, else bilinear."""
     k = stack_khw.shape[0]
     H, W = out_hw

@@ -136,5 +136,39 @@ def test_eval_command_table_and_json(tmp_path):
     iou = rep["results"]["weights"]["pennfudan"]["iou_person"]
     assert 0.0 <= iou <= 1.0
     assert rep["models"]["weights-int8-l2"]["dec_layers"] == 2
+    assert rep["refine"] == "guided"                     # campipe's own upsampling by default
     r2 = CliRunner().invoke(app, ["eval", str(tmp_path / "data"), "--set", "nope", "--weights", str(ck)])
     assert r2.exit_code == 2
+    r3 = CliRunner().invoke(app, ["eval", str(tmp_path / "data"), "--weights", str(ck), "--refine", "nearest"])
+    assert r3.exit_code == 2 and "--refine" in r3.output
+
+
+def test_predict_upsampling_is_the_products():
+    """Eval's "guided" masks are exactly what campipe's Segmenter upsampling gives for the same network output;
+    "bilinear" is plain resizing; the two differ where the photo has an edge inside a blurry mask."""
+    from campipe.segmentation.inference import gray_guide
+    from campipe.segmentation.postprocess import upsample_masks
+    from campipe.segmentation.training.evaluate import predict
+
+    class _Soft(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cfg = HyperDETRConfig(input_size=(32, 32), mask_stride=2)
+
+        def forward(self, x, scene_only=False):
+            ramp = torch.linspace(-3, 3, 16).view(1, 1, 1, 16).expand(x.shape[0], 6, 16, 16)
+            return {"sem_logits": ramp.clone()}
+
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[:, 40:] = 255                                   # an edge right of the mask's 0.5 crossing
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    g, _, _ = predict(_Soft(), img, (32, 32), mean, std, tuple("abcdef"), 2, max_persons=0)
+    b, _, _ = predict(_Soft(), img, (32, 32), mean, std, tuple("abcdef"), 2, max_persons=0, refine="bilinear")
+    raw = 1 / (1 + np.exp(-np.linspace(-3, 3, 16, dtype=np.float32)))
+    stack = np.repeat(np.tile(raw, (16, 1))[None], 6, 0)
+    np.testing.assert_allclose(g["a"], upsample_masks(stack, (64, 64), gray_guide(img / np.float32(255)))[0],
+                               atol=1e-6)
+    np.testing.assert_allclose(b["a"], upsample_masks(stack, (64, 64))[0], atol=1e-6)
+    assert np.abs(g["a"] - b["a"]).max() > 0.01
+    with pytest.raises(ValueError, match="refine"):
+        predict(_Soft(), img, (32, 32), mean, std, tuple("abcdef"), 2, refine="nearest")

@@ -9,8 +9,8 @@ pooled IoU as a function of the threshold on the **training** split (never the v
 semantic head (``decoder.sem_head``): ``sigmoid(z - logit(t)) >= 0.5  <=>  sigmoid(z) >= t``. Nothing else changes;
 the offsets are stored in the checkpoint's ``extra["calibration"]`` with the training IoUs before and after.
 
-Protocol: the same inference and class definitions as :mod:`.evaluate` (letterbox -> network -> bilinear upsampling
-to the label's resolution; :data:`.evaluate.EVAL_SPEC`), each class pooled over every training set that labels it.
+Protocol: the same inference and class definitions as :mod:`.evaluate` (letterbox -> network -> guided upsampling
+to the label's resolution, as campipe runs it; :data:`.evaluate.EVAL_SPEC`), each class pooled over every training set that labels it.
 Images are an evenly spaced subset of each set's training stems (``limit`` per set), plus every training image that
 passes a class's image filter (glasses: the CelebAMask images with glasses, which are rare).
 

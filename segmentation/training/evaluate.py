@@ -3,8 +3,10 @@
 Protocol (the issue's validation targets):
 
 * inference exactly as campipe runs it: sRGB photo -> letterbox to the checkpoint's ``input_size`` (aspect kept,
-  padded with the mean) -> network -> sigmoid / softmax -> crop the padding -> bilinear upsampling to the label's
-  resolution (:mod:`campipe.segmentation.postprocess`);
+  padded with the mean) -> network -> sigmoid / softmax -> crop the padding -> upsampling to the label's resolution,
+  edge-aware (guided filter against the photo's luma, campipe's default ``refine="guided"``) or, with
+  ``refine="bilinear"``, plain bilinear (the protocol of the reports before 2026-12-04)
+  (:mod:`campipe.segmentation.postprocess`);
 * **pooled IoU** per class: a pixel is predicted positive where the probability is >= 0.5; intersections and unions
   are summed over all images of the split before dividing (pooled, not a mean of per-image IoUs). Pixels a set does
   not label are ignored (CamVid "unlabelled"; bicyclists for person);
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 
 from ..postprocess import decode_outputs, letterbox, normalize, upsample_masks
+from ..inference import gray_guide
 from .datasets import CAMVID_BICYCLIST, CAMVID_UNLABELLED, CELEBA_SKIN_IDS, list_stems, read_pair
 
 # set -> class -> (positive(raw), ignore(raw) or None, image filter(raw) or None)
@@ -58,6 +61,8 @@ INSTANCE_SPEC: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "pennfudan": lambda r: np.stack([r == i for i in np.unique(r) if i > 0]) if (r > 0).any()
     else np.zeros((0,) + r.shape, bool),
 }
+#: upsampling of the network's masks to the label resolution (see :func:`predict`)
+REFINE_MODES = ("guided", "bilinear")
 #: the issue's targets (shipped int8 model, pooled IoU on the validation split)
 TARGETS = {("camvid", "sky"): 0.92, ("figaro1k", "hair"): 0.85, ("celebamask", "skin"): 0.90,
            ("celebamask", "teeth"): 0.75, ("celebamask", "glasses"): 0.75, ("celebamask", "person"): 0.95,
@@ -144,9 +149,14 @@ def panoptic_segments(inst_probs: np.ndarray, scores: np.ndarray, thr: float = 0
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, image: np.ndarray, input_size: tuple[int, int], mean, std,
-            classes: tuple[str, ...], mask_stride: int, score_threshold: float = 0.5, max_persons: int = 4
-            ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """uint8 sRGB (H, W, 3) -> (class -> prob float32 (H, W), instance probs (M, H, W), scores (M,))."""
+            classes: tuple[str, ...], mask_stride: int, score_threshold: float = 0.5, max_persons: int = 4,
+            refine: str = "guided") -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """uint8 sRGB (H, W, 3) -> (class -> prob float32 (H, W), instance probs (M, H, W), scores (M,)).
+
+    ``refine``: "guided" (campipe's default upsampling, guided by the photo) or "bilinear".
+    """
+    if refine not in REFINE_MODES:
+        raise ValueError(f"refine must be one of {REFINE_MODES}, got {refine!r}")
     img = image.astype(np.float32) / 255.0
     canvas, box = letterbox(img, tuple(input_size), tuple(mean))
     x = torch.from_numpy(normalize(canvas, mean, std))
@@ -155,14 +165,16 @@ def predict(model: torch.nn.Module, image: np.ndarray, input_size: tuple[int, in
     raw = decode_outputs(out_np, box, classes, mask_stride=mask_stride, score_threshold=score_threshold,
                          max_persons=max_persons)
     H, W = image.shape[:2]
-    sem = upsample_masks(raw.semantic, (H, W))
-    inst = upsample_masks(raw.instances, (H, W))
+    guide = gray_guide(img) if refine == "guided" else None
+    sem = upsample_masks(raw.semantic, (H, W), guide)
+    inst = upsample_masks(raw.instances, (H, W), guide)
     return {c: sem[i] for i, c in enumerate(classes)}, inst, raw.scores
 
 
 def evaluate_model(model: torch.nn.Module, data_dir: str | Path, sets=None, split: str = "val",
                    limit: int | None = None, input_size=None, mean=None, std=None, threshold: float = 0.5,
-                   progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict[str, Any]]:
+                   progress: Callable[[str, int, int], None] | None = None, refine: str = "guided"
+                   ) -> dict[str, dict[str, Any]]:
     """Evaluate ``model`` (float32, eval mode) on ``split`` of every set in ``sets``.
 
     Returns ``{set: {"iou_<class>": float, "n_images": int, "pq"/"sq"/"rq": float (instance sets),
@@ -186,7 +198,7 @@ def evaluate_model(model: torch.nn.Module, data_dir: str | Path, sets=None, spli
         for i, stem in enumerate(stems):
             image, raw = read_pair(Path(data_dir), s, stem)
             probs, inst, scores = predict(model, image, input_size, mean, std, tuple(cfg.semantic_classes),
-                                          cfg.mask_stride)
+                                          cfg.mask_stride, refine=refine)
             for c, (pos, ign, filt) in EVAL_SPEC[s].items():
                 if filt is not None and not filt(raw):
                     continue
@@ -222,13 +234,13 @@ def quantized_pruned_copy(model: torch.nn.Module, keep_dec_layers: int = 2) -> t
 
 def evaluate_checkpoints(weights: dict[str, str | Path], data_dir: str | Path, sets=None, split: str = "val",
                          limit: int | None = None, derive_int8_from: str | None = None,
-                         progress=None) -> dict[str, Any]:
+                         progress=None, refine: str = "guided") -> dict[str, Any]:
     """Evaluate several checkpoints (label -> path). With ``derive_int8_from=label``, also evaluate that float
     checkpoint quantised + pruned to 2 layers in memory (label ``<label>-int8-l2``)."""
     from ..checkpoint import load_checkpoint
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    out: dict[str, Any] = {"split": split, "limit": limit, "models": {}, "results": {}}
+    out: dict[str, Any] = {"split": split, "limit": limit, "refine": refine, "models": {}, "results": {}}
     items = list(weights.items())
     for label, path in items:
         model, meta = load_checkpoint(path)
@@ -245,7 +257,7 @@ def evaluate_checkpoints(weights: dict[str, str | Path], data_dir: str | Path, s
                                   "quantized": bool(meta.get("quantized")) or derived,
                                   "dec_layers": m.num_dec_layers}
             out["results"][lab] = evaluate_model(m, data_dir, sets, split, limit, mean=norm["mean"],
-                                                 std=norm["std"], progress=progress)
+                                                 std=norm["std"], progress=progress, refine=refine)
     return out
 
 
