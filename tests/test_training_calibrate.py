@@ -113,3 +113,18 @@ def test_fit_on_tiny_training_set(tmp_path: Path):
     assert fit["iou_at_0.5"] == pytest.approx(0.5, abs=0.02)   # bilinear edge of the red band
     assert fit["iou_at_threshold"] >= fit["iou_at_0.5"]
     assert fit["sets"] == ["pennfudan"]
+
+
+def test_threshold_objective_is_the_mean_over_sets():
+    # set A (large masks) prefers a cut above 0.6, set B (small masks) one below 0.55: pooling the pixels would let
+    # A decide and zero B; the mean of the sets' IoUs keeps both
+    pos = np.zeros((2, BINS), np.int64)
+    neg = np.zeros((2, BINS), np.int64)
+    pos[0, 700], neg[0, 600] = 1000, 100
+    pos[1, 550], neg[1, 300] = 10, 5
+    t, iou_t, iou_05 = best_threshold(pos, neg)
+    assert t <= 0.55 and iou_t == pytest.approx((1000 / 1100 + 1.0) / 2)
+    t_pooled, _, _ = best_threshold(pos.sum(0), neg.sum(0))
+    assert t_pooled > 0.6
+    fit = fit_offsets({"person": {"pos": pos, "neg": neg, "sets": ["a", "b"], "n_images": 2}})["person"]
+    assert fit["per_set"]["b"]["iou_at_threshold"] == 1.0 and fit["threshold"] == t

@@ -97,6 +97,7 @@ def test_evaluate_model_on_tiny_hand_made_set(tmp_path):
     r = res["pennfudan"]
     # image 0: I = 16 rows, U = 48 rows; image 1: I = U = 16 rows -> pooled (16+16)/(48+16)
     assert r["iou_person"] == pytest.approx(32 / 64)
+    assert r["iou_person_channel"] == pytest.approx(32 / 64)   # the instance is the same red band here
     # PQ: image 0 IoU 1/3 (no match: FP + FN), image 1 IoU 1 (TP)
     assert (r["tp"], r["fp"], r["fn"]) == (1, 1, 1)
     assert r["pq"] == pytest.approx(1.0 / 2)
@@ -172,3 +173,22 @@ def test_predict_upsampling_is_the_products():
     assert np.abs(g["a"] - b["a"]).max() > 0.01
     with pytest.raises(ValueError, match="refine"):
         predict(_Soft(), img, (32, 32), mean, std, tuple("abcdef"), 2, refine="nearest")
+
+
+def test_eval_person_is_channel_or_instances(tmp_path):
+    """`person` is campipe's person mask (channel max instances); `person_channel` the static channel alone."""
+
+    class _InstanceOnly(_RedIsEverything):
+        def forward(self, x, scene_only=False):
+            out = super().forward(x, scene_only)
+            out["sem_logits"] = out["sem_logits"] * 0 - 10        # the channel finds nothing
+            return out
+
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[:32] = (255, 0, 0)
+    raw = np.zeros((64, 64), np.uint8)
+    raw[:32] = 1
+    _write(tmp_path, "pennfudan", "p0", img, raw)
+    r = evaluate_model(_InstanceOnly(), tmp_path, sets=["pennfudan"], split="all")["pennfudan"]
+    assert r["iou_person_channel"] == 0.0
+    assert r["iou_person"] == pytest.approx(1.0, abs=0.02)

@@ -10,7 +10,9 @@ semantic head (``decoder.sem_head``): ``sigmoid(z - logit(t)) >= 0.5  <=>  sigmo
 the offsets are stored in the checkpoint's ``extra["calibration"]`` with the training IoUs before and after.
 
 Protocol: the same inference and class definitions as :mod:`.evaluate` (letterbox -> network -> guided upsampling
-to the label's resolution, as campipe runs it; :data:`.evaluate.EVAL_SPEC`), each class pooled over every training set that labels it.
+to the label's resolution, as campipe runs it; :data:`.evaluate.EVAL_SPEC`). Per class, the objective is the mean
+over the training sets that label it of each set's pooled IoU (the targets are per set; pooling the pixels of all
+sets would let the set with the largest masks, CelebAMask, decide alone).
 Images are an evenly spaced subset of each set's training stems (``limit`` per set), plus every training image that
 passes a class's image filter (glasses: the CelebAMask images with glasses, which are rare).
 
@@ -65,8 +67,13 @@ def iou_curve(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
 
 
 def best_threshold(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float, float]:
-    """(best threshold, IoU there, IoU at 0.5); ties go to the threshold closest to 0.5."""
-    curve = iou_curve(pos, neg)
+    """(best threshold, IoU there, IoU at 0.5); ties go to the threshold closest to 0.5.
+
+    ``pos``/``neg``: (BINS,) histograms of one pool, or (S, BINS) for S sets: the curve is then the mean of the sets'
+    IoU curves.
+    """
+    pos, neg = np.atleast_2d(pos), np.atleast_2d(neg)
+    curve = np.mean([iou_curve(p, n) for p, n in zip(pos, neg)], axis=0)
     ks = np.arange(BINS)
     k = int(np.lexsort((np.abs(ks - BINS // 2), -curve))[0])
     return k / BINS, float(curve[k]), float(curve[BINS // 2])
@@ -100,7 +107,7 @@ def calibration_stems(data_dir: Path, set_name: str, split: str, limit: int | No
 def collect_histograms(model: torch.nn.Module, data_dir: str | Path, sets=None, split: str = "train",
                        limit: int | None = 120, mean=None, std=None,
                        progress: Callable[[str, int, int], None] | None = None) -> dict[str, dict[str, Any]]:
-    """class -> {"pos": (BINS,), "neg": (BINS,), "sets": [...], "n_images": int}, pooled over ``sets``."""
+    """class -> {"pos": (S, BINS), "neg": (S, BINS), "sets": [S set names], "n_images": int}."""
     from ..checkpoint import IMAGENET_MEAN, IMAGENET_STD
 
     cfg = model.cfg
@@ -117,25 +124,31 @@ def collect_histograms(model: torch.nn.Module, data_dir: str | Path, sets=None, 
                 if filt is not None and not filt(raw):
                     continue
                 pos, neg = probability_histograms(probs[c], pos_fn(raw), None if ign_fn is None else ign_fn(raw))
-                h = hists.setdefault(c, {"pos": np.zeros(BINS, np.int64), "neg": np.zeros(BINS, np.int64),
+                h = hists.setdefault(c, {"pos": np.zeros((0, BINS), np.int64), "neg": np.zeros((0, BINS), np.int64),
                                          "sets": [], "n_images": 0})
-                h["pos"] += pos
-                h["neg"] += neg
-                h["n_images"] += 1
                 if s not in h["sets"]:
                     h["sets"].append(s)
+                    h["pos"] = np.vstack([h["pos"], np.zeros(BINS, np.int64)])
+                    h["neg"] = np.vstack([h["neg"], np.zeros(BINS, np.int64)])
+                h["pos"][-1] += pos
+                h["neg"][-1] += neg
+                h["n_images"] += 1
             if progress:
                 progress(s, i + 1, len(stems))
     return hists
 
 
 def fit_offsets(hists: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """class -> {"threshold", "offset", "iou_at_0.5", "iou_at_threshold", "sets", "n_images"} (training figures)."""
+    """class -> {"threshold", "offset", "iou_at_0.5", "iou_at_threshold" (means over the sets), "per_set": {set:
+    {"iou_at_0.5", "iou_at_threshold"}}, "sets", "n_images"} (training figures)."""
     out = {}
     for c, h in hists.items():
         t, iou_t, iou_05 = best_threshold(h["pos"], h["neg"])
+        k = min(int(round(t * BINS)), BINS - 1)
+        per_set = {s: {"iou_at_0.5": float(iou_curve(p, n)[BINS // 2]), "iou_at_threshold": float(iou_curve(p, n)[k])}
+                   for s, p, n in zip(h["sets"], h["pos"], h["neg"])}
         out[c] = {"threshold": t, "offset": offset_for(t), "iou_at_0.5": iou_05, "iou_at_threshold": iou_t,
-                  "sets": list(h["sets"]), "n_images": int(h["n_images"])}
+                  "per_set": per_set, "sets": list(h["sets"]), "n_images": int(h["n_images"])}
     return out
 
 
@@ -194,8 +207,9 @@ def main(argv=None) -> int:
     rep = calibrate_checkpoint(a.float_ckpt, a.data, a.out, a.limit or None, a.sets, progress)
     print(f"{'class':8s} {'threshold':>9s} {'offset':>7s} {'IoU@0.5':>8s} {'IoU@t':>7s}  (training split)")
     for c, r in rep["classes"].items():
+        sets = ", ".join(f"{s} {v['iou_at_0.5']:.3f}->{v['iou_at_threshold']:.3f}" for s, v in r["per_set"].items())
         print(f"{c:8s} {r['threshold']:9.3f} {r['offset']:+7.3f} {r['iou_at_0.5']:8.3f} {r['iou_at_threshold']:7.3f}"
-              f"  {','.join(r['sets'])} ({r['n_images']} images)")
+              f"  {sets} ({r['n_images']} images)")
     print(f"wrote {a.out} ({rep['seconds']:.0f} s)")
     if a.json:
         a.json.write_text(json.dumps(rep, indent=1))

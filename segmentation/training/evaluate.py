@@ -10,6 +10,8 @@ Protocol (the issue's validation targets):
 * **pooled IoU** per class: a pixel is predicted positive where the probability is >= 0.5; intersections and unions
   are summed over all images of the split before dividing (pooled, not a mean of per-image IoUs). Pixels a set does
   not label are ignored (CamVid "unlabelled"; bicyclists for person);
+* ``person`` is campipe's person mask: the pixel-wise maximum of the person channel and the kept instances (as
+  :class:`campipe.segmentation.SegmentationResult` gives it); ``person_channel`` is the static channel alone;
 * class definitions: sky = CamVid 0; hair = Figaro1k/LFW 255, CelebAMask 13; face skin = CelebAMask 1, 2, 8, 9, 17;
   teeth / inner mouth = CelebAMask 10; glasses = CelebAMask 3, on the images that contain glasses only; person =
   every non-zero CelebAMask id, Penn-Fudan instances, CamVid pedestrians;
@@ -193,13 +195,20 @@ def evaluate_model(model: torch.nn.Module, data_dir: str | Path, sets=None, spli
         stems = list_stems(Path(data_dir), s, split)
         if limit:
             stems = stems[:limit]
-        accs = {c: IoUAccumulator() for c in EVAL_SPEC[s]}
+        specs = dict(EVAL_SPEC[s])
+        if "person" in specs:
+            specs["person_channel"] = specs["person"]
+        accs = {c: IoUAccumulator() for c in specs}
         pq = PQAccumulator() if s in INSTANCE_SPEC else None
         for i, stem in enumerate(stems):
             image, raw = read_pair(Path(data_dir), s, stem)
             probs, inst, scores = predict(model, image, input_size, mean, std, tuple(cfg.semantic_classes),
                                           cfg.mask_stride, refine=refine)
-            for c, (pos, ign, filt) in EVAL_SPEC[s].items():
+            if "person" in probs:
+                probs["person_channel"] = probs["person"]
+                if len(inst):
+                    probs["person"] = np.maximum(probs["person"], inst.max(0))
+            for c, (pos, ign, filt) in specs.items():
                 if filt is not None and not filt(raw):
                     continue
                 accs[c].update(probs[c] >= threshold, pos(raw), None if ign is None else ign(raw))
