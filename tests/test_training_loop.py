@@ -112,6 +112,15 @@ def test_train_runs_phases_exports_and_resumes_identically(tiny_data, tmp_path):
     b1 = T.train(_cfg(tiny_data, tmp_path / "b"), progress=False, log_fn=stop_at_step_2)
     assert b1["interrupted"] and b1["state"]["global_step"] == 2
     assert not (tmp_path / "b" / "ema_float.pt").exists()
+    # the EMA of the cut run can be exported as it stands (what starts a follow-up run or a cut device run)
+    f32, q8 = T.export_last(tmp_path / "b")
+    _, meta_b = load_checkpoint(f32)
+    assert meta_b["extra"]["partial"]["global_step"] == 2 and q8.is_file()
+    ema = torch.load(tmp_path / "b" / "last.pt", map_location="cpu", weights_only=False)["ema"]
+    exported = _state(f32)
+    assert all(torch.equal(exported[k], ema[k]) for k in exported)
+    with pytest.raises(FileNotFoundError, match="last.pt"):
+        T.export_last(tmp_path / "nothing")
     b2 = T.train(_cfg(tiny_data, tmp_path / "b"), progress=False, log_fn=seen.append)
     assert any("resumed from" in s for s in seen)
     assert not b2["interrupted"] and b2["state"]["global_step"] == 5

@@ -38,6 +38,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .teacher import TEACHER_SETS, read_teacher, teacher_person
+
 CLASSES = ("sky", "person", "hair", "skin", "teeth", "glasses")
 SKY, PERSON, HAIR, SKIN, TEETH, GLASSES = range(6)
 ALL_KNOWN = (1 << len(CLASSES)) - 1
@@ -112,12 +114,18 @@ def _pack(sem_bits: np.ndarray, known_bits: np.ndarray, inst: np.ndarray) -> np.
     return np.stack([sem_bits.astype(np.uint8), known_bits, inst.astype(np.uint8)], axis=-1)
 
 
-def map_labels(set_name: str, raw: np.ndarray, image: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+def map_labels(set_name: str, raw: np.ndarray, image: np.ndarray | None = None,
+               teacher: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
     """Map one raw label map of ``set_name`` into the packed ``lab`` (H, W, 3) uint8 and ``inst_known``.
 
     ``image`` (uint8 RGB, same size) is needed only for Penn-Fudan, whose body skin is derived by :mod:`.skin`.
+    ``teacher`` (uint8 person probability x 255, same size; Figaro1k / LFW only) fills their unlabelled person
+    channel where it is confident (:func:`.teacher.teacher_person`).
     """
     raw = np.asarray(raw)
+    if teacher is not None and set_name not in TEACHER_SETS:
+        raise ValueError(f"teacher labels are only used on {', '.join(TEACHER_SETS)} (they label hair only), "
+                         f"not on {set_name}")
     h, w = raw.shape
     sem = np.zeros((h, w), np.uint8)
     known = np.zeros((h, w), np.uint8)
@@ -136,9 +144,14 @@ def map_labels(set_name: str, raw: np.ndarray, image: np.ndarray | None = None) 
         return _pack(sem, known, inst), True
     if set_name in ("figaro1k", "lfw_hair"):
         hair = raw >= 128
-        sem |= np.where(hair, _bits(HAIR, PERSON), 0).astype(np.uint8)
+        person, person_known = hair, hair
+        if teacher is not None:
+            person, person_known = teacher_person(teacher, hair)
+        sem |= np.where(hair, _bits(HAIR), 0).astype(np.uint8)
+        sem |= np.where(person, _bits(PERSON), 0).astype(np.uint8)
         known[:] = _bits(HAIR)
-        known |= np.where(hair, _bits(PERSON, SKY), 0).astype(np.uint8)  # hair is person, not sky
+        known |= np.where(person_known, _bits(PERSON), 0).astype(np.uint8)
+        known |= np.where(person, _bits(SKY), 0).astype(np.uint8)  # hair and people are not sky
         return _pack(sem, known, inst), False
     if set_name == "camvid":
         valid = raw != CAMVID_UNLABELLED
@@ -205,35 +218,45 @@ def downscale_pair(img: np.ndarray, raw: np.ndarray, max_side: int) -> tuple[np.
     return img, raw
 
 
-def _load_record(data_dir: Path, set_name: str, stem: str, max_side: int) -> Record:
+def _load_record(data_dir: Path, set_name: str, stem: str, max_side: int, teacher_dir: Path | None = None
+                 ) -> Record:
     img, raw = downscale_pair(*read_pair(data_dir, set_name, stem), max_side)  # once, for the in-memory cache
-    lab, ik = map_labels(set_name, raw, img)
+    teacher = None
+    if teacher_dir is not None:
+        teacher = read_teacher(teacher_dir, set_name, stem, raw.shape)
+    lab, ik = map_labels(set_name, raw, img, teacher)
     return Record(set_name, stem, img, lab, ik)
 
 
 def load_set(data_dir: Path, set_name: str, split: str, max_side: int = 384, threads: int = 2,
-             limit: int | None = None) -> list[Record]:
-    """Load (and map) every sample of one set/split, images downscaled to ``max_side`` on the long side."""
+             limit: int | None = None, teacher_dir: Path | None = None) -> list[Record]:
+    """Load (and map) every sample of one set/split, images downscaled to ``max_side`` on the long side.
+
+    ``teacher_dir``: stored teacher person maps (:mod:`.teacher`), used on the sets in ``TEACHER_SETS`` only.
+    """
     stems = list_stems(data_dir, set_name, split)
     if limit is not None:
         stems = stems[:limit]
+    tdir = Path(teacher_dir) if teacher_dir is not None and set_name in TEACHER_SETS else None
     with ThreadPoolExecutor(max(1, threads)) as ex:
-        return list(ex.map(lambda s: _load_record(data_dir, set_name, s, max_side), stems))
+        return list(ex.map(lambda s: _load_record(data_dir, set_name, s, max_side, tdir), stems))
 
 
 def load_cached(data_dir: Path, set_name: str, split: str, max_side: int, cache_dir: Path | None,
-                threads: int = 2) -> list[Record]:
-    """:func:`load_set` with an on-disk ``.npz`` cache (outside the repository) keyed by set, split and size."""
+                threads: int = 2, teacher_dir: Path | None = None) -> list[Record]:
+    """:func:`load_set` with an on-disk ``.npz`` cache (outside the repository) keyed by set, split, size and
+    whether teacher labels were used."""
     if cache_dir is None:
-        return load_set(data_dir, set_name, split, max_side, threads)
+        return load_set(data_dir, set_name, split, max_side, threads, teacher_dir=teacher_dir)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    f = cache_dir / f"{set_name}_{split}_{max_side}_v1.npz"
+    tag = "_teacher" if teacher_dir is not None and set_name in TEACHER_SETS else ""
+    f = cache_dir / f"{set_name}_{split}_{max_side}_v1{tag}.npz"
     if f.exists():
         z = np.load(f, allow_pickle=False)
         n = int(z["n"])
         return [Record(set_name, str(z["stems"][i]), z[f"img{i}"], z[f"lab{i}"], bool(z["ik"][i])) for i in range(n)]
-    recs = load_set(data_dir, set_name, split, max_side, threads)
+    recs = load_set(data_dir, set_name, split, max_side, threads, teacher_dir=teacher_dir)
     arrays = {"n": np.int64(len(recs)), "stems": np.array([r.stem for r in recs]),
               "ik": np.array([r.inst_known for r in recs], bool)}
     for i, r in enumerate(recs):

@@ -32,16 +32,7 @@ if [ "$RC" != 0 ] && [ $(( $(date +%s) - T0 )) -lt 150 ]; then
 fi
 if [ ! -f "$OUTDIR/ema_float.pt" ] && [ -f "$OUTDIR/last.pt" ]; then
   echo "== no final export: exporting the EMA weights of the last checkpoint" | tee -a "$OUT/train.log"
-  $PY - "$OUTDIR" <<'PYEOF' 2>&1 | tee -a "$OUT/train.log"
-import sys, torch
-from pathlib import Path
-from campipe.segmentation.config import HyperDETRConfig
-from campipe.segmentation.model import build_model
-from campipe.segmentation.training.train import export_weights
-d = Path(sys.argv[1]); ck = torch.load(d / "last.pt", map_location="cpu", weights_only=False)
-mcfg = HyperDETRConfig.from_dict({**ck["config"]["model"], "aux_loss": True})
-m = build_model(mcfg); m.load_state_dict(ck["ema"]); print(export_weights(m, mcfg, d, extra={"partial": ck["state"]}))
-PYEOF
+  $PY -m campipe.segmentation.training.train "$CFG" --out "$OUTDIR" --export-last 2>&1 | tee -a "$OUT/train.log"
 fi
 cp "$OUTDIR/log.jsonl" "$OUT/" 2>/dev/null
 cp "$OUTDIR/ema_int8_l2.pt" "$OUT/" 2>/dev/null

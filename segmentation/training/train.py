@@ -4,7 +4,7 @@ weights, periodic validation, resumable checkpoints outside the repository, dete
 Config: a TOML file (``segmentation/configs/*.toml``)::
 
     [model]            # HyperDETRConfig overrides (aux_loss is forced on: every decoder layer is supervised)
-    [data]             # dir, cache_dir, cache_max_side, sampler (SamplerConfig fields), augment (AugmentConfig)
+    [data]             # dir, cache_dir, cache_max_side, teacher_dir, sampler (SamplerConfig fields), augment (AugmentConfig)
     [criterion]        # CriterionConfig fields
     [train]            # out_dir, seed, threads, device, amp, loader_workers, ema_decay, weight_decay, grad_clip,
                        # val_every_min, ckpt_every_min...
@@ -83,6 +83,7 @@ class TrainConfig:
     data_dir: str | None = None
     cache_dir: str | None = "/work/ckpt/cache"
     cache_max_side: int = 384
+    teacher_dir: str | None = None  # teacher person maps for Figaro1k/LFW (segmentation/training/teacher.py)
     sets: tuple[str, ...] = SETS
     sampler: dict[str, Any] = field(default_factory=dict)
     augment: dict[str, Any] = field(default_factory=dict)
@@ -246,11 +247,14 @@ def load_records(cfg: TrainConfig, split: str = "train", log=print) -> dict:
     data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data directory not found: {data_dir} (pass --data or set data.dir)")
+    if cfg.teacher_dir and not Path(cfg.teacher_dir).is_dir():
+        raise FileNotFoundError(f"teacher_dir not found: {cfg.teacher_dir} (write it with "
+                                f"segmentation/training/teacher.py predict, or unset data.teacher_dir)")
     recs = {}
     for s in cfg.sets:
         t = time.time()
         recs[s] = load_cached(data_dir, s, split, cfg.cache_max_side, Path(cfg.cache_dir) if cfg.cache_dir else None,
-                              threads=cfg.threads)
+                              threads=cfg.threads, teacher_dir=Path(cfg.teacher_dir) if cfg.teacher_dir else None)
         log(f"loaded {s}/{split}: {len(recs[s])} samples in {time.time() - t:.1f}s")
     return recs
 
@@ -477,8 +481,22 @@ def _validate(model, mcfg, cfg, logf, log, state, evaluate_model) -> dict:
     return res
 
 
+def export_last(out_dir: str | Path) -> tuple[Path, Path]:
+    """Export the EMA weights of ``out_dir/last.pt`` (a run that was stopped or cut before its end) as
+    ``ema_float.pt`` and ``ema_int8_l2.pt``; the training state (phase, step, elapsed) goes to ``extra["partial"]``."""
+    d = Path(out_dir)
+    if not (d / "last.pt").is_file():
+        raise FileNotFoundError(f"no training checkpoint {d / 'last.pt'}")
+    ck = torch.load(d / "last.pt", map_location="cpu", weights_only=False)
+    mcfg = HyperDETRConfig.from_dict({**ck["config"]["model"], "aux_loss": True})
+    m = build_model(mcfg)
+    m.load_state_dict(ck["ema"])
+    return export_weights(m, mcfg, d, extra={"partial": ck["state"]})
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m campipe.segmentation.training.train CONFIG.toml [--no-resume] [--out DIR] [--data DIR]``."""
+    """``python -m campipe.segmentation.training.train CONFIG.toml [--no-resume] [--out DIR] [--data DIR]
+    [--export-last]``."""
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -487,10 +505,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--data", default=None)
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--export-last", action="store_true", help="only export the EMA weights of OUT/last.pt")
     a = ap.parse_args(argv)
     cfg = TrainConfig.from_toml(a.config)
     if a.out:
         cfg.out_dir = a.out
+    if a.export_last:
+        print(*export_last(cfg.out_dir))
+        return 0
     if a.data:
         cfg.data_dir = a.data
     s = train(cfg, resume=not a.no_resume, progress=not a.no_progress)
