@@ -93,3 +93,20 @@ def test_teacher_score_on_tiny_set(tmp_path):
     r = score(data, tdir, sets=("celebamask",), split="all")["celebamask"]
     # label: rows 0-4 all 30 columns + rows 5-11 columns 5-24; teacher: rows 0-11 -> IoU (150 + 140) / 360
     assert r["n_images"] == 2 and r["iou_person"] == pytest.approx(290 / 360)
+
+
+def test_pack_data_carries_teacher_maps(tmp_path):
+    """The packed training split (for a rented GPU) is a drop-in data folder, teacher maps included."""
+    from campipe.segmentation.training.datasets import is_val
+    from campipe.segmentation.training.pack_data import pack_one
+
+    data, tdir, out = tmp_path / "data", tmp_path / "teacher", tmp_path / "packed"
+    stems = [s for s in _write_set(data, "figaro1k", 6, tdir) if not is_val("figaro1k", s)]
+    assert stems
+    for st in stems:
+        assert pack_one(data, out, "figaro1k", st, 16, 82, tdir) > 0
+    t = cv2.imread(str(out / "teacher" / "figaro1k" / f"{stems[0]}.png"), cv2.IMREAD_GRAYSCALE)
+    raw = cv2.imread(str(out / "figaro1k" / "masks" / f"{stems[0]}.png"), cv2.IMREAD_GRAYSCALE)
+    assert t.shape == raw.shape == (11, 16)                         # 20x30 downscaled to a long side of 16
+    recs = D.load_set(out, "figaro1k", "train", 384, threads=1, teacher_dir=out / "teacher")
+    assert len(recs) == len(stems) and D.unpack(recs[0].lab)["known"][C["person"]].mean() > 0.9
