@@ -88,7 +88,9 @@ def register(app: typer.Typer) -> None:
         if split not in ("val", "train", "all"):
             typer.echo(f"campipe eval: --split must be val, train or all (got {split!r})", err=True)
             raise typer.Exit(2)
-        if refine not in ("guided", "bilinear"):
+        from campipe.segmentation.postprocess import REFINE_MODES
+
+        if refine not in REFINE_MODES:
             typer.echo(f"campipe eval: --refine must be guided or bilinear (got {refine!r})", err=True)
             raise typer.Exit(2)
         if not data_dir.is_dir():

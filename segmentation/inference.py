@@ -36,8 +36,8 @@ import numpy as np
 from campipe.frame import PersonInstance
 
 from . import weights_path
-from .postprocess import (DEFAULT_DEDUP_IOU, DEFAULT_GUIDE_EPS, DEFAULT_GUIDE_RADIUS, decode_outputs, letterbox,
-                          normalize, upsample_masks)
+from .postprocess import (DEFAULT_DEDUP_IOU, DEFAULT_GUIDE_EPS, DEFAULT_GUIDE_RADIUS, REFINE_MODES, decode_outputs,
+                          letterbox, normalize, upsample_masks)
 
 MODEL_NAME = "HyperDETR"
 MASK_KEYS = ("sky", "person", "hair", "skin", "teeth", "glasses")
@@ -106,7 +106,7 @@ class Segmenter:
                  dedup_iou: float = DEFAULT_DEDUP_IOU) -> None:
         if not 0.0 <= dedup_iou <= 1.0:
             raise ValueError(f"dedup_iou must be in [0, 1], got {dedup_iou}")
-        if refine not in ("guided", "bilinear"):
+        if refine not in REFINE_MODES:
             raise ValueError(f"refine must be 'guided' or 'bilinear', got {refine!r}")
         if max_persons < 0 or not 0.0 <= score_threshold <= 1.0:
             raise ValueError("max_persons must be >= 0 and score_threshold in [0, 1]")

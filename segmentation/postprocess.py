@@ -83,6 +83,8 @@ DEFAULT_DEDUP_IOU = 0.8
 #: guided-filter upsampling defaults (window radius in network-resolution pixels, regularisation), as campipe runs it
 DEFAULT_GUIDE_RADIUS = 2
 DEFAULT_GUIDE_EPS = 1e-3
+#: mask upsampling modes to the image's resolution: edge-aware (guided filter against the photo) or plain bilinear
+REFINE_MODES = ("guided", "bilinear")
 #: instances whose binary mask covers less than this fraction of the image are dropped
 DEFAULT_MIN_AREA = 5e-4
 

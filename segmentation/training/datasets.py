@@ -246,11 +246,12 @@ def load_cached(data_dir: Path, set_name: str, split: str, max_side: int, cache_
                 threads: int = 2, teacher_dir: Path | None = None) -> list[Record]:
     """:func:`load_set` with an on-disk ``.npz`` cache (outside the repository) keyed by set, split, size and
     whether teacher labels were used."""
+    teacher_dir = teacher_dir if set_name in TEACHER_SETS else None
     if cache_dir is None:
         return load_set(data_dir, set_name, split, max_side, threads, teacher_dir=teacher_dir)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tag = "_teacher" if teacher_dir is not None and set_name in TEACHER_SETS else ""
+    tag = "" if teacher_dir is None else "_teacher"
     f = cache_dir / f"{set_name}_{split}_{max_side}_v1{tag}.npz"
     if f.exists():
         z = np.load(f, allow_pickle=False)

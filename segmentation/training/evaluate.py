@@ -34,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..postprocess import decode_outputs, letterbox, normalize, upsample_masks
+from ..postprocess import REFINE_MODES, decode_outputs, letterbox, normalize, upsample_masks
 from ..inference import gray_guide
 from .datasets import CAMVID_BICYCLIST, CAMVID_UNLABELLED, CELEBA_SKIN_IDS, list_stems, read_pair
 
@@ -63,8 +63,6 @@ INSTANCE_SPEC: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "pennfudan": lambda r: np.stack([r == i for i in np.unique(r) if i > 0]) if (r > 0).any()
     else np.zeros((0,) + r.shape, bool),
 }
-#: upsampling of the network's masks to the label resolution (see :func:`predict`)
-REFINE_MODES = ("guided", "bilinear")
 #: the issue's targets (shipped int8 model, pooled IoU on the validation split)
 TARGETS = {("camvid", "sky"): 0.92, ("figaro1k", "hair"): 0.85, ("celebamask", "skin"): 0.90,
            ("celebamask", "teeth"): 0.75, ("celebamask", "glasses"): 0.75, ("celebamask", "person"): 0.95,

@@ -4,7 +4,8 @@ weights, periodic validation, resumable checkpoints outside the repository, dete
 Config: a TOML file (``segmentation/configs/*.toml``)::
 
     [model]            # HyperDETRConfig overrides (aux_loss is forced on: every decoder layer is supervised)
-    [data]             # dir, cache_dir, cache_max_side, teacher_dir, sampler (SamplerConfig fields), augment (AugmentConfig)
+    [data]             # dir, cache_dir, cache_max_side, teacher_dir, sampler (SamplerConfig fields),
+                       # augment (AugmentConfig)
     [criterion]        # CriterionConfig fields
     [train]            # out_dir, seed, threads, device, amp, loader_workers, ema_decay, weight_decay, grad_clip,
                        # val_every_min, ckpt_every_min...
@@ -140,6 +141,11 @@ class TrainConfig:
         d = asdict(self)
         d["phases"] = [asdict(p) for p in self.phases]
         return d
+
+
+def training_model_config(model: dict[str, Any]) -> HyperDETRConfig:
+    """The architecture a run trains: the config's ``[model]`` overrides with ``aux_loss`` forced on."""
+    return HyperDETRConfig.from_dict({**model, "aux_loss": True})
 
 
 def seed_everything(seed: int) -> None:
@@ -301,7 +307,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log_fn=N
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     seed_everything(cfg.seed)
-    mcfg = HyperDETRConfig.from_dict({**cfg.model, "aux_loss": True})
+    mcfg = training_model_config(cfg.model)
     model = make_channels_last(build_model(mcfg).to(device)).train()  # before the optimiser sees the parameters
     criterion = HyperDETRCriterion(mcfg.semantic_classes, CriterionConfig(**cfg.criterion)).to(device)
     decay, no_decay = [], []
@@ -488,7 +494,7 @@ def export_last(out_dir: str | Path) -> tuple[Path, Path]:
     if not (d / "last.pt").is_file():
         raise FileNotFoundError(f"no training checkpoint {d / 'last.pt'}")
     ck = torch.load(d / "last.pt", map_location="cpu", weights_only=False)
-    mcfg = HyperDETRConfig.from_dict({**ck["config"]["model"], "aux_loss": True})
+    mcfg = training_model_config(ck["config"]["model"])
     m = build_model(mcfg)
     m.load_state_dict(ck["ema"])
     return export_weights(m, mcfg, d, extra={"partial": ck["state"]})
