@@ -145,8 +145,8 @@ def fit_offsets(hists: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for c, h in hists.items():
         t, iou_t, iou_05 = best_threshold(h["pos"], h["neg"])
         k = min(int(round(t * BINS)), BINS - 1)
-        per_set = {s: {"iou_at_0.5": float(iou_curve(p, n)[BINS // 2]), "iou_at_threshold": float(iou_curve(p, n)[k])}
-                   for s, p, n in zip(h["sets"], h["pos"], h["neg"])}
+        curves = {s: iou_curve(p, n) for s, p, n in zip(h["sets"], h["pos"], h["neg"])}
+        per_set = {s: {"iou_at_0.5": float(cv[BINS // 2]), "iou_at_threshold": float(cv[k])} for s, cv in curves.items()}
         out[c] = {"threshold": t, "offset": offset_for(t), "iou_at_0.5": iou_05, "iou_at_threshold": iou_t,
                   "per_set": per_set, "sets": list(h["sets"]), "n_images": int(h["n_images"])}
     return out
