@@ -52,13 +52,14 @@ def export_onnx(model: nn.Module, path: str | Path, *, scene_only: bool = False,
     """Export ``model`` (eval, float32) at its config's input size to ``path``; returns the path.
 
     The graph takes exactly ``batch`` images unless ``dynamic_batch`` (any batch size, but about 20 % slower at
-    batch 1: the shape computations stay in the graph).
+    batch 1: the shape computations stay in the graph). A dynamic-batch graph is traced with 2 images, so that the
+    hyper-head's batch-1 form (a Conv with computed kernels, :mod:`.hyperdetr_head`) is not baked into it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     h, w = model.cfg.input_size
     net = OnnxWrapper(copy.deepcopy(model).eval().float(), scene_only)
-    x = torch.zeros(batch, 3, h, w)
+    x = torch.zeros(max(batch, 2) if dynamic_batch else batch, 3, h, w)
     names = ["sem_logits"] if scene_only else list(OUTPUT_NAMES)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     with warnings.catch_warnings(), torch.no_grad():

@@ -5,7 +5,7 @@ the weights file's sha256:
 
 * ``onnx/hyperdetr-<sha16>-d<layers>-<variant>.onnx``: a graph exported by :mod:`.export` (variant
   :data:`FP32_VARIANT` or :data:`FP32_SCENE_VARIANT`: static batch-1 graphs; older caches' ``fp32`` graphs, with a
-  dynamic batch axis, are no longer used);
+  dynamic batch axis, and ``fp32-b1`` graphs, whose hyper-head was a MatMul, are no longer used);
 * ``onnx/hyperdetr-<sha16>.meta.json``: what inference needs besides the graph (decoder depth, model config, class
   list, input normalisation, quantized flag), written next to the first export. With both present,
   :class:`campipe.segmentation.inference.Segmenter` runs ONNX Runtime without importing PyTorch (about 1.3 s of a
@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 META_VERSION = 1
-#: Cache variants of the fp32 graphs (batch 1, all shapes static).
-FP32_VARIANT, FP32_SCENE_VARIANT = "fp32-b1", "fp32-scene-b1"
+#: Cache variants of the fp32 graphs (batch 1, all shapes static; "g2": the hyper-head exported as a Conv with
+#: computed kernels, see hyperdetr_head.py; the scene-only graph has no hyper-head).
+FP32_VARIANT, FP32_SCENE_VARIANT = "fp32-b1-g2", "fp32-scene-b1"
 
 
 def cache_dir() -> Path:
