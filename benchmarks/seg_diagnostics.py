@@ -1,0 +1,89 @@
+"""HyperDETR diagnostics on the validation split: where the face-skin / teeth errors are, and what horizontal-flip
+test-time augmentation would change.
+
+* ``parts``: on the CelebAMask validation faces, the skin (ids 1, 2, 8, 9, 17) and teeth (id 10) errors broken down
+  by the CelebAMask part each wrong pixel belongs to (misses on skin parts, false alarms on the others), with the
+  fraction of that part's pixels; campipe's protocol (guided upsampling, threshold 0.5).
+* ``flip-tta``: ``campipe eval``'s figures for the weights, and for the same weights with the static channels'
+  logits averaged over the photo and its mirror image (instances from the photo alone).
+
+Usage: ``python benchmarks/seg_diagnostics.py parts|flip-tta [--weights CKPT] [--data ../shared/data]
+[--limit K]``. Not a test; needs the shared data.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from campipe.segmentation.checkpoint import IMAGENET_MEAN, IMAGENET_STD, load_checkpoint
+from campipe.segmentation.training.datasets import CELEBA_SKIN_IDS, list_stems, read_pair
+from campipe.segmentation.training.evaluate import evaluate_model, predict
+
+HERE = Path(__file__).resolve().parent
+PARTS = ("background", "skin", "nose", "eyeglasses", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear", "mouth",
+         "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth")
+
+
+def parts(model, data: Path, limit: int | None) -> None:
+    cfg = model.cfg
+    for cls, ids in (("skin", tuple(CELEBA_SKIN_IDS)), ("teeth", (10,))):
+        err, tot, tp = np.zeros(len(PARTS)), np.zeros(len(PARTS)), 0
+        stems = list_stems(data, "celebamask", "val")[:limit]
+        for stem in stems:
+            img, raw = read_pair(data, "celebamask", stem)
+            probs, _, _ = predict(model, img, cfg.input_size, IMAGENET_MEAN, IMAGENET_STD,
+                                  tuple(cfg.semantic_classes), cfg.mask_stride)
+            pred, gt = probs[cls] >= 0.5, np.isin(raw, ids)
+            tp += int((pred & gt).sum())
+            wrong = pred != gt
+            err += np.bincount(raw[wrong].ravel(), minlength=len(PARTS))[:len(PARTS)]
+            tot += np.bincount(raw.ravel(), minlength=len(PARTS))[:len(PARTS)]
+        print(f"\n{cls}: pooled IoU {tp / (tp + err.sum()):.3f} on {len(stems)} faces; errors by part")
+        for i in np.argsort(-err):
+            if err[i]:
+                kind = "missed" if i in ids else "false "
+                print(f"  {PARTS[i]:11s} {kind} {int(err[i]):9d} px  ({err[i] / err.sum():5.1%} of the errors, "
+                      f"{err[i] / tot[i]:5.1%} of the part)")
+
+
+class FlipTTA(torch.nn.Module):
+    """Static-channel logits averaged over the image and its mirror; instance outputs from the image alone."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model, self.cfg = model, model.cfg
+
+    def forward(self, x, **kw):
+        out = dict(self.model(x, **kw))
+        flipped = self.model(torch.flip(x, [-1]), **kw)
+        out["sem_logits"] = 0.5 * (out["sem_logits"] + torch.flip(flipped["sem_logits"], [-1]))
+        return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=("parts", "flip-tta"))
+    ap.add_argument("--weights", default=str(HERE.parent / "segmentation" / "weights" / "hyperdetr.pt"))
+    ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    model, _ = load_checkpoint(a.weights)
+    model.eval()
+    if a.what == "parts":
+        parts(model, a.data, a.limit)
+        return 0
+    for name, m in (("weights", model), ("flip-tta", FlipTTA(model))):
+        r = evaluate_model(m, a.data, limit=a.limit)
+        print(name, json.dumps({s: {k: round(v, 3) for k, v in d.items() if k.startswith("iou") or k == "pq"}
+                                for s, d in r.items()}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
