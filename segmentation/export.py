@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .graph_cache import FP32_SCENE_VARIANT, FP32_VARIANT, cached_onnx_path
+from .graph_cache import FP32_SCENE_VARIANT, FP32_VARIANT, cached_onnx_path, remove_stale
 
 OUTPUT_NAMES = ("sem_logits", "pred_logits", "pred_masks")
 OPSET = 18
@@ -154,11 +154,15 @@ def int8_sidecar_path(weights: str | Path) -> Path:
 
 
 def get_or_export(model: nn.Module, sha256: str, *, scene_only: bool = False) -> Path:
-    """Path of the cached fp32 ONNX graph for these weights, exporting it on first use."""
+    """Path of the cached fp32 ONNX graph for these weights, exporting it on first use (and then removing the graphs
+    older campipe versions cached for the same weights, see :func:`.graph_cache.remove_stale`)."""
     variant = FP32_SCENE_VARIANT if scene_only else FP32_VARIANT
-    p = cached_onnx_path(sha256, len(model.transformer.decoder), variant)
+    layers = len(model.transformer.decoder)
+    p = cached_onnx_path(sha256, layers, variant)
     if not p.is_file():
         export_onnx(model, p, scene_only=scene_only)
+        if not scene_only:
+            remove_stale(sha256, layers)
     return p
 
 

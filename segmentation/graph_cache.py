@@ -5,7 +5,8 @@ the weights file's sha256:
 
 * ``onnx/hyperdetr-<sha16>-d<layers>-<variant>.onnx``: a graph exported by :mod:`.export` (variant
   :data:`FP32_VARIANT` or :data:`FP32_SCENE_VARIANT`: static batch-1 graphs; older caches' ``fp32`` graphs, with a
-  dynamic batch axis, and ``fp32-b1`` graphs, whose hyper-head was a MatMul, are no longer used);
+  dynamic batch axis, and ``fp32-b1`` graphs, whose hyper-head was a MatMul, are deleted when the current graph
+  for the same weights is exported);
 * ``onnx/hyperdetr-<sha16>.meta.json``: what inference needs besides the graph (decoder depth, model config, class
   list, input normalisation, quantized flag), written next to the first export. With both present,
   :class:`campipe.segmentation.inference.Segmenter` runs ONNX Runtime without importing PyTorch (about 1.3 s of a
@@ -25,6 +26,8 @@ META_VERSION = 1
 #: Cache variants of the fp32 graphs (batch 1, all shapes static; "g2": the hyper-head exported as a Conv with
 #: computed kernels, see hyperdetr_head.py; the scene-only graph has no hyper-head).
 FP32_VARIANT, FP32_SCENE_VARIANT = "fp32-b1-g2", "fp32-scene-b1"
+#: Variants earlier campipe versions wrote in place of FP32_VARIANT; removed once the current one is exported.
+STALE_FP32_VARIANTS = ("fp32", "fp32-b1")
 
 
 def cache_dir() -> Path:
@@ -42,6 +45,20 @@ def file_sha256(path: str | Path) -> str:
 
 def cached_onnx_path(sha256: str, dec_layers: int, variant: str = FP32_VARIANT) -> Path:
     return cache_dir() / "onnx" / f"hyperdetr-{sha256[:16]}-d{dec_layers}-{variant}.onnx"
+
+
+def remove_stale(sha256: str, dec_layers: int) -> list[Path]:
+    """Delete the graphs older campipe versions cached for these weights in place of :data:`FP32_VARIANT` (about
+    32 MB each, never read again); returns what was removed."""
+    gone = []
+    for v in STALE_FP32_VARIANTS:
+        p = cached_onnx_path(sha256, dec_layers, v)
+        try:
+            p.unlink()
+            gone.append(p)
+        except FileNotFoundError:
+            pass
+    return gone
 
 
 def meta_path(sha256: str) -> Path:

@@ -9,6 +9,7 @@ import torch
 
 from campipe.segmentation.checkpoint import load_checkpoint
 from campipe.segmentation.export import cached_onnx_path, export_onnx
+from campipe.segmentation.graph_cache import STALE_FP32_VARIANTS
 from campipe.segmentation.runtime import OrtRunner, TorchRunner, make_runner
 from test_segmentation_helpers import calibrated_model, tiny_checkpoint, tiny_config
 
@@ -70,6 +71,23 @@ def test_auto_runtime_uses_cached_onnx(tmp_path, monkeypatch):
     mtime = cached.stat().st_mtime_ns
     make_runner(model, meta["sha256"], "onnx")  # second use: no re-export
     assert cached.stat().st_mtime_ns == mtime
+
+
+def test_export_replaces_graphs_of_older_versions(tmp_path, monkeypatch):
+    """A cache written by an older campipe (other variant names) gets the current graph, and the old ones go."""
+    monkeypatch.setenv("CAMPIPE_CACHE", str(tmp_path / "cache"))
+    ck = tiny_checkpoint(tmp_path / "t.pt")
+    model, meta = load_checkpoint(ck, keep_dec_layers=2)
+    sha = meta["sha256"]
+    old = [cached_onnx_path(sha, 2, v) for v in STALE_FP32_VARIANTS]
+    other = cached_onnx_path("f" * 64, 2, "fp32-b1")  # another weights file's graph is not ours to remove
+    for p in old + [other]:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"old graph")
+    r = make_runner(model, sha, "onnx")
+    assert isinstance(r, OrtRunner) and cached_onnx_path(sha, 2).is_file()
+    assert not any(p.exists() for p in old)
+    assert other.read_bytes() == b"old graph"
 
 
 def test_fallback_to_torch_without_onnxruntime(tmp_path, monkeypatch, caplog):
