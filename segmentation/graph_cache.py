@@ -47,18 +47,11 @@ def cached_onnx_path(sha256: str, dec_layers: int, variant: str = FP32_VARIANT) 
     return cache_dir() / "onnx" / f"hyperdetr-{sha256[:16]}-d{dec_layers}-{variant}.onnx"
 
 
-def remove_stale(sha256: str, dec_layers: int) -> list[Path]:
+def remove_stale(sha256: str, dec_layers: int) -> None:
     """Delete the graphs older campipe versions cached for these weights in place of :data:`FP32_VARIANT` (about
-    32 MB each, never read again); returns what was removed."""
-    gone = []
+    32 MB each, never read again)."""
     for v in STALE_FP32_VARIANTS:
-        p = cached_onnx_path(sha256, dec_layers, v)
-        try:
-            p.unlink()
-            gone.append(p)
-        except FileNotFoundError:
-            pass
-    return gone
+        cached_onnx_path(sha256, dec_layers, v).unlink(missing_ok=True)
 
 
 def meta_path(sha256: str) -> Path:

@@ -9,8 +9,9 @@ image whatever N is (the DETR panoptic head instead runs a conv decoder per quer
 Two equal formulations of the product, chosen by where it runs: eager PyTorch (and training, any batch) uses one
 ``baddbmm``; a batch-1 ONNX export writes it as a ``Conv`` whose 1x1 kernel (N, D, 1, 1) and bias are the hyper-
 network's outputs, because ONNX Runtime runs ``baddbmm``'s export (MatMul + Add + Reshape) as three passes over the
-(N, H, W) output and the Conv as one: at N = 100 and 384 x 512 masks, 56 -> 26 ms for the head on the 2-core machine
-(``baddbmm`` stays in eager PyTorch, where ``conv2d`` with computed weights is 2x slower).
+(N, H, W) output and the Conv as one: at N = 100 and 384 x 512 masks, 56 -> 26 ms for the head alone (2 threads, both
+measured on the busy 2-core machine); ``baddbmm`` stays in eager PyTorch, where ``conv2d`` with computed weights is
+2x slower.
 
 References: Carion et al. (DETR, 2020) §4.4 panoptic head; Ha et al., "HyperNetworks" (2016); Tian et al.,
 "Conditional Convolutions for Instance Segmentation" (CondInst, 2020) for query-conditioned dynamic convolutions.
