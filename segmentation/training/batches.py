@@ -3,7 +3,9 @@
 Sampling (per batch element, from a generator seeded by ``(seed, phase, step)``, so a resumed run sees the same
 stream): with probability ``synth_fraction`` a copy-paste scene (:mod:`.synth`), otherwise a set drawn by
 ``set_weights`` and a record of that set drawn by its oversampling weight (CelebAMask images with glasses x
-``oversample_glasses``, with a visible inner mouth x ``oversample_teeth``).
+``oversample_glasses``, with a visible inner mouth x ``oversample_teeth``). With probability ``p_twilight`` a sample
+with labelled sky (CamVid, copy-paste scenes on CamVid) is re-lit as dusk first (:mod:`.twilight`; 0 = off, and the
+random stream is then the same as before the option existed).
 
 Batch tensors (float32): ``image`` (B, 3, h, w) normalised sRGB; ``sem``/``known`` (B, C, h, w) in {0, 1};
 ``instances`` list of (T_i, h, w); ``inst_valid`` (B, h, w); ``inst_known`` (B,) bool. At most ``max_instances``
@@ -21,6 +23,7 @@ import torch
 from .augment import AugmentConfig, augment
 from .datasets import GLASSES, TEETH, Record, unpack
 from .synth import person_cutouts, synth_scene
+from .twilight import twilight
 
 
 @dataclass
@@ -33,6 +36,7 @@ class SamplerConfig:
     teeth_min_fraction: float = 0.004  # inner-mouth pixels / image for the teeth oversampling
     max_instances: int = 4
     min_instance_px: int = 48
+    p_twilight: float = 0.0            # dusk re-lighting of samples with labelled sky (see .twilight)
 
 
 class Sampler:
@@ -74,7 +78,10 @@ class Sampler:
         imgs, labs, iks = [], [], []
         for _ in range(batch_size):
             r = self.draw(rng)
-            im, lb = augment(r.image, r.lab, hw, rng, self.aug)
+            image = r.image
+            if self.cfg.p_twilight > 0 and rng.random() < self.cfg.p_twilight:
+                image = twilight(image, r.lab, rng)
+            im, lb = augment(image, r.lab, hw, rng, self.aug)
             imgs.append(im)
             labs.append(lb)
             iks.append(r.inst_known)
