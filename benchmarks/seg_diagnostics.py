@@ -6,8 +6,12 @@ test-time augmentation would change.
   fraction of that part's pixels; campipe's protocol (guided upsampling, threshold 0.5).
 * ``flip-tta``: ``campipe eval``'s figures for the weights, and for the same weights with the static channels'
   logits averaged over the photo and its mirror image (instances from the photo alone).
+* ``class-scores``: how much the person-query class scores (softmax p(person) of each of the N queries, last kept
+  decoder layer, photo letterboxed as campipe does) depend on the photo: their mean and spread over the validation
+  photos of each set, split by how many people are labelled (CamVid: with / without pedestrians), and on flat
+  black / grey / noise images. A class head that sees the image gives different scores for 0 and 3 people.
 
-Usage: ``python benchmarks/seg_diagnostics.py parts|flip-tta [--weights CKPT] [--data ../shared/data]
+Usage: ``python benchmarks/seg_diagnostics.py parts|flip-tta|class-scores [--weights CKPT] [--data ../shared/data]
 [--limit K]``. Not a test; needs the shared data.
 """
 from __future__ import annotations
@@ -20,7 +24,8 @@ import numpy as np
 import torch
 
 from campipe.segmentation.checkpoint import IMAGENET_MEAN, IMAGENET_STD, load_checkpoint
-from campipe.segmentation.training.datasets import CELEBA_SKIN_IDS, list_stems, read_pair
+from campipe.segmentation.postprocess import letterbox, normalize
+from campipe.segmentation.training.datasets import CAMVID_PED, CELEBA_SKIN_IDS, list_stems, read_pair
 from campipe.segmentation.training.evaluate import evaluate_model, predict
 
 HERE = Path(__file__).resolve().parent
@@ -50,6 +55,38 @@ def parts(model, data: Path, limit: int | None) -> None:
                       f"{err[i] / tot[i]:5.1%} of the part)")
 
 
+def _person_probs(model, img: np.ndarray) -> np.ndarray:
+    """p(person) of each query (N,) for one uint8 sRGB photo, letterboxed like campipe's inference."""
+    canvas, _ = letterbox(img.astype(np.float32) / 255.0, tuple(model.cfg.input_size), tuple(IMAGENET_MEAN))
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(normalize(canvas, IMAGENET_MEAN, IMAGENET_STD)))["pred_logits"]
+    return logits.softmax(-1)[0, :, 0].numpy()
+
+
+def class_scores(model, data: Path, limit: int | None) -> None:
+    groups: dict[str, list[np.ndarray]] = {}
+    for set_name in ("celebamask", "figaro1k", "lfw_hair", "camvid", "pennfudan"):
+        for stem in list_stems(data, set_name, "val")[:limit]:
+            img, raw = read_pair(data, set_name, stem)
+            if set_name == "camvid":
+                key = "camvid, pedestrians" if (raw == CAMVID_PED).any() else "camvid, nobody"
+            elif set_name == "pennfudan":
+                n = len(np.unique(raw)) - 1  # instance ids 1..n
+                key = f"pennfudan, {n} people" if n < 3 else "pennfudan, 3+ people"
+            else:
+                key = set_name
+            groups.setdefault(key, []).append(_person_probs(model, img))
+    rng = np.random.default_rng(0)
+    for name, img in (("flat black", np.zeros((384, 512, 3), np.uint8)), ("flat grey", np.full((384, 512, 3), 128,
+                      np.uint8)), ("uniform noise", rng.integers(0, 256, (384, 512, 3)).astype(np.uint8))):
+        groups[name] = [_person_probs(model, img)]
+    print(f"{'photos':22s} {'n':>4s}  p(person) per query: mean (std over photos)")
+    for key, ps in groups.items():
+        a = np.stack(ps)
+        cols = "  ".join(f"{m:.3f} ({s:.3f})" for m, s in zip(a.mean(0), a.std(0)))
+        print(f"{key:22s} {len(ps):4d}  {cols}")
+
+
 class FlipTTA(torch.nn.Module):
     """Static-channel logits averaged over the image and its mirror; instance outputs from the image alone."""
 
@@ -66,7 +103,7 @@ class FlipTTA(torch.nn.Module):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("parts", "flip-tta"))
+    ap.add_argument("what", choices=("parts", "flip-tta", "class-scores"))
     ap.add_argument("--weights", default=str(HERE.parent / "segmentation" / "weights" / "hyperdetr.pt"))
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--limit", type=int, default=None)
@@ -77,6 +114,9 @@ def main(argv=None) -> int:
     model.eval()
     if a.what == "parts":
         parts(model, a.data, a.limit)
+        return 0
+    if a.what == "class-scores":
+        class_scores(model, a.data, a.limit)
         return 0
     for name, m in (("weights", model), ("flip-tta", FlipTTA(model))):
         r = evaluate_model(m, a.data, limit=a.limit)
