@@ -130,6 +130,28 @@ def test_train_runs_phases_exports_and_resumes_identically(tiny_data, tmp_path):
         assert torch.equal(sa[k], sb[k]), k
 
 
+def test_trainable_prefixes_leave_the_frozen_parts_bit_identical(tiny_data, tmp_path):
+    """train.trainable = transformer + queries + head: after init_from, the conv path (backbone, decoder, their
+    BatchNorm statistics) is exported unchanged, while the trained parts move; an unknown prefix is an error."""
+    T.train(_cfg(tiny_data, tmp_path / "a"), progress=False, log_fn=lambda m: None)
+    init = tmp_path / "a" / "ema_float.pt"
+    seen = []
+    T.train(_cfg(tiny_data, tmp_path / "b", init_from=str(init), trainable=["transformer", "query_embed", "head"]),
+            progress=False, log_fn=seen.append)
+    assert any("training only transformer, query_embed, head" in m for m in seen)
+    before, after = _state(init), _state(tmp_path / "b" / "ema_float.pt")
+    frozen = [k for k in before if k.startswith(("backbone.", "decoder.", "input_proj."))]
+    trained = [k for k in before if k.startswith(("transformer.", "head.")) and before[k].is_floating_point()]
+    assert any("running_mean" in k for k in frozen)
+    for k in frozen:
+        assert torch.equal(before[k], after[k]), k
+    assert sum(not torch.equal(before[k], after[k]) for k in trained) > len(trained) // 2
+    model = T.build_model(T.training_model_config(_cfg(tiny_data, tmp_path).model))
+    with pytest.raises(ValueError, match="no parameter under 'transformr'"):
+        T.freeze_except(model, ["transformr"])
+    assert T.freeze_except(model, []) == sum(p.numel() for p in model.parameters())
+
+
 def test_train_bf16_autocast_on_cpu_runs(tiny_data, tmp_path):
     seen = []
     s = T.train(_cfg(tiny_data, tmp_path, amp="bf16", loader_workers=2), progress=False, log_fn=seen.append)

@@ -8,7 +8,7 @@ Config: a TOML file (``segmentation/configs/*.toml``)::
                        # augment (AugmentConfig)
     [criterion]        # CriterionConfig fields
     [train]            # out_dir, seed, threads, device, amp, loader_workers, ema_decay, weight_decay, grad_clip,
-                       # val_every_min, ckpt_every_min...
+                       # val_every_min, ckpt_every_min, trainable (parameter-name prefixes; the rest is frozen)...
     [[phase]]          # name, input_hw = [h, w], batch_size, lr, minutes (wall-clock budget) or steps, warmup_steps
 
 Learning rate: linear warm-up, then cosine from ``lr`` to ``lr * min_lr_frac`` over the phase's budget. A phase given
@@ -106,6 +106,7 @@ class TrainConfig:
     val_limit: int = 40
     ckpt_every_min: float = 5.0
     log_every: int = 20
+    trainable: tuple[str, ...] = ()  # parameter-name prefixes to train (e.g. transformer, query_embed, head); () = all
     phases: list[Phase] = field(default_factory=list)
 
     @classmethod
@@ -231,6 +232,31 @@ def make_channels_last(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def freeze_except(model: torch.nn.Module, prefixes) -> int:
+    """Train only the parameters whose name starts with one of ``prefixes`` (all of them when empty): every other
+    parameter gets ``requires_grad = False`` and every BatchNorm left without a trainable parameter is put in eval
+    mode, so its running statistics stay as loaded too (a frozen part then leaves training bit-identical, EMA
+    included). Returns the number of trainable parameters; an unknown prefix is an error."""
+    prefixes = tuple(prefixes or ())
+    if not prefixes:
+        return sum(p.numel() for p in model.parameters())
+    names = [n for n, _ in model.named_parameters()]
+    for pre in prefixes:
+        if not any(n == pre or n.startswith(pre + ".") for n in names):
+            tops = sorted({n.split(".")[0] for n in names})
+            raise ValueError(f"train.trainable: no parameter under {pre!r} (top-level modules: {', '.join(tops)})")
+    n_train = 0
+    for n, p in model.named_parameters():
+        keep = any(n == pre or n.startswith(pre + ".") for pre in prefixes)
+        p.requires_grad_(keep)
+        n_train += p.numel() if keep else 0
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and \
+                not any(p.requires_grad for p in mod.parameters()):
+            mod.eval()
+    return n_train
+
+
 def init_weights(model: torch.nn.Module, mcfg: HyperDETRConfig, path: Path) -> None:
     """Load a campipe checkpoint's weights (dequantised) into ``model``; the architectures must match."""
     from ..checkpoint import read_checkpoint
@@ -309,9 +335,12 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log_fn=N
     seed_everything(cfg.seed)
     mcfg = training_model_config(cfg.model)
     model = make_channels_last(build_model(mcfg).to(device)).train()  # before the optimiser sees the parameters
+    n_trainable = freeze_except(model, cfg.trainable)
     criterion = HyperDETRCriterion(mcfg.semantic_classes, CriterionConfig(**cfg.criterion)).to(device)
     decay, no_decay = [], []
     for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         (no_decay if p.ndim <= 1 or n.endswith(".bias") or "query_embed" in n else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.phases[0].lr)
@@ -331,6 +360,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log_fn=N
     log(f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
         f"{'bf16 autocast' if amp_dtype else 'float32'}, "
         f"{f'{procs} loader process(es)' if procs else f'{workers} loader thread(s)'}, {cfg.threads} torch thread(s)")
+    if cfg.trainable:
+        log(f"training only {', '.join(cfg.trainable)}: {n_trainable / 1e6:.2f} M parameters; the rest is frozen")
 
     recs = load_records(cfg, "train", log)
     sampler = Sampler(recs, SamplerConfig(**cfg.sampler), AugmentConfig(**cfg.augment))
@@ -408,11 +439,12 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log_fn=N
                         state["global_step"] += 1
                         continue
                     bad_steps = 0
-                    loss.backward()
-                    if cfg.grad_clip > 0:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    opt.step()
-                    ema.update(model, state["global_step"])
+                    if loss.requires_grad:  # False only when every trained part is frozen out of this batch's loss
+                        loss.backward()
+                        if cfg.grad_clip > 0:
+                            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                        opt.step()
+                        ema.update(model, state["global_step"])
                     state["step"] += 1
                     state["global_step"] += 1
                     state["elapsed"] = e0 + time.time() - t0
