@@ -9,7 +9,9 @@ test-time augmentation would change.
 * ``class-scores``: how much the person-query class scores (softmax p(person) of each of the N queries, last kept
   decoder layer, photo letterboxed as campipe does) depend on the photo: their mean and spread over the validation
   photos of each set, split by how many people are labelled (CamVid: with / without pedestrians), and on flat
-  black / grey / noise images. A class head that sees the image gives different scores for 0 and 3 people.
+  black / grey / noise images. A class head that sees the image gives different scores for 0 and 3 people. Also,
+  on the Penn-Fudan validation photos, per kept decoder layer: how much the cross-attention output varies across
+  photos (std over photos, mean over channels and queries) against its size (rms), and how peaked the attention is.
 
 Usage: ``python benchmarks/seg_diagnostics.py parts|flip-tta|class-scores [--weights CKPT] [--data ../shared/data]
 [--limit K]``. Not a test; needs the shared data.
@@ -85,6 +87,35 @@ def class_scores(model, data: Path, limit: int | None) -> None:
         a = np.stack(ps)
         cols = "  ".join(f"{m:.3f} ({s:.3f})" for m, s in zip(a.mean(0), a.std(0)))
         print(f"{key:22s} {len(ps):4d}  {cols}")
+    cross_attention(model, data, limit)
+
+
+@torch.inference_mode()
+def cross_attention(model, data: Path, limit: int | None) -> None:
+    """Across-photo variation of each decoder layer's cross-attention output on the Penn-Fudan validation photos."""
+    xs = []
+    for stem in list_stems(data, "pennfudan", "val")[:limit]:
+        img, _ = read_pair(data, "pennfudan", stem)
+        canvas, _ = letterbox(img.astype(np.float32) / 255.0, tuple(model.cfg.input_size), tuple(IMAGENET_MEAN))
+        xs.append(torch.from_numpy(normalize(canvas, IMAGENET_MEAN, IMAGENET_STD)))
+    x = torch.cat(xs)
+    p32 = model.input_proj(model.backbone(x)["s32"])
+    pos = model.position(p32).flatten(2).permute(2, 0, 1)
+    t = model.transformer
+    memory = p32.flatten(2).permute(2, 0, 1)
+    for layer in t.encoder:
+        memory = layer(memory, pos)
+    query_pos = model.query_embed.weight.unsqueeze(1).expand(-1, x.shape[0], -1)
+    tgt = torch.zeros_like(query_pos)
+    print(f"\ncross-attention on {x.shape[0]} Penn-Fudan photos ({memory.shape[0]} tokens): encoder memory std over "
+          f"photos {memory.std(1).mean():.3f} (overall {memory.std():.3f})")
+    for i, layer in enumerate(t.decoder):
+        q = k = tgt + query_pos
+        a = layer.norm1(tgt + layer.self_attn(q, k, tgt, need_weights=False)[0])
+        out, w = layer.cross_attn(a + query_pos, memory + pos, memory, need_weights=True)
+        print(f"  decoder layer {i}: output std over photos {out.std(1).mean():.4f}, rms {out.pow(2).mean().sqrt():.3f}; "
+              f"largest attention weight {w.max(-1).values.mean():.3f}, top-5 tokens hold {w.topk(5, -1).values.sum(-1).mean():.3f}")
+        tgt = layer(tgt, memory, pos, query_pos)
 
 
 class FlipTTA(torch.nn.Module):
