@@ -12,8 +12,11 @@ test-time augmentation would change.
   black / grey / noise images. A class head that sees the image gives different scores for 0 and 3 people. Also,
   on the Penn-Fudan validation photos, per kept decoder layer: how much the cross-attention output varies across
   photos (std over photos, mean over channels and queries) against its size (rms), and how peaked the attention is.
+* ``twilight``: CamVid validation sky IoU (threshold 0.5, bilinear upsampling) of the photos as they are and re-lit
+  as dusk by the training augmentation (:mod:`campipe.segmentation.training.twilight`, seeded), with the mean
+  person probability on the re-lit sky.
 
-Usage: ``python benchmarks/seg_diagnostics.py parts|flip-tta|class-scores [--weights CKPT] [--data ../shared/data]
+Usage: ``python benchmarks/seg_diagnostics.py parts|flip-tta|class-scores|twilight [--weights CKPT] [--data ../shared/data]
 [--limit K]``. Not a test; needs the shared data.
 """
 from __future__ import annotations
@@ -118,6 +121,31 @@ def cross_attention(model, data: Path, limit: int | None) -> None:
         tgt = layer(tgt, memory, pos, query_pos)
 
 
+@torch.inference_mode()
+def twilight_sky(model, data: Path, limit: int | None) -> None:
+    from campipe.segmentation.training.datasets import CAMVID_SKY, CAMVID_UNLABELLED, map_labels
+    from campipe.segmentation.training.twilight import twilight
+
+    cfg, rng = model.cfg, np.random.default_rng(5)
+    counts = {"as photographed": np.zeros(3), "re-lit as dusk": np.zeros(3)}  # tp, fp, fn
+    person_on_sky = []
+    stems = list_stems(data, "camvid", "val")[:limit]
+    for stem in stems:
+        img, raw = read_pair(data, "camvid", stem)
+        lab, _ = map_labels("camvid", raw)
+        gt, valid = raw == CAMVID_SKY, raw != CAMVID_UNLABELLED
+        for key, im in (("as photographed", img), ("re-lit as dusk", twilight(img, lab, rng))):
+            probs, _, _ = predict(model, im, cfg.input_size, IMAGENET_MEAN, IMAGENET_STD, tuple(cfg.semantic_classes),
+                                  cfg.mask_stride, refine="bilinear")
+            pred = (probs["sky"] >= 0.5) & valid
+            counts[key] += [(pred & gt).sum(), (pred & ~gt).sum(), (~pred & gt & valid).sum()]
+            if key == "re-lit as dusk" and gt.any():
+                person_on_sky.append(float(probs["person"][gt].mean()))
+    for key, (tp, fp, fn) in counts.items():
+        print(f"CamVid val ({len(stems)} photos) {key:16s} sky IoU {tp / max(1, tp + fp + fn):.3f}")
+    print(f"person probability on the re-lit sky: {np.mean(person_on_sky):.3f}")
+
+
 class FlipTTA(torch.nn.Module):
     """Static-channel logits averaged over the image and its mirror; instance outputs from the image alone."""
 
@@ -134,7 +162,7 @@ class FlipTTA(torch.nn.Module):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("parts", "flip-tta", "class-scores"))
+    ap.add_argument("what", choices=("parts", "flip-tta", "class-scores", "twilight"))
     ap.add_argument("--weights", default=str(HERE.parent / "segmentation" / "weights" / "hyperdetr.pt"))
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--limit", type=int, default=None)
@@ -148,6 +176,9 @@ def main(argv=None) -> int:
         return 0
     if a.what == "class-scores":
         class_scores(model, a.data, a.limit)
+        return 0
+    if a.what == "twilight":
+        twilight_sky(model, a.data, a.limit)
         return 0
     for name, m in (("weights", model), ("flip-tta", FlipTTA(model))):
         r = evaluate_model(m, a.data, limit=a.limit)
