@@ -12,11 +12,14 @@ test-time augmentation would change.
   black / grey / noise images. A class head that sees the image gives different scores for 0 and 3 people. Also,
   on the Penn-Fudan validation photos, per kept decoder layer: how much the cross-attention output varies across
   photos (std over photos, mean over channels and queries) against its size (rms), and how peaked the attention is.
+* ``instance-oracle``: how far the person masks could go with the mask features as they are: for each labelled
+  Penn-Fudan validation person, the best dynamic 1x1 conv (16 weights + bias, logistic regression fitted on that very
+  photo's instance mask at the feature resolution) against the best of the model's own query masks (IoU at 0.5).
 * ``twilight``: CamVid validation sky IoU (threshold 0.5, bilinear upsampling) of the photos as they are and re-lit
   as dusk by the training augmentation (:mod:`campipe.segmentation.training.twilight`, seeded), with the mean
   person probability on the re-lit sky.
 
-Usage: ``python benchmarks/seg_diagnostics.py parts|flip-tta|class-scores|twilight [--weights CKPT] [--data ../shared/data]
+Usage: ``python benchmarks/seg_diagnostics.py parts|flip-tta|class-scores|instance-oracle|twilight [--weights CKPT] [--data ../shared/data]
 [--limit K]``. Not a test; needs the shared data.
 """
 from __future__ import annotations
@@ -121,6 +124,53 @@ def cross_attention(model, data: Path, limit: int | None) -> None:
         tgt = layer(tgt, memory, pos, query_pos)
 
 
+def instance_oracle(model, data: Path, limit: int | None) -> None:
+    import cv2
+
+    ours, oracle, multi = [], [], []
+    stems = list_stems(data, "pennfudan", "val")[:limit]
+    for stem in stems:
+        img, raw = read_pair(data, "pennfudan", stem)
+        canvas, box = letterbox(img.astype(np.float32) / 255.0, tuple(model.cfg.input_size), tuple(IMAGENET_MEAN))
+        x = torch.from_numpy(normalize(canvas, IMAGENET_MEAN, IMAGENET_STD))
+        with torch.inference_mode():
+            fb = model.backbone(x)
+            feats = model.decoder(model.input_proj(fb["s32"]), fb, x)[0][0]
+            queries = model(x)["pred_masks"][0].flatten(1) > 0
+        d = feats.shape[0]
+        f = torch.cat([feats.reshape(d, -1).T, torch.ones(feats[0].numel(), 1)], 1)  # (HW, D + 1)
+        s = model.cfg.mask_stride
+        lab = np.zeros(tuple(model.cfg.input_size), np.int32)
+        (y0, x0), (h, w) = box.offset, box.content_hw
+        lab[y0:y0 + h, x0:x0 + w] = cv2.resize(raw, (w, h), interpolation=cv2.INTER_NEAREST)
+        lab = lab[s // 2::s, s // 2::s].reshape(-1)
+        ids = [i for i in np.unique(lab) if i > 0]
+        for i in ids:
+            y = torch.from_numpy((lab == i).astype(np.float32))
+            wb = torch.zeros(d + 1, requires_grad=True)
+            opt = torch.optim.LBFGS([wb], max_iter=200, line_search_fn="strong_wolfe")
+
+            def closure():
+                opt.zero_grad()
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(f @ wb, y, pos_weight=torch.tensor(3.0))
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+            g = y > 0.5
+            with torch.no_grad():
+                p = (f @ wb) > 0
+            iou = lambda a: float((a & g).sum() / max(1, int((a | g).sum())))  # noqa: E731
+            oracle.append(iou(p))
+            ours.append(max(iou(q) for q in queries))
+            if len(ids) > 1:
+                multi.append(oracle[-1])
+    print(f"Penn-Fudan val: {len(ours)} persons in {len(stems)} photos (mask-feature resolution, IoU at 0.5)")
+    print(f"  best of the model's query masks per person: mean IoU {np.mean(ours):.3f}")
+    print(f"  best dynamic 1x1 conv fitted per person:    mean IoU {np.mean(oracle):.3f} "
+          f"({np.mean(multi):.3f} on the {len(multi)} persons of multi-person photos)")
+
+
 @torch.inference_mode()
 def twilight_sky(model, data: Path, limit: int | None) -> None:
     from campipe.segmentation.training.datasets import CAMVID_SKY, CAMVID_UNLABELLED, map_labels
@@ -162,7 +212,7 @@ class FlipTTA(torch.nn.Module):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("parts", "flip-tta", "class-scores", "twilight"))
+    ap.add_argument("what", choices=("parts", "flip-tta", "class-scores", "instance-oracle", "twilight"))
     ap.add_argument("--weights", default=str(HERE.parent / "segmentation" / "weights" / "hyperdetr.pt"))
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--limit", type=int, default=None)
@@ -176,6 +226,9 @@ def main(argv=None) -> int:
         return 0
     if a.what == "class-scores":
         class_scores(model, a.data, a.limit)
+        return 0
+    if a.what == "instance-oracle":
+        instance_oracle(model, a.data, a.limit)
         return 0
     if a.what == "twilight":
         twilight_sky(model, a.data, a.limit)
