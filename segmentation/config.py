@@ -35,6 +35,10 @@ class HyperDETRConfig:
         aux_loss: return per-layer outputs of the earlier kept decoder layers in ``aux_outputs``.
         dropout: transformer dropout (training only).
         decoder_dims: channels of the U-Net decoder stages at strides 16, 8, 4, 2 (stride 1 uses ``mask_dim``).
+        mask_coords: append 5 fixed coordinate channels (x, y, x^2, y^2, xy over the canvas, in [-1, 1]) to the
+            mask features the dynamic 1x1 convs read, so a query can place its person (CondInst's relative
+            coordinates, in their simplest form); each query then has ``mask_dim + 5`` weights + 1 bias. Off in the
+            shipped weights.
     """
 
     width_mult: float = 1.5
@@ -52,6 +56,7 @@ class HyperDETRConfig:
     aux_loss: bool = False
     dropout: float = 0.0
     decoder_dims: tuple[int, int, int, int] = (96, 64, 48, 32)
+    mask_coords: bool = False
 
     def __post_init__(self) -> None:
         self.input_size = tuple(int(v) for v in self.input_size)  # type: ignore[assignment]

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from .backbone import MobileNetV3Backbone
 from .config import HyperDETRConfig
-from .hyperdetr_head import HyperMaskHead
+from .hyperdetr_head import COORD_DIM, HyperMaskHead
 from .tiling import tiled_decode
 from .transformer import PositionEmbeddingSine, Transformer
 
@@ -131,7 +131,7 @@ class HyperDETR(nn.Module):
                                        cfg.dim_feedforward, cfg.dropout)
         self.query_embed = nn.Embedding(cfg.num_queries, cfg.hidden_dim)
         self.decoder = ConvDecoder(cfg, chans)
-        self.head = HyperMaskHead(cfg.hidden_dim, cfg.mask_dim)
+        self.head = HyperMaskHead(cfg.hidden_dim, cfg.mask_dim, coord_dim=COORD_DIM if cfg.mask_coords else 0)
 
     @property
     def num_dec_layers(self) -> int:

@@ -164,3 +164,17 @@ def test_default_threads(monkeypatch):
     assert runtime.default_threads() == 1
     monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
     assert runtime.default_threads() == 2
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_onnx_matches_eager_with_coordinate_channels(tmp_path, dynamic):
+    """mask_coords: the dynamic convs also read 5 coordinate channels; both export forms (batch-1 Conv, dynamic-batch
+    baddbmm) match eager PyTorch."""
+    m = calibrated_model(tiny_config(keep_dec_layers=2, mask_coords=True))
+    b = 2 if dynamic else 1
+    x = torch.randn(b, 3, 64, 96, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = m(x)
+    p = export_onnx(m, tmp_path / "c.onnx", dynamic_batch=dynamic)
+    out = OrtRunner(p, threads=1)(x.numpy())
+    np.testing.assert_allclose(out["pred_masks"], ref["pred_masks"].numpy(), atol=1e-4, rtol=1e-4)

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 from campipe.segmentation.backbone import MobileNetV3Backbone, make_divisible
 from campipe.segmentation.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from campipe.segmentation.config import HyperDETRConfig
-from campipe.segmentation.hyperdetr_head import HyperMaskHead
+from campipe.segmentation.hyperdetr_head import HyperMaskHead, coord_channels
 from campipe.segmentation.model import build_model
 from campipe.segmentation.quantize import dequantize_tensor, quantize_tensor
 from campipe.segmentation.transformer import PositionEmbeddingSine
@@ -92,6 +92,43 @@ def test_dynamic_conv_equals_per_query_conv2d():
                 ref = F.conv2d(feat[b:b + 1], w, params[b, n, 4:5])[0, 0]
                 assert torch.allclose(masks[b, n], ref, atol=1e-5)
     assert logits.shape == (2, 3, 2) and masks.shape == (2, 3, 5, 6)
+
+
+def test_coordinate_channels_exact_and_read_by_the_dynamic_conv():
+    c = coord_channels(2, 4, torch.zeros(1))
+    x, y = torch.tensor([-0.75, -0.25, 0.25, 0.75]), torch.tensor([-0.5, 0.5])
+    assert c.shape == (1, 5, 2, 4)
+    assert torch.allclose(c[0, 0], x.expand(2, 4)) and torch.allclose(c[0, 1], y[:, None].expand(2, 4))
+    assert torch.allclose(c[0, 2], c[0, 0] ** 2) and torch.allclose(c[0, 3], c[0, 1] ** 2)
+    assert torch.allclose(c[0, 4], c[0, 0] * c[0, 1])
+    torch.manual_seed(4)
+    head = HyperMaskHead(hidden_dim=8, mask_dim=4, coord_dim=5)
+    hs, feat = torch.randn(1, 3, 8), torch.randn(1, 4, 5, 6)
+    with torch.no_grad():
+        _, masks = head(hs, feat)
+        params = head.hyper(hs)[0]
+        full = torch.cat([feat, coord_channels(5, 6, feat)], 1)
+        for n in range(3):
+            ref = F.conv2d(full, params[n, :9].reshape(1, 9, 1, 1), params[n, 9:10])[0, 0]
+            assert torch.allclose(masks[0, n], ref, atol=1e-5)
+    with pytest.raises(ValueError, match="coord_dim"):
+        HyperMaskHead(hidden_dim=8, mask_dim=4, coord_dim=2)
+
+
+def test_coordinate_model_converted_from_a_plain_one_is_identical_until_trained():
+    from campipe.segmentation.training.train import add_coord_weights
+
+    plain = calibrated_model(tiny_config())
+    coords = build_model(tiny_config(mask_coords=True)).eval()
+    coords.load_state_dict(add_coord_weights(plain.state_dict(), plain.cfg.mask_dim))
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        a, b = plain(x), coords(x)
+    assert torch.equal(a["pred_logits"], b["pred_logits"])
+    assert torch.allclose(a["pred_masks"], b["pred_masks"], atol=1e-6)
+    assert torch.equal(a["sem_logits"], b["sem_logits"])
+    with pytest.raises(ValueError, match="expected 17 rows"):
+        add_coord_weights(coords.state_dict(), 16)
 
 
 def test_position_embedding_range_and_shape():

@@ -257,6 +257,24 @@ def freeze_except(model: torch.nn.Module, prefixes) -> int:
     return n_train
 
 
+def add_coord_weights(sd: dict[str, torch.Tensor], mask_dim: int) -> dict[str, torch.Tensor]:
+    """State dict of a model without coordinate channels -> one with (config ``mask_coords``): the hyper-network's
+    last layer gets zero rows for the 5 coordinate weights (inserted before the bias row), so the converted model
+    computes exactly the same masks until training moves them."""
+    from ..hyperdetr_head import COORD_DIM
+
+    sd = dict(sd)
+    last = max(int(k.split(".")[3]) for k in sd if k.startswith("head.hyper.layers."))
+    for suffix in ("weight", "bias"):
+        k = f"head.hyper.layers.{last}.{suffix}"
+        t = sd[k]
+        if t.shape[0] != mask_dim + 1:
+            raise ValueError(f"{k}: expected {mask_dim + 1} rows (mask weights + bias), found {t.shape[0]}")
+        zeros = torch.zeros((COORD_DIM,) + tuple(t.shape[1:]), dtype=t.dtype)
+        sd[k] = torch.cat([t[:mask_dim], zeros, t[mask_dim:]])
+    return sd
+
+
 def init_weights(model: torch.nn.Module, mcfg: HyperDETRConfig, path: Path) -> None:
     """Load a campipe checkpoint's weights (dequantised) into ``model``; the architectures must match."""
     from ..checkpoint import read_checkpoint
@@ -269,7 +287,12 @@ def init_weights(model: torch.nn.Module, mcfg: HyperDETRConfig, path: Path) -> N
     for k in ("width_mult", "hidden_dim", "mask_dim", "num_queries", "dec_layers", "enc_layers", "mask_stride"):
         if getattr(src, k) != getattr(mcfg, k):
             raise ValueError(f"init_from {path}: model.{k} is {getattr(src, k)} there, {getattr(mcfg, k)} here")
-    missing, unexpected = model.load_state_dict(dequantize_state_dict(ck["state_dict"]), strict=False)
+    sd = dequantize_state_dict(ck["state_dict"])
+    if mcfg.mask_coords and not src.mask_coords:
+        sd = add_coord_weights(sd, mcfg.mask_dim)
+    elif src.mask_coords and not mcfg.mask_coords:
+        raise ValueError(f"init_from {path}: its masks read coordinate channels (mask_coords); this model's do not")
+    missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise ValueError(f"init_from {path}: missing {missing[:5]}, unexpected {unexpected[:5]} "
                          f"(a pruned checkpoint cannot seed a {mcfg.dec_layers}-layer model)")
