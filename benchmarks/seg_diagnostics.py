@@ -14,7 +14,8 @@ test-time augmentation would change.
   photos (std over photos, mean over channels and queries) against its size (rms), and how peaked the attention is.
 * ``instance-oracle``: how far the person masks could go with the mask features as they are: for each labelled
   Penn-Fudan validation person, the best dynamic 1x1 conv (16 weights + bias, logistic regression fitted on that very
-  photo's instance mask at the feature resolution) against the best of the model's own query masks (IoU at 0.5).
+  photo's instance mask at the feature resolution) against the best of the model's own query masks (IoU at 0.5);
+  also the same fit with the 5 coordinate channels of ``model.mask_coords`` appended (x, y, x^2, y^2, xy).
 * ``twilight``: CamVid validation sky IoU (threshold 0.5, bilinear upsampling) of the photos as they are and re-lit
   as dusk by the training augmentation (:mod:`campipe.segmentation.training.twilight`, seeded), with the mean
   person probability on the re-lit sky.
@@ -124,10 +125,29 @@ def cross_attention(model, data: Path, limit: int | None) -> None:
         tgt = layer(tgt, memory, pos, query_pos)
 
 
+def _fit_iou(f: torch.Tensor, y: torch.Tensor) -> float:
+    """IoU at 0.5 of the best logistic-regression mask ``f @ wb`` (f: (HW, K) features incl. a ones column)."""
+    wb = torch.zeros(f.shape[1], requires_grad=True)
+    opt = torch.optim.LBFGS([wb], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(f @ wb, y, pos_weight=torch.tensor(3.0))
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        p, g = (f @ wb) > 0, y > 0.5
+    return float((p & g).sum() / max(1, int((p | g).sum())))
+
+
 def instance_oracle(model, data: Path, limit: int | None) -> None:
     import cv2
 
-    ours, oracle, multi = [], [], []
+    from campipe.segmentation.hyperdetr_head import coord_channels
+
+    ours, oracle, multi, with_xy = [], [], [], []
     stems = list_stems(data, "pennfudan", "val")[:limit]
     for stem in stems:
         img, raw = read_pair(data, "pennfudan", stem)
@@ -139,6 +159,7 @@ def instance_oracle(model, data: Path, limit: int | None) -> None:
             queries = model(x)["pred_masks"][0].flatten(1) > 0
         d = feats.shape[0]
         f = torch.cat([feats.reshape(d, -1).T, torch.ones(feats[0].numel(), 1)], 1)  # (HW, D + 1)
+        f_xy = torch.cat([f, coord_channels(*feats.shape[1:], feats).reshape(5, -1).T], 1)
         s = model.cfg.mask_stride
         lab = np.zeros(tuple(model.cfg.input_size), np.int32)
         (y0, x0), (h, w) = box.offset, box.content_hw
@@ -147,28 +168,17 @@ def instance_oracle(model, data: Path, limit: int | None) -> None:
         ids = [i for i in np.unique(lab) if i > 0]
         for i in ids:
             y = torch.from_numpy((lab == i).astype(np.float32))
-            wb = torch.zeros(d + 1, requires_grad=True)
-            opt = torch.optim.LBFGS([wb], max_iter=200, line_search_fn="strong_wolfe")
-
-            def closure():
-                opt.zero_grad()
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(f @ wb, y, pos_weight=torch.tensor(3.0))
-                loss.backward()
-                return loss
-
-            opt.step(closure)
             g = y > 0.5
-            with torch.no_grad():
-                p = (f @ wb) > 0
-            iou = lambda a: float((a & g).sum() / max(1, int((a | g).sum())))  # noqa: E731
-            oracle.append(iou(p))
-            ours.append(max(iou(q) for q in queries))
+            oracle.append(_fit_iou(f, y))
+            with_xy.append(_fit_iou(f_xy, y))
+            ours.append(max(float((q & g).sum() / max(1, int((q | g).sum()))) for q in queries))
             if len(ids) > 1:
                 multi.append(oracle[-1])
     print(f"Penn-Fudan val: {len(ours)} persons in {len(stems)} photos (mask-feature resolution, IoU at 0.5)")
     print(f"  best of the model's query masks per person: mean IoU {np.mean(ours):.3f}")
     print(f"  best dynamic 1x1 conv fitted per person:    mean IoU {np.mean(oracle):.3f} "
           f"({np.mean(multi):.3f} on the {len(multi)} persons of multi-person photos)")
+    print(f"  the same with 5 coordinate channels:      mean IoU {np.mean(with_xy):.3f}")
 
 
 @torch.inference_mode()

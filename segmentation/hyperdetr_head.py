@@ -15,8 +15,8 @@ measured on the busy 2-core machine); ``baddbmm`` stays in eager PyTorch, where 
 
 With ``coord_dim = 5`` (config ``mask_coords``) the dynamic conv also reads 5 fixed coordinate channels (x, y, x^2, y^2,
 xy over the mask canvas, in [-1, 1]; :func:`coord_channels`), so a query can say *where* its person is: on the
-Penn-Fudan validation persons, the best per-person 1x1 conv over the shipped weights' 16 mask features reaches mean IoU
-0.64, and 0.85 with these 5 channels (``python benchmarks/seg_diagnostics.py instance-oracle``).
+Penn-Fudan validation persons, the best per-person 1x1 conv over recipe v4's 16 mask features reaches mean IoU 0.64,
+and 0.85 with these 5 channels (``python benchmarks/seg_diagnostics.py instance-oracle``).
 
 References: Carion et al. (DETR, 2020) §4.4 panoptic head; Ha et al., "HyperNetworks" (2016); Tian et al.,
 "Conditional Convolutions for Instance Segmentation" (CondInst, 2020) for query-conditioned dynamic convolutions.
