@@ -17,7 +17,8 @@ Labels are unchanged: sky stays sky, people stay people (and are darkened with t
 Input/output: ``image`` uint8 (H, W, 3) sRGB, ``lab`` the packed labels of :mod:`.datasets`; returns a new uint8
 image (the input is never modified). A sample with less than ``min_sky_fraction`` labelled sky is returned unchanged.
 
-References: IEC 61966-2-1 sRGB transfer function; for dusk sky colours, e.g. Lee & Hernandez-Andres, "Colors of the
+Transfer functions: :func:`campipe.colour.srgb_decode` / :func:`campipe.colour.srgb_encode` (IEC 61966-2-1).
+References: for dusk sky colours, e.g. Lee & Hernandez-Andres, "Colors of the
 daytime overcast sky" / "Measuring and modeling twilight's purple light" (Applied Optics 2005, 2003).
 """
 from __future__ import annotations
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from campipe.colour import srgb_decode, srgb_encode
 
 from .datasets import SKY
 
@@ -41,23 +44,11 @@ class TwilightConfig:
     min_sky_fraction: float = 0.03
 
 
-def srgb_to_linear(x: np.ndarray) -> np.ndarray:
-    """sRGB-encoded values in [0, 1] -> linear light (IEC 61966-2-1), float32."""
-    x = np.asarray(x, np.float32)
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
-
-
-def linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    """Linear light in [0, 1] -> sRGB-encoded values in [0, 1], float32 (clipped)."""
-    x = np.clip(np.asarray(x, np.float32), 0.0, 1.0)
-    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1 / 2.4) - 0.055).astype(np.float32)
-
-
 def _hsv_colour(hue_deg: float, sat: float, value: float) -> np.ndarray:
     """Linear RGB (3,) of a hue/saturation with max channel = ``value``."""
     hsv = np.array([[[hue_deg / 2.0, sat * 255.0, 255.0]]], np.float32)  # OpenCV 8-bit-style ranges on float input
-    rgb = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32) / 255.0
-    return srgb_to_linear(rgb) / max(float(srgb_to_linear(rgb).max()), 1e-6) * value
+    lin = srgb_decode(cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32) / 255.0)
+    return lin / max(float(lin.max()), 1e-6) * value
 
 
 def sky_mask(lab: np.ndarray) -> np.ndarray:
@@ -73,7 +64,7 @@ def twilight(image: np.ndarray, lab: np.ndarray, rng: np.random.Generator,
     h, w = sky.shape
     if sky.mean() < cfg.min_sky_fraction:
         return image
-    lin = srgb_to_linear(image.astype(np.float32) / 255.0)
+    lin = srgb_decode(image.astype(np.float32) / 255.0)
 
     exposure = float(np.exp(rng.uniform(np.log(cfg.exposure[0]), np.log(cfg.exposure[1]))))
     cool = np.array([rng.uniform(0.65, 0.9), rng.uniform(0.8, 0.95), 1.0], np.float32)
@@ -97,4 +88,4 @@ def twilight(image: np.ndarray, lab: np.ndarray, rng: np.random.Generator,
 
     alpha = cv2.GaussianBlur(sky, (0, 0), sigmaX=max(0.6, 0.004 * max(h, w)))[..., None]
     out = scene * (1.0 - alpha) + sky_lin * alpha
-    return np.round(linear_to_srgb(out) * 255.0).astype(np.uint8)
+    return np.round(srgb_encode(out) * 255.0).astype(np.uint8)
