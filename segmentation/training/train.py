@@ -240,14 +240,17 @@ def freeze_except(model: torch.nn.Module, prefixes) -> int:
     prefixes = tuple(prefixes or ())
     if not prefixes:
         return sum(p.numel() for p in model.parameters())
+    def under(name: str, pre: str) -> bool:
+        return name == pre or name.startswith(pre + ".")
+
     names = [n for n, _ in model.named_parameters()]
     for pre in prefixes:
-        if not any(n == pre or n.startswith(pre + ".") for n in names):
+        if not any(under(n, pre) for n in names):
             tops = sorted({n.split(".")[0] for n in names})
             raise ValueError(f"train.trainable: no parameter under {pre!r} (top-level modules: {', '.join(tops)})")
     n_train = 0
     for n, p in model.named_parameters():
-        keep = any(n == pre or n.startswith(pre + ".") for pre in prefixes)
+        keep = any(under(n, pre) for pre in prefixes)
         p.requires_grad_(keep)
         n_train += p.numel() if keep else 0
     for mod in model.modules():
