@@ -20,8 +20,8 @@ test-time augmentation would change.
   as dusk by the training augmentation (:mod:`campipe.segmentation.training.twilight`, seeded), with the mean
   person probability on the re-lit sky.
 
-Usage: ``python benchmarks/seg_diagnostics.py parts|flip-tta|class-scores|instance-oracle|twilight [--weights CKPT] [--data ../shared/data]
-[--limit K]``. Not a test; needs the shared data.
+Usage: ``python benchmarks/seg_diagnostics.py parts|flip-tta|class-scores|instance-oracle|twilight
+[--weights CKPT] [--data ../shared/data] [--limit K]``. Not a test; needs the shared data.
 """
 from __future__ import annotations
 
@@ -64,11 +64,16 @@ def parts(model, data: Path, limit: int | None) -> None:
                       f"{err[i] / tot[i]:5.1%} of the part)")
 
 
+def _net_input(model, img: np.ndarray):
+    """uint8 sRGB photo -> (normalised network input (1, 3, H, W), its Letterbox), as campipe's inference does."""
+    canvas, box = letterbox(img.astype(np.float32) / 255.0, tuple(model.cfg.input_size), tuple(IMAGENET_MEAN))
+    return torch.from_numpy(normalize(canvas, IMAGENET_MEAN, IMAGENET_STD)), box
+
+
 def _person_probs(model, img: np.ndarray) -> np.ndarray:
     """p(person) of each query (N,) for one uint8 sRGB photo, letterboxed like campipe's inference."""
-    canvas, _ = letterbox(img.astype(np.float32) / 255.0, tuple(model.cfg.input_size), tuple(IMAGENET_MEAN))
     with torch.inference_mode():
-        logits = model(torch.from_numpy(normalize(canvas, IMAGENET_MEAN, IMAGENET_STD)))["pred_logits"]
+        logits = model(_net_input(model, img)[0])["pred_logits"]
     return logits.softmax(-1)[0, :, 0].numpy()
 
 
@@ -100,12 +105,8 @@ def class_scores(model, data: Path, limit: int | None) -> None:
 @torch.inference_mode()
 def cross_attention(model, data: Path, limit: int | None) -> None:
     """Across-photo variation of each decoder layer's cross-attention output on the Penn-Fudan validation photos."""
-    xs = []
-    for stem in list_stems(data, "pennfudan", "val")[:limit]:
-        img, _ = read_pair(data, "pennfudan", stem)
-        canvas, _ = letterbox(img.astype(np.float32) / 255.0, tuple(model.cfg.input_size), tuple(IMAGENET_MEAN))
-        xs.append(torch.from_numpy(normalize(canvas, IMAGENET_MEAN, IMAGENET_STD)))
-    x = torch.cat(xs)
+    x = torch.cat([_net_input(model, read_pair(data, "pennfudan", stem)[0])[0]
+                   for stem in list_stems(data, "pennfudan", "val")[:limit]])
     p32 = model.input_proj(model.backbone(x)["s32"])
     pos = model.position(p32).flatten(2).permute(2, 0, 1)
     t = model.transformer
@@ -120,8 +121,9 @@ def cross_attention(model, data: Path, limit: int | None) -> None:
         q = k = tgt + query_pos
         a = layer.norm1(tgt + layer.self_attn(q, k, tgt, need_weights=False)[0])
         out, w = layer.cross_attn(a + query_pos, memory + pos, memory, need_weights=True)
-        print(f"  decoder layer {i}: output std over photos {out.std(1).mean():.4f}, rms {out.pow(2).mean().sqrt():.3f}; "
-              f"largest attention weight {w.max(-1).values.mean():.3f}, top-5 tokens hold {w.topk(5, -1).values.sum(-1).mean():.3f}")
+        print(f"  decoder layer {i}: output std over photos {out.std(1).mean():.4f}, "
+              f"rms {out.pow(2).mean().sqrt():.3f}; largest attention weight {w.max(-1).values.mean():.3f}, "
+              f"top-5 tokens hold {w.topk(5, -1).values.sum(-1).mean():.3f}")
         tgt = layer(tgt, memory, pos, query_pos)
 
 
@@ -151,8 +153,7 @@ def instance_oracle(model, data: Path, limit: int | None) -> None:
     stems = list_stems(data, "pennfudan", "val")[:limit]
     for stem in stems:
         img, raw = read_pair(data, "pennfudan", stem)
-        canvas, box = letterbox(img.astype(np.float32) / 255.0, tuple(model.cfg.input_size), tuple(IMAGENET_MEAN))
-        x = torch.from_numpy(normalize(canvas, IMAGENET_MEAN, IMAGENET_STD))
+        x, box = _net_input(model, img)
         with torch.inference_mode():
             fb = model.backbone(x)
             feats = model.decoder(model.input_proj(fb["s32"]), fb, x)[0][0]
@@ -231,17 +232,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     model, _ = load_checkpoint(a.weights)
     model.eval()
-    if a.what == "parts":
-        parts(model, a.data, a.limit)
-        return 0
-    if a.what == "class-scores":
-        class_scores(model, a.data, a.limit)
-        return 0
-    if a.what == "instance-oracle":
-        instance_oracle(model, a.data, a.limit)
-        return 0
-    if a.what == "twilight":
-        twilight_sky(model, a.data, a.limit)
+    run = {"parts": parts, "class-scores": class_scores, "instance-oracle": instance_oracle,
+           "twilight": twilight_sky}.get(a.what)
+    if run is not None:
+        run(model, a.data, a.limit)
         return 0
     for name, m in (("weights", model), ("flip-tta", FlipTTA(model))):
         r = evaluate_model(m, a.data, limit=a.limit)
