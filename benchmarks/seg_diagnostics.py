@@ -207,20 +207,6 @@ def twilight_sky(model, data: Path, limit: int | None) -> None:
     print(f"person probability on the re-lit sky: {np.mean(person_on_sky):.3f}")
 
 
-class FlipTTA(torch.nn.Module):
-    """Static-channel logits averaged over the image and its mirror; instance outputs from the image alone."""
-
-    def __init__(self, model) -> None:
-        super().__init__()
-        self.model, self.cfg = model, model.cfg
-
-    def forward(self, x, **kw):
-        out = dict(self.model(x, **kw))
-        flipped = self.model(torch.flip(x, [-1]), **kw)
-        out["sem_logits"] = 0.5 * (out["sem_logits"] + torch.flip(flipped["sem_logits"], [-1]))
-        return out
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("parts", "flip-tta", "class-scores", "instance-oracle", "twilight"))
@@ -237,8 +223,8 @@ def main(argv=None) -> int:
     if run is not None:
         run(model, a.data, a.limit)
         return 0
-    for name, m in (("weights", model), ("flip-tta", FlipTTA(model))):
-        r = evaluate_model(m, a.data, limit=a.limit)
+    for name, tta in (("weights", False), ("flip-tta", True)):  # tta as `segment(..., tta=True)` runs it
+        r = evaluate_model(model, a.data, limit=a.limit, tta=tta)
         print(name, json.dumps({s: {k: round(v, 3) for k, v in d.items() if k.startswith("iou") or k == "pq"}
                                 for s, d in r.items()}), flush=True)
     return 0

@@ -104,6 +104,8 @@ def register(app: typer.Typer) -> None:
         dedup_iou: float = typer.Option(0.8, "--dedup-iou", min=0.0, max=1.0,
                                         help="Drop a person instance overlapping a higher-scoring one by more than "
                                              "this mask IoU (duplicate answers); 1 keeps every instance."),
+        tta: bool = typer.Option(False, "--tta", help="Flip test-time augmentation: also run the network on the "
+                                 "mirrored image and average the static masks (twice the network time)."),
     ) -> None:
         """Write soft masks (sky, hair, skin, teeth, glasses, person, person_i) + segments.json per image."""
         from campipe.segmentation import NoWeightsError
@@ -120,7 +122,7 @@ def register(app: typer.Typer) -> None:
             from campipe.segmentation.inference import get_segmenter
 
             seg = get_segmenter(weights, runtime=runtime, max_persons=max_persons, score_threshold=threshold,
-                                refine="guided" if refine else "bilinear", dedup_iou=dedup_iou)
+                                refine="guided" if refine else "bilinear", dedup_iou=dedup_iou, tta=tta)
         except NoWeightsError as e:
             typer.echo(f"campipe segment: {e}", err=True)
             raise typer.Exit(1)

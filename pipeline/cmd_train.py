@@ -75,6 +75,8 @@ def register(app: typer.Typer) -> None:
         json_out: Optional[str] = typer.Option(None, "--json", help="Write the JSON report to FILE ('-' = stdout)."),
         refine: str = typer.Option("guided", "--refine", help="Mask upsampling: guided (campipe's default, "
                                    "edge-aware) or bilinear."),
+        tta: bool = typer.Option(False, "--tta", help="Flip test-time augmentation of the static channels, as "
+                                 "`campipe segment --tta`."),
     ) -> None:
         """Per-class pooled IoU at 0.5 and person panoptic quality on the held-out split; table + JSON."""
         from campipe.segmentation import NoWeightsError, weights_path
@@ -122,7 +124,7 @@ def register(app: typer.Typer) -> None:
 
                 report = evaluate_checkpoints(ckpts, data_dir, sets or None, split, limit,
                                               derive_int8_from="weights" if int8_of_float else None, progress=cb,
-                                              refine=refine)
+                                              refine=refine, tta=tta)
         except (FileNotFoundError, ValueError, OSError) as e:
             typer.echo(f"campipe eval: {e}", err=True)
             raise typer.Exit(1)

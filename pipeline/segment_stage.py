@@ -12,7 +12,9 @@ Provides: ``"masks"``, ``"persons"``. Requires: ``"linear"``.
 Params: ``max_persons`` (4), ``score_threshold`` (0.5), ``max_side`` (1024, render size for the network input),
 ``refine`` (True: guided-filter upsampling; False: bilinear), ``runtime`` ("auto" | "onnx" | "torch"),
 ``weights`` ("" = installed weights / $CAMPIPE_WEIGHTS), ``dedup_iou`` (0.8: a person instance overlapping a
-higher-scoring one by more than this mask IoU is a duplicate answer and dropped; 1 keeps all).
+higher-scoring one by more than this mask IoU is a duplicate answer and dropped; 1 keeps all), ``tta`` (False:
+True also runs the network on the mirrored render and averages the static channels, twice the network time; e.g.
+``campipe process IMG --set segment.tta=true``).
 
 References: Reinhard et al., "Photographic Tone Reproduction for Digital Images" (SIGGRAPH 2002) for the log-average
 key; He et al. guided filter (2010).
@@ -73,9 +75,9 @@ def _warn_no_weights(msg: str) -> None:
 
 @register_stage("segment", requires=("linear",), provides=("masks", "persons"),
                 params={"max_persons": 4, "score_threshold": 0.5, "max_side": 1024, "refine": True,
-                        "runtime": "auto", "weights": "", "dedup_iou": 0.8})
+                        "runtime": "auto", "weights": "", "dedup_iou": 0.8, "tta": False})
 def segment_stage(frame: Frame, max_persons: int, score_threshold: float, max_side: int, refine: bool,
-                  runtime: str, weights: str, dedup_iou: float = 0.8) -> Frame:
+                  runtime: str, weights: str, dedup_iou: float = 0.8, tta: bool = False) -> Frame:
     """Semantic masks (sky, person, hair, skin, teeth, glasses) and person instances from HyperDETR."""
     from campipe.segmentation import NoWeightsError, weights_path
 
@@ -91,7 +93,7 @@ def segment_stage(frame: Frame, max_persons: int, score_threshold: float, max_si
     from campipe.segmentation.inference import get_segmenter
 
     seg = get_segmenter(wpath, runtime=runtime, max_persons=int(max_persons), score_threshold=float(score_threshold),
-                        refine="guided" if refine else "bilinear", dedup_iou=float(dedup_iou))
+                        refine="guided" if refine else "bilinear", dedup_iou=float(dedup_iou), tta=bool(tta))
     scene = bool(frame.meta.get("scene_referred", True))
     gain = exposure_gain(frame.image) if scene else 1.0
     small = display_render(frame.image, scene_referred=scene, max_side=max_side, gain=gain)

@@ -10,6 +10,11 @@ padding, instance selection (score >= threshold, no empty masks, duplicates supp
 ``max_persons``), then :func:`upsample_masks` to the image's resolution
 (edge-aware guided filter against the full-resolution guide, or bilinear).
 
+Optional horizontal-flip test-time augmentation (:func:`flip_canvas`, :func:`merge_flip`): the network also runs on
+the mirrored canvas and the static channels' logits are averaged with the mirrored-back ones (instances come from the
+unflipped canvas alone: query order is not flip-stable). Mirroring the whole canvas, padding included, keeps the
+letterbox geometry exact, and at any mask stride that divides the width an output column maps onto the mirrored one.
+
 All masks are float32 in [0, 1]; scores float in [0, 1].
 
 References: DETR ``PostProcessPanoptic`` / ``PostProcessSegm`` (facebookresearch/detr models/segmentation.py);
@@ -87,6 +92,23 @@ DEFAULT_GUIDE_EPS = 1e-3
 REFINE_MODES = ("guided", "bilinear")
 #: instances whose binary mask covers less than this fraction of the image are dropped
 DEFAULT_MIN_AREA = 5e-4
+
+
+def flip_canvas(x: np.ndarray) -> np.ndarray:
+    """Network input (B, 3, H, W) mirrored left-right (a contiguous copy), for :func:`merge_flip`."""
+    return np.ascontiguousarray(x[..., ::-1])
+
+
+def merge_flip(outputs: dict[str, np.ndarray], flipped: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Flip test-time augmentation: ``outputs`` of the canvas with ``sem_logits`` replaced by the mean of its
+    logits and the mirrored-back ``sem_logits`` of the network run on :func:`flip_canvas` of it (B, K, h, w). The
+    instance outputs (``pred_logits``, ``pred_masks``) are the unflipped canvas's. Returns a new dict."""
+    a, b = outputs["sem_logits"], flipped["sem_logits"]
+    if a.shape != b.shape:
+        raise ValueError(f"sem_logits shapes differ: {a.shape} vs {b.shape}")
+    out = dict(outputs)
+    out["sem_logits"] = ((a + b[..., ::-1]) * np.float32(0.5)).astype(np.float32, copy=False)
+    return out
 
 
 @dataclass

@@ -68,6 +68,15 @@ def test_cli_contract(app, setup):
     assert r.exit_code == 0, r.output
     assert [p.name for p in sorted(d.glob("person_*.png"))] == ["person_0.png"]
     assert not (d / "overlay.jpg").exists()
+    assert json.loads((d / "segments.json").read_text())["model"]["tta"] is False
+
+    # flip test-time augmentation: recorded in segments.json, static masks change, the contract stays
+    sky = np.asarray(Image.open(d / "sky.png"))
+    r = CliRunner().invoke(app, ["segment", str(src), "-o", str(out), "--tta", "--runtime", "torch"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((d / "segments.json").read_text())["model"]["tta"] is True
+    sky_tta = np.asarray(Image.open(d / "sky.png"))
+    assert sky_tta.shape == sky.shape and np.abs(sky_tta.astype(int) - sky).max() > 0
 
 
 def test_cli_partial_failure_exit_1(app, setup):

@@ -220,3 +220,57 @@ def test_display_render_exposure_normalisation(linear_image):
     r = display_render(dark, scene_referred=True, max_side=32)
     assert r.shape == (24, 32, 3) and r.dtype == np.float32 and 0 <= r.min() and r.max() <= 1
     assert r.mean() > display_render(dark, scene_referred=False, max_side=32).mean()
+
+
+# ------------------------------------------------------------------------------------ flip test-time aug. ---
+
+def test_merge_flip_exact_values():
+    from campipe.segmentation.postprocess import flip_canvas, merge_flip
+
+    a = np.arange(2 * 1 * 2 * 3, dtype=np.float32).reshape(2, 1, 2, 3)
+    b = np.array([[[[1, 2, 3], [4, 5, 6]]], [[[0, 0, 8], [0, 0, 0]]]], np.float32)
+    inst = {"pred_logits": np.ones((2, 4, 2), np.float32), "pred_masks": np.zeros((2, 4, 2, 3), np.float32)}
+    out = merge_flip({"sem_logits": a, **inst}, {"sem_logits": b, "pred_masks": np.full((2, 4, 2, 3), 9.0)})
+    # column j of the result = (a[j] + b[W-1-j]) / 2
+    assert out["sem_logits"][0, 0].tolist() == [[1.5, 1.5, 1.5], [4.5, 4.5, 4.5]]
+    assert out["sem_logits"][1, 0].tolist() == [[7.0, 3.5, 4.0], [4.5, 5.0, 5.5]]
+    assert out["pred_masks"] is inst["pred_masks"] and out["pred_logits"] is inst["pred_logits"]  # unflipped run's
+    assert out["sem_logits"].dtype == np.float32
+    x = np.arange(6, dtype=np.float32).reshape(1, 1, 2, 3)
+    assert flip_canvas(x)[0, 0].tolist() == [[2, 1, 0], [5, 4, 3]] and flip_canvas(x).flags.c_contiguous
+    with pytest.raises(ValueError, match="shapes differ"):
+        merge_flip({"sem_logits": a}, {"sem_logits": a[:1]})
+
+
+@pytest.mark.parametrize("refine", ["bilinear", "guided"])
+def test_segment_tta_makes_static_masks_mirror_symmetric(ckpt, refine):
+    """With flip TTA the static masks of a mirrored photo are the mirrored masks (exactly, up to float rounding);
+    the network alone is not mirror-symmetric (so the check can fail). The photo fills the network canvas (64x96),
+    so the letterbox adds no padding."""
+    img = (np.random.default_rng(7).random((64, 96, 3)) * 255).astype(np.uint8)
+    mirror = np.ascontiguousarray(img[:, ::-1])
+    static = KEYS - {"person"}  # person also takes the instances, which TTA leaves alone
+    gaps = {}
+    for tta in (False, True):
+        seg = Segmenter(ckpt, runtime="torch", refine=refine, tta=tta)
+        a, b = seg(img), seg(mirror)
+        _check_result(a, 64, 96)
+        assert a.model["tta"] is tta
+        gaps[tta] = max(float(np.abs(a.masks[k][:, ::-1] - b.masks[k]).max()) for k in static)
+    assert gaps[True] < 1e-5
+    assert gaps[False] > 1e-3
+
+
+def test_stage_passes_tta(ckpt, monkeypatch, linear_image):
+    import campipe.segment_stage as st
+    from campipe.registry import get_stage
+
+    assert get_stage("segment").params["tta"] is False
+    monkeypatch.setenv("CAMPIPE_WEIGHTS", str(ckpt))
+    kw = dict(max_persons=4, score_threshold=0.0, max_side=32, refine=False, runtime="torch", weights="",
+              dedup_iou=1.0)
+    plain = st.segment_stage(Frame(linear_image.copy(), meta={"scene_referred": True}), **kw)
+    flip = st.segment_stage(Frame(linear_image.copy(), meta={"scene_referred": True}), **kw, tta=True)
+    assert plain.meta["segmentation"]["model"]["tta"] is False and flip.meta["segmentation"]["model"]["tta"] is True
+    assert np.abs(plain.masks["sky"] - flip.masks["sky"]).max() > 1e-4
+    np.testing.assert_array_equal(plain.persons[0].mask, flip.persons[0].mask)  # instances: the photo alone

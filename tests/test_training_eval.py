@@ -138,6 +138,11 @@ def test_eval_command_table_and_json(tmp_path):
     assert 0.0 <= iou <= 1.0
     assert rep["models"]["weights-int8-l2"]["dec_layers"] == 2
     assert rep["refine"] == "guided"                     # campipe's own upsampling by default
+    assert rep["tta"] is False
+    r4 = CliRunner().invoke(app, ["eval", str(tmp_path / "data"), "--set", "pennfudan", "--split", "all",
+                                  "--weights", str(ck), "--tta", "--json", str(out_json)])
+    assert r4.exit_code == 0, r4.output
+    assert json.loads(out_json.read_text())["tta"] is True
     r2 = CliRunner().invoke(app, ["eval", str(tmp_path / "data"), "--set", "nope", "--weights", str(ck)])
     assert r2.exit_code == 2
     r3 = CliRunner().invoke(app, ["eval", str(tmp_path / "data"), "--weights", str(ck), "--refine", "nearest"])
@@ -192,3 +197,26 @@ def test_eval_person_is_channel_or_instances(tmp_path):
     r = evaluate_model(_InstanceOnly(), tmp_path, sets=["pennfudan"], split="all")["pennfudan"]
     assert r["iou_person_channel"] == 0.0
     assert r["iou_person"] == pytest.approx(1.0, abs=0.02)
+
+
+def test_predict_tta_averages_mirrored_logits():
+    """A fake network whose static logits depend only on the canvas column (+10 on the left half, -10 on the right):
+    flip TTA averages each column with its mirror, 0 -> probability exactly 0.5 everywhere; without TTA the halves
+    keep their own values."""
+    from campipe.segmentation.training.evaluate import predict
+
+    class _LeftRight(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cfg = HyperDETRConfig(input_size=(32, 64), mask_stride=2)
+
+        def forward(self, x, scene_only=False):
+            col = torch.where(torch.arange(32) < 16, 10.0, -10.0).view(1, 1, 1, 32)
+            return {"sem_logits": col.expand(x.shape[0], 6, 16, 32).clone()}
+
+    img = (np.random.default_rng(0).random((32, 64, 3)) * 255).astype(np.uint8)
+    args = (img, (32, 64), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), tuple("abcdef"), 2)
+    plain, _, _ = predict(_LeftRight(), *args, max_persons=0, refine="bilinear")
+    tta, _, _ = predict(_LeftRight(), *args, max_persons=0, refine="bilinear", tta=True)
+    assert plain["a"][:, :28].min() > 0.99 and plain["a"][:, -28:].max() < 0.01
+    np.testing.assert_allclose(tta["a"], 0.5, atol=1e-6)

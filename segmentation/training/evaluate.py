@@ -6,7 +6,8 @@ Protocol (the issue's validation targets):
   padded with the mean) -> network -> sigmoid / softmax -> crop the padding -> upsampling to the label's resolution,
   edge-aware (guided filter against the photo's luma, campipe's default ``refine="guided"``) or, with
   ``refine="bilinear"``, plain bilinear (the protocol of the reports before 2026-12-04)
-  (:mod:`campipe.segmentation.postprocess`);
+  (:mod:`campipe.segmentation.postprocess`); with ``tta=True`` the static channels are flip test-time augmented as
+  ``segment(..., tta=True)`` does (:func:`campipe.segmentation.postprocess.merge_flip`);
 * **pooled IoU** per class: a pixel is predicted positive where the probability is >= 0.5; intersections and unions
   are summed over all images of the split before dividing (pooled, not a mean of per-image IoUs). Pixels a set does
   not label are ignored (CamVid "unlabelled"; bicyclists for person);
@@ -34,7 +35,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..postprocess import REFINE_MODES, decode_outputs, letterbox, normalize, upsample_masks
+from ..postprocess import REFINE_MODES, decode_outputs, flip_canvas, letterbox, merge_flip, normalize, upsample_masks
 from ..inference import gray_guide
 from .datasets import CAMVID_BICYCLIST, CAMVID_UNLABELLED, CELEBA_SKIN_IDS, list_stems, read_pair
 
@@ -150,18 +151,25 @@ def panoptic_segments(inst_probs: np.ndarray, scores: np.ndarray, thr: float = 0
 @torch.no_grad()
 def predict(model: torch.nn.Module, image: np.ndarray, input_size: tuple[int, int], mean, std,
             classes: tuple[str, ...], mask_stride: int, score_threshold: float = 0.5, max_persons: int = 4,
-            refine: str = "guided") -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+            refine: str = "guided", tta: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """uint8 sRGB (H, W, 3) -> (class -> prob float32 (H, W), instance probs (M, H, W), scores (M,)).
 
-    ``refine``: "guided" (campipe's default upsampling, guided by the photo) or "bilinear".
+    ``refine``: "guided" (campipe's default upsampling, guided by the photo) or "bilinear"; ``tta``: flip test-time
+    augmentation of the static channels.
     """
     if refine not in REFINE_MODES:
         raise ValueError(f"refine must be one of {REFINE_MODES}, got {refine!r}")
     img = image.astype(np.float32) / 255.0
     canvas, box = letterbox(img, tuple(input_size), tuple(mean))
-    x = torch.from_numpy(normalize(canvas, mean, std))
-    out = model(x)
-    out_np = {k: v.float().numpy() for k, v in out.items() if isinstance(v, torch.Tensor)}
+    x = normalize(canvas, mean, std)
+
+    def run(inp: np.ndarray) -> dict[str, np.ndarray]:
+        out = model(torch.from_numpy(inp))
+        return {k: v.float().numpy() for k, v in out.items() if isinstance(v, torch.Tensor)}
+
+    out_np = run(x)
+    if tta:
+        out_np = merge_flip(out_np, run(flip_canvas(x)))
     raw = decode_outputs(out_np, box, classes, mask_stride=mask_stride, score_threshold=score_threshold,
                          max_persons=max_persons)
     H, W = image.shape[:2]
@@ -173,8 +181,8 @@ def predict(model: torch.nn.Module, image: np.ndarray, input_size: tuple[int, in
 
 def evaluate_model(model: torch.nn.Module, data_dir: str | Path, sets=None, split: str = "val",
                    limit: int | None = None, input_size=None, mean=None, std=None, threshold: float = 0.5,
-                   progress: Callable[[str, int, int], None] | None = None, refine: str = "guided"
-                   ) -> dict[str, dict[str, Any]]:
+                   progress: Callable[[str, int, int], None] | None = None, refine: str = "guided",
+                   tta: bool = False) -> dict[str, dict[str, Any]]:
     """Evaluate ``model`` (float32, eval mode) on ``split`` of every set in ``sets``.
 
     Returns ``{set: {"iou_<class>": float, "n_images": int, "pq"/"sq"/"rq": float (instance sets),
@@ -201,7 +209,7 @@ def evaluate_model(model: torch.nn.Module, data_dir: str | Path, sets=None, spli
         for i, stem in enumerate(stems):
             image, raw = read_pair(Path(data_dir), s, stem)
             probs, inst, scores = predict(model, image, input_size, mean, std, tuple(cfg.semantic_classes),
-                                          cfg.mask_stride, refine=refine)
+                                          cfg.mask_stride, refine=refine, tta=tta)
             if "person" in probs:
                 probs["person_channel"] = probs["person"]
                 if len(inst):
@@ -241,13 +249,13 @@ def quantized_pruned_copy(model: torch.nn.Module, keep_dec_layers: int = 2) -> t
 
 def evaluate_checkpoints(weights: dict[str, str | Path], data_dir: str | Path, sets=None, split: str = "val",
                          limit: int | None = None, derive_int8_from: str | None = None,
-                         progress=None, refine: str = "guided") -> dict[str, Any]:
+                         progress=None, refine: str = "guided", tta: bool = False) -> dict[str, Any]:
     """Evaluate several checkpoints (label -> path). With ``derive_int8_from=label``, also evaluate that float
     checkpoint quantised + pruned to 2 layers in memory (label ``<label>-int8-l2``)."""
     from ..checkpoint import load_checkpoint
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    out: dict[str, Any] = {"split": split, "limit": limit, "refine": refine, "models": {}, "results": {}}
+    out: dict[str, Any] = {"split": split, "limit": limit, "refine": refine, "tta": tta, "models": {}, "results": {}}
     items = list(weights.items())
     for label, path in items:
         model, meta = load_checkpoint(path)
@@ -264,7 +272,7 @@ def evaluate_checkpoints(weights: dict[str, str | Path], data_dir: str | Path, s
                                   "quantized": bool(meta.get("quantized")) or derived,
                                   "dec_layers": m.num_dec_layers}
             out["results"][lab] = evaluate_model(m, data_dir, sets, split, limit, mean=norm["mean"],
-                                                 std=norm["std"], progress=progress, refine=refine)
+                                                 std=norm["std"], progress=progress, refine=refine, tta=tta)
     return out
 
 
