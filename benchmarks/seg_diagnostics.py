@@ -197,7 +197,7 @@ def twilight_sky(model, data: Path, limit: int | None) -> None:
         gt, valid = raw == CAMVID_SKY, raw != CAMVID_UNLABELLED
         for key, im in (("as photographed", img), ("re-lit as dusk", twilight(img, lab, rng))):
             probs, _, _ = predict(model, im, cfg.input_size, IMAGENET_MEAN, IMAGENET_STD, tuple(cfg.semantic_classes),
-                                  cfg.mask_stride, refine="bilinear")
+                                  cfg.mask_stride, refine="bilinear", sky_refine=False)  # the network alone
             pred = (probs["sky"] >= 0.5) & valid
             counts[key] += [(pred & gt).sum(), (pred & ~gt).sum(), (~pred & gt & valid).sum()]
             if key == "re-lit as dusk" and gt.any():

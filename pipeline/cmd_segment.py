@@ -106,6 +106,8 @@ def register(app: typer.Typer) -> None:
                                              "this mask IoU (duplicate answers); 1 keeps every instance."),
         tta: bool = typer.Option(False, "--tta", help="Flip test-time augmentation: also run the network on the "
                                  "mirrored image and average the static masks (twice the network time)."),
+        sky_refine: bool = typer.Option(True, "--sky-refine/--no-sky-refine", help="Refine the sky mask with the "
+                                        "photo's colours (sky through branches)."),
     ) -> None:
         """Write soft masks (sky, hair, skin, teeth, glasses, person, person_i) + segments.json per image."""
         from campipe.segmentation import NoWeightsError
@@ -122,7 +124,8 @@ def register(app: typer.Typer) -> None:
             from campipe.segmentation.inference import get_segmenter
 
             seg = get_segmenter(weights, runtime=runtime, max_persons=max_persons, score_threshold=threshold,
-                                refine="guided" if refine else "bilinear", dedup_iou=dedup_iou, tta=tta)
+                                refine="guided" if refine else "bilinear", dedup_iou=dedup_iou, tta=tta,
+                                sky_refine=sky_refine)
         except NoWeightsError as e:
             typer.echo(f"campipe segment: {e}", err=True)
             raise typer.Exit(1)

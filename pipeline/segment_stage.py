@@ -14,7 +14,8 @@ Params: ``max_persons`` (4), ``score_threshold`` (0.5), ``max_side`` (1024, rend
 ``weights`` ("" = installed weights / $CAMPIPE_WEIGHTS), ``dedup_iou`` (0.8: a person instance overlapping a
 higher-scoring one by more than this mask IoU is a duplicate answer and dropped; 1 keeps all), ``tta`` (False:
 True also runs the network on the mirrored render and averages the static channels, twice the network time; e.g.
-``campipe process IMG --set segment.tta=true``).
+``campipe process IMG --set segment.tta=true``), ``sky_refine`` (True: the sky mask is refined with the render's
+colours, :mod:`campipe.segmentation.sky_refine`).
 
 References: Reinhard et al., "Photographic Tone Reproduction for Digital Images" (SIGGRAPH 2002) for the log-average
 key; He et al. guided filter (2010).
@@ -75,9 +76,10 @@ def _warn_no_weights(msg: str) -> None:
 
 @register_stage("segment", requires=("linear",), provides=("masks", "persons"),
                 params={"max_persons": 4, "score_threshold": 0.5, "max_side": 1024, "refine": True,
-                        "runtime": "auto", "weights": "", "dedup_iou": 0.8, "tta": False})
+                        "runtime": "auto", "weights": "", "dedup_iou": 0.8, "tta": False, "sky_refine": True})
 def segment_stage(frame: Frame, max_persons: int, score_threshold: float, max_side: int, refine: bool,
-                  runtime: str, weights: str, dedup_iou: float = 0.8, tta: bool = False) -> Frame:
+                  runtime: str, weights: str, dedup_iou: float = 0.8, tta: bool = False,
+                  sky_refine: bool = True) -> Frame:
     """Semantic masks (sky, person, hair, skin, teeth, glasses) and person instances from HyperDETR."""
     from campipe.segmentation import NoWeightsError, weights_path
 
@@ -93,7 +95,8 @@ def segment_stage(frame: Frame, max_persons: int, score_threshold: float, max_si
     from campipe.segmentation.inference import get_segmenter
 
     seg = get_segmenter(wpath, runtime=runtime, max_persons=int(max_persons), score_threshold=float(score_threshold),
-                        refine="guided" if refine else "bilinear", dedup_iou=float(dedup_iou), tta=bool(tta))
+                        refine="guided" if refine else "bilinear", dedup_iou=float(dedup_iou), tta=bool(tta),
+                        sky_refine=bool(sky_refine))
     scene = bool(frame.meta.get("scene_referred", True))
     gain = exposure_gain(frame.image) if scene else 1.0
     small = display_render(frame.image, scene_referred=scene, max_side=max_side, gain=gain)

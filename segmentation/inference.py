@@ -17,7 +17,8 @@ Output :class:`SegmentationResult`:
 Steps: letterbox to the network size -> runner (ONNX Runtime or eager torch, see :mod:`.runtime`; with ``tta=True``
 also on the mirrored canvas, static-channel logits averaged, :func:`.postprocess.merge_flip`) -> sigmoid/softmax,
 crop, select instances (:mod:`.postprocess`) -> edge-aware upsampling with the guided filter against the
-full-resolution image (:mod:`.guided_filter`).
+full-resolution image (:mod:`.guided_filter`) -> sky refined with the photo's own colours (``sky_refine=True``,
+:mod:`.sky_refine`: sky seen through branches).
 
 Without trained weights, :class:`campipe.segmentation.NoWeightsError` is raised (never random masks).
 
@@ -99,6 +100,9 @@ class Segmenter:
             (duplicate answers of several queries); 1.0 keeps them all.
         refine: "guided" (edge-aware, default) or "bilinear" upsampling to the output resolution.
         guide_radius, guide_eps: guided-filter window radius (network-resolution pixels) and regularisation.
+        sky_refine: refine the sky mask with the photo's colours (:mod:`.sky_refine`; default on). It runs at the
+            resolution of the image given to the call and, when the output size differs (a ``guide`` or
+            ``out_size``), the refined sky is upsampled from there.
         tta: horizontal-flip test-time augmentation of the static channels (sky, person, hair, skin, teeth,
             glasses): twice the network time; on the validation split +0.01 IoU on most classes (MODEL_CARD.md).
     """
@@ -106,7 +110,7 @@ class Segmenter:
     def __init__(self, weights=None, *, runtime: str = "auto", keep_dec_layers: int | None = None,
                  threads: int | None = None, max_persons: int = 4, score_threshold: float = 0.5,
                  refine: str = "guided", guide_radius: int = DEFAULT_GUIDE_RADIUS, guide_eps: float = DEFAULT_GUIDE_EPS,
-                 dedup_iou: float = DEFAULT_DEDUP_IOU, tta: bool = False) -> None:
+                 dedup_iou: float = DEFAULT_DEDUP_IOU, tta: bool = False, sky_refine: bool = True) -> None:
         if not 0.0 <= dedup_iou <= 1.0:
             raise ValueError(f"dedup_iou must be in [0, 1], got {dedup_iou}")
         if refine not in REFINE_MODES:
@@ -128,6 +132,7 @@ class Segmenter:
         self.max_persons, self.score_threshold = int(max_persons), float(score_threshold)
         self.dedup_iou = float(dedup_iou)
         self.tta = bool(tta)
+        self.sky_refine = bool(sky_refine)
         self.refine, self.guide_radius, self.guide_eps = refine, int(guide_radius), float(guide_eps)
         self.mean = self.meta["normalization"]["mean"]
         self.std = self.meta["normalization"]["std"]
@@ -189,13 +194,25 @@ class Segmenter:
         except OSError:  # read-only cache: the next process simply loads the checkpoint again
             pass
 
+    def _refined_sky(self, sky: np.ndarray, rgb: np.ndarray, out_hw, g) -> np.ndarray:
+        """:func:`.sky_refine.refine_sky` against ``rgb``. ``sky`` is the sky mask already at the output resolution
+        when that is ``rgb``'s; otherwise the network-resolution sky, which is upsampled to ``rgb``'s resolution,
+        refined there and upsampled to ``out_hw`` like the other masks."""
+        from .sky_refine import refine_sky
+
+        if tuple(out_hw) == rgb.shape[:2]:
+            return refine_sky(sky, rgb)
+        g_rgb = gray_guide(rgb) if self.refine == "guided" else None
+        at_rgb = upsample_masks(sky[None], rgb.shape[:2], g_rgb, self.guide_radius, self.guide_eps)[0]
+        return upsample_masks(refine_sky(at_rgb, rgb)[None], out_hw, g, self.guide_radius, self.guide_eps)[0]
+
     @property
     def info(self) -> dict[str, Any]:
         return {"name": MODEL_NAME, "file": self.path.name, "path": str(self.path), "sha256": self.meta["sha256"],
                 "runtime": getattr(self.runner, "name", "?"), "decoder_layers": self.dec_layers,
                 "num_queries": self.cfg.num_queries, "input_size": list(self.cfg.input_size),
                 "quantized": bool(self.meta.get("quantized", False)), "classes": list(self.classes),
-                "tta": self.tta}
+                "tta": self.tta, "sky_refine": self.sky_refine}
 
     def _runner_for(self, scene_only: bool):
         if not scene_only:
@@ -246,7 +263,11 @@ class Segmenter:
         raw = decode_outputs(outputs, box, self.classes, mask_stride=self.cfg.mask_stride,
                              score_threshold=self.score_threshold, max_persons=self.max_persons,
                              dedup_iou=self.dedup_iou)
-        stack = np.concatenate([raw.semantic, raw.instances], axis=0)
+        sky = raw.classes.index("sky") if self.sky_refine and "sky" in raw.classes else None
+        # at another output size the refined sky is upsampled on its own (below): not in the common stack
+        apart = sky is not None and tuple(out_hw) != rgb.shape[:2]
+        sem = np.delete(raw.semantic, sky, axis=0) if apart else raw.semantic
+        stack = np.concatenate([sem, raw.instances], axis=0)
         g = None
         if self.refine == "guided":
             if guide is not None:
@@ -255,14 +276,23 @@ class Segmenter:
                 g = gray_guide(rgb)
                 if g.shape != tuple(out_hw):
                     g = cv2.resize(g, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_LINEAR)
-        up = upsample_masks(stack, out_hw, g, self.guide_radius, self.guide_eps)
+        planes = list(upsample_masks(stack, out_hw, g, self.guide_radius, self.guide_eps))
         timings["upsample"] = time.perf_counter() - t
+        if sky is not None:
+            t = time.perf_counter()
+            if apart:
+                planes.insert(sky, self._refined_sky(raw.semantic[sky], rgb, out_hw, g))
+            else:
+                planes[sky] = self._refined_sky(planes[sky], rgb, out_hw, g)
+            timings["sky_refine"] = time.perf_counter() - t
         k = raw.semantic.shape[0]
-        masks = {name: up[i] for i, name in enumerate(raw.classes)}
-        persons = [PersonInstance(up[k + j], float(s)) for j, s in enumerate(raw.scores)]
+        masks = {name: planes[i] for i, name in enumerate(raw.classes)}
+        persons = [PersonInstance(planes[k + j], float(s)) for j, s in enumerate(raw.scores)]
         person = masks.get("person")
         if persons:
-            union = np.max(up[k:], axis=0)
+            union = planes[k].copy()
+            for m in planes[k + 1:]:
+                np.maximum(union, m, out=union)
             person = union if person is None else np.maximum(person, union)
         if person is not None:
             masks["person"] = person
@@ -289,12 +319,13 @@ def get_segmenter(weights=None, **kwargs) -> Segmenter:
 def segment(image, *, weights=None, runtime: str = "auto", max_persons: int = 4, score_threshold: float = 0.5,
             refine: str = "guided", keep_dec_layers: int | None = None, scene_only: bool = False,
             guide: np.ndarray | None = None, out_size: tuple[int, int] | None = None,
-            dedup_iou: float = DEFAULT_DEDUP_IOU, tta: bool = False) -> SegmentationResult:
+            dedup_iou: float = DEFAULT_DEDUP_IOU, tta: bool = False, sky_refine: bool = True) -> SegmentationResult:
     """Segment ``image`` (path, uint8/uint16 sRGB array or float32 display-referred array); see module docstring
     and :class:`Segmenter` for the options.
 
     Raises :class:`campipe.segmentation.NoWeightsError` when no trained weights are installed.
     """
     seg = get_segmenter(weights, runtime=runtime, max_persons=max_persons, score_threshold=score_threshold,
-                        refine=refine, keep_dec_layers=keep_dec_layers, dedup_iou=dedup_iou, tta=tta)
+                        refine=refine, keep_dec_layers=keep_dec_layers, dedup_iou=dedup_iou, tta=tta,
+                        sky_refine=sky_refine)
     return seg(image, guide=guide, out_size=out_size, scene_only=scene_only)
