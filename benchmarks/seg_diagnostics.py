@@ -16,11 +16,17 @@ test-time augmentation would change.
   Penn-Fudan validation person, the best dynamic 1x1 conv (16 weights + bias, logistic regression fitted on that very
   photo's instance mask at the feature resolution) against the best of the model's own query masks (IoU at 0.5);
   also the same fit with the 5 coordinate channels of ``model.mask_coords`` appended (x, y, x^2, y^2, xy).
+* ``static-head``: whether the static channels are limited by their head (one 1x1 conv of the 16 mask features) or
+  by the features: on the CelebAMask faces, decoder features of the frozen model (the 32-channel stride-2 stage and
+  the 16 mask features, cropped to the photo) are cached, and new heads fitted on the training faces (BCE + Dice,
+  Adam, 6 epochs, mirror augmentation) are scored on the validation faces (pooled IoU at 0.5 at the mask-feature
+  resolution) for person, hair, skin, teeth: the model's own head, a 3x3 conv head on the same 48 channels, and the
+  same with the photo's pixels (2x2 space-to-depth, 12 channels) and the backbone's stride-2 features added.
 * ``twilight``: CamVid validation sky IoU (threshold 0.5, bilinear upsampling) of the photos as they are and re-lit
   as dusk by the training augmentation (:mod:`campipe.segmentation.training.twilight`, seeded), with the mean
   person probability on the re-lit sky.
 
-Usage: ``python benchmarks/seg_diagnostics.py parts|flip-tta|class-scores|instance-oracle|twilight
+Usage: ``python benchmarks/seg_diagnostics.py parts|flip-tta|class-scores|instance-oracle|static-head|twilight
 [--weights CKPT] [--data ../shared/data] [--limit K]``. Not a test; needs the shared data.
 """
 from __future__ import annotations
@@ -182,6 +188,94 @@ def instance_oracle(model, data: Path, limit: int | None) -> None:
     print(f"  the same with 5 coordinate channels:      mean IoU {np.mean(with_xy):.3f}")
 
 
+STATIC = ("person", "hair", "skin", "teeth")
+
+
+def _celeba_static_labels(raw: np.ndarray) -> np.ndarray:
+    return np.stack([raw > 0, raw == 13, np.isin(raw, CELEBA_SKIN_IDS), raw == 10]).astype(np.float32)
+
+
+@torch.inference_mode()
+def _static_features(model, data: Path, split: str, limit: int | None):
+    """(features (n, 32 + D + 12 + C2, h, w) float16, labels (n, 4, h, w), own logits (n, 4, h, w)) on CelebAMask,
+    cropped to the photo at the mask-feature resolution."""
+    import cv2
+    from torch.nn import functional as F
+
+    cfg, s = model.cfg, model.cfg.mask_stride
+    grab = {}
+    hooks = [model.decoder.up2.register_forward_hook(lambda m, i, o: grab.__setitem__("d2", o)),
+             model.decoder.out_proj.register_forward_hook(lambda m, i, o: grab.__setitem__("mf", o))]
+    cls = [cfg.semantic_classes.index(c) for c in STATIC]
+    xs, ys, own = [], [], []
+    try:
+        for stem in list_stems(data, "celebamask", split)[:limit]:
+            img, raw = read_pair(data, "celebamask", stem)
+            x, box = _net_input(model, img)
+            out = model(x, scene_only=True)
+            (t, left), (ch, cw) = box.offset, box.content_hw
+            crop = (slice(None), slice(t // s, (t + ch) // s), slice(left // s, (left + cw) // s))
+            s2 = model.backbone(x)["s2"][0]
+            pix = F.pixel_unshuffle(x, 2)[0]
+            xs.append(torch.cat([grab["d2"][0], grab["mf"][0], pix, s2])[crop].half())
+            own.append(out["sem_logits"][0, cls][crop])
+            h, w = xs[-1].shape[1:]
+            ys.append(torch.from_numpy(np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_AREA)
+                                                 for c in _celeba_static_labels(raw)])))
+    finally:
+        for hk in hooks:
+            hk.remove()
+    return torch.stack(xs), torch.stack(ys), torch.stack(own)
+
+
+def _pooled_ious(logits: torch.Tensor, y: torch.Tensor) -> list[float]:
+    p, g = logits > 0, y >= 0.5
+    return ((p & g).sum((0, 2, 3)).float() / (p | g).sum((0, 2, 3)).float()).tolist()
+
+
+def _fit_static_head(x: torch.Tensor, y: torch.Tensor, cin: int, epochs: int = 6, bs: int = 16) -> torch.nn.Module:
+    from torch.nn import functional as F
+
+    torch.manual_seed(0)
+    head = torch.nn.Sequential(torch.nn.Conv2d(cin, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(32, 4, 1))
+    steps = epochs * (len(x) // bs)
+    opt = torch.optim.Adam(head.parameters(), 2e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps)
+    for _ in range(epochs):
+        perm = torch.randperm(len(x))
+        for i in range(len(x) // bs):
+            idx = perm[i * bs:(i + 1) * bs]
+            xb, yb = x[idx, :cin].float(), y[idx]
+            if torch.rand(1) < 0.5:
+                xb, yb = xb.flip(-1), yb.flip(-1)
+            lg = head(xb)
+            pr = lg.sigmoid()
+            dice = 1 - (2 * (pr * yb).sum((2, 3)) + 1) / (pr.sum((2, 3)) + yb.sum((2, 3)) + 1)
+            loss = F.binary_cross_entropy_with_logits(lg, yb) + dice.mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return head.eval()
+
+
+def static_head(model, data: Path, limit: int | None) -> None:
+    xv, yv, own = _static_features(model, data, "val", limit)
+    xt, yt, _ = _static_features(model, data, "train", limit)
+    d = model.cfg.mask_dim
+    print(f"CelebAMask: {len(xt)} training / {len(xv)} validation faces, features at {tuple(xv.shape[2:])}; "
+          f"pooled IoU at 0.5 ({', '.join(STATIC)})")
+    print(f"  the model's own head (1x1 conv of {d} mask features): "
+          + " ".join(f"{v:.3f}" for v in _pooled_ious(own, yv)))
+    for name, cin in ((f"3x3 conv head on the decoder's 32 + {d} channels", 32 + d),
+                      ("  + the photo's pixels (12)", 32 + d + 12),
+                      ("  + the backbone's stride-2 features", xt.shape[1])):
+        head = _fit_static_head(xt, yt, cin)
+        with torch.inference_mode():
+            lv = torch.cat([head(xv[i:i + 16, :cin].float()) for i in range(0, len(xv), 16)])
+        print(f"  {name}: " + " ".join(f"{v:.3f}" for v in _pooled_ious(lv, yv)), flush=True)
+
+
 @torch.inference_mode()
 def twilight_sky(model, data: Path, limit: int | None) -> None:
     from campipe.segmentation.training.datasets import CAMVID_SKY, CAMVID_UNLABELLED, map_labels
@@ -209,7 +303,8 @@ def twilight_sky(model, data: Path, limit: int | None) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("parts", "flip-tta", "class-scores", "instance-oracle", "twilight"))
+    ap.add_argument("what", choices=("parts", "flip-tta", "class-scores", "instance-oracle", "static-head",
+                                     "twilight"))
     ap.add_argument("--weights", default=str(HERE.parent / "segmentation" / "weights" / "hyperdetr.pt"))
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--limit", type=int, default=None)
@@ -219,7 +314,7 @@ def main(argv=None) -> int:
     model, _ = load_checkpoint(a.weights)
     model.eval()
     run = {"parts": parts, "class-scores": class_scores, "instance-oracle": instance_oracle,
-           "twilight": twilight_sky}.get(a.what)
+           "static-head": static_head, "twilight": twilight_sky}.get(a.what)
     if run is not None:
         run(model, a.data, a.limit)
         return 0
