@@ -12,7 +12,8 @@ Output :class:`SegmentationResult`:
     ``persons``: list of :class:`campipe.frame.PersonInstance` (mask float32 (H, W) in [0, 1], score in [0, 1]:
     the query's person probability x its mask quality, see :func:`.postprocess.decode_outputs`), sorted by
     descending score, score >= ``score_threshold``, at most ``max_persons`` (default 4), no empty masks;
-    ``timings``: seconds per step; ``model``: name, file, sha256, runtime, decoder layers, quantized flag.
+    ``timings``: seconds per step; ``model``: name, file, sha256, runtime, decoder layers, quantized, tta and
+    sky_refine flags.
 
 Steps: letterbox to the network size -> runner (ONNX Runtime or eager torch, see :mod:`.runtime`; with ``tta=True``
 also on the mirrored canvas, static-channel logits averaged, :func:`.postprocess.merge_flip`) -> sigmoid/softmax,
