@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .postprocess import sigmoid
+
 DEFAULT_BINS = 32
 DEFAULT_WEIGHT = 0.75
 SURE_SKY, SURE_NOT = 0.95, 0.05
@@ -74,4 +76,4 @@ def refine_sky(prob: np.ndarray, rgb: np.ndarray, *, weight: float = DEFAULT_WEI
     p = np.clip(prob, 1e-4, 1.0 - 1e-4)
     logit = np.log(p / (1.0 - p))
     logit += np.float32(weight) * llr[idx]
-    return (0.5 * (1.0 + np.tanh(0.5 * logit))).astype(np.float32)
+    return sigmoid(logit)
