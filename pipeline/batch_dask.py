@@ -13,19 +13,28 @@ References: Dask distributed (``Client.submit`` with ``pure=False``/``retries``,
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import CampipeError
 from .manifest import model_hash
-from .workers import _inject_fault
+from .workers import _inject_fault, _inject_fault_after
 
 if TYPE_CHECKING:
     from .batch import FileResult, RenderJob
     from .manifest import BatchLedger
 
+log = logging.getLogger("campipe")
 _DASK_PIPELINES: dict[str, Any] = {}
+
+
+def own_output_lost(r: FileResult, fresh: bool) -> bool:
+    """True when ``r`` failed only because its output exists although that output did not exist when the file was
+    submitted (``fresh``): an earlier attempt of this very job wrote it and its worker died before reporting."""
+    return fresh and r.status == "failed" and r.error_type == "OutputExistsError"
 
 
 def model_spec(pipeline) -> dict[str, Any]:
@@ -60,7 +69,9 @@ def _dask_task(job: RenderJob, spec: dict[str, Any]) -> FileResult:
                               0.0, [], "ModelMismatch")
         _DASK_PIPELINES[key] = pipeline
     _inject_fault(job, 1)
-    return render_one(job, pipeline)
+    r = render_one(job, pipeline)
+    _inject_fault_after(job, 1, r)
+    return r
 
 
 def run_batch_dask(jobs: list[RenderJob], style: str, sets: list[str], extra: list[str], scheduler: str,
@@ -72,7 +83,9 @@ def run_batch_dask(jobs: list[RenderJob], style: str, sets: list[str], extra: li
     worker builds the pipeline (and loads the model) once. Outputs are written by the workers with the same atomic
     write, so OUT must be the same path on every worker (a shared file system); the manifest is written here, as in
     local mode. A worker that dies is restarted by its nanny and the scheduler re-runs its tasks; a task that keeps
-    killing workers (``KilledWorker``) is reported as failed.
+    killing workers (``KilledWorker``) is reported as failed. A worker that dies after writing its output but before
+    its result is gathered makes the re-run find that output: an output that did not exist when the file was
+    submitted is this run's own, so the file is submitted once more with ``overwrite`` (:func:`own_output_lost`).
     """
     try:
         from distributed import Client, as_completed
@@ -91,12 +104,16 @@ def run_batch_dask(jobs: list[RenderJob], style: str, sets: list[str], extra: li
         raise CampipeError(f"cannot connect to the Dask scheduler at {scheduler} ({e})") from None
     run = f"{os.getpid()}-{time.time_ns()}"
     futs = {}
+    fresh = [False] * len(jobs)  # the output did not exist when the file was submitted
+    attempts = [1] * len(jobs)
     try:
         for i, job in enumerate(jobs):
             if ledger is not None:
                 ledger.started(job, 1)
+            fresh[i] = not job.overwrite and not os.path.lexists(job.output)
             futs[client.submit(_dask_task, job, spec, key=f"campipe-render-{run}-{i}", pure=False, retries=1)] = i
-        for fut in as_completed(list(futs)):
+        pending = as_completed(list(futs))
+        for fut in pending:
             i = futs[fut]
             job = jobs[i]
             try:
@@ -107,6 +124,20 @@ def run_batch_dask(jobs: list[RenderJob], style: str, sets: list[str], extra: li
             except Exception as e:  # noqa: BLE001 - a task error is one file's failure
                 r = FileResult(job.input, None, "failed", f"{job.input}: task failed on the cluster: "
                                f"{type(e).__name__}: {e}", 0.0, [], "InternalError")
+            if own_output_lost(r, fresh[i]) and attempts[i] == 1:
+                # A worker wrote this output and died before its result reached us; the scheduler re-ran the task,
+                # which found the file. The file is this run's own (it did not exist at submission): replace it.
+                log.info("%s: a Dask worker died after writing %s; rendering it again", job.input, job.output)
+                jobs[i] = job = replace(job, overwrite=True)
+                attempts[i] += 1
+                if ledger is not None:
+                    ledger.started(job, attempts[i])
+                nf = client.submit(_dask_task, job, spec, key=f"campipe-render-{run}-{i}-a{attempts[i]}", pure=False,
+                                   retries=1)
+                futs[nf] = i
+                pending.add(nf)
+                continue
+            r.attempts = attempts[i]
             if ledger is not None:
                 ledger.finished(job, r)
             results.append(r)
@@ -120,4 +151,4 @@ def run_batch_dask(jobs: list[RenderJob], style: str, sets: list[str], extra: li
     return results
 
 
-__all__ = ["model_spec", "run_batch_dask"]
+__all__ = ["model_spec", "own_output_lost", "run_batch_dask"]

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import EncodeError
+from .errors import EncodeError, OutputExistsError
 from .icc import icc_profile
 from .output import quantize
 
@@ -125,7 +125,7 @@ def check_output_path(out: str | Path, inputs: list[str | Path] | None = None, o
         if os.path.realpath(src) == real_out or (out.exists() and Path(src).exists() and os.path.samefile(src, out)):
             raise EncodeError(f"{out}: output would overwrite its input {src}; choose another name or folder")
     if out.exists() and not overwrite:
-        raise EncodeError(f"{out}: exists (use --overwrite to replace it)")
+        raise OutputExistsError(f"{out}: exists (use --overwrite to replace it)")
     if out.exists() and out.is_dir():
         raise EncodeError(f"{out}: is a directory")
     return out
@@ -265,7 +265,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = False) -
         raise EncodeError(f"{path}: output folder {folder} does not exist")
     with output_lock(path):
         if not overwrite and (path.exists() or path.is_symlink()):
-            raise EncodeError(f"{path}: exists (use --overwrite to replace it)")
+            raise OutputExistsError(f"{path}: exists (use --overwrite to replace it)")
         return _write_locked(path, folder, data, overwrite)
 
 
@@ -286,10 +286,10 @@ def _write_locked(path: Path, folder: Path, data: bytes, overwrite: bool) -> Pat
             try:
                 os.link(tmp, path)
             except FileExistsError:
-                raise EncodeError(f"{path}: exists (use --overwrite to replace it)") from None
+                raise OutputExistsError(f"{path}: exists (use --overwrite to replace it)") from None
             except OSError:  # file systems without hard links: fall back to a checked rename
                 if path.exists():
-                    raise EncodeError(f"{path}: exists (use --overwrite to replace it)") from None
+                    raise OutputExistsError(f"{path}: exists (use --overwrite to replace it)") from None
                 os.replace(tmp, path)
         try:
             dfd = os.open(folder, os.O_RDONLY)

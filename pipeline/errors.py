@@ -15,5 +15,9 @@ class EncodeError(CampipeError):
     """An output that cannot be written (bad format, exists, same as input, disk full, permissions)."""
 
 
+class OutputExistsError(EncodeError):
+    """The output file exists and ``--overwrite`` was not given (the existing file is kept)."""
+
+
 class UnsupportedFormatError(DecodeError):
     """A file whose format campipe does not read."""

@@ -15,7 +15,9 @@ loses nothing when a worker dies.
 Test-only fault injection (never set in production): ``CAMPIPE_TEST_FAULT="ACTION:PATTERN[;ACTION:PATTERN...]"``
 makes a *batch worker* misbehave on inputs whose file name contains PATTERN (``*`` = every file) before rendering:
 ``abort`` (os.abort, SIGABRT), ``segv`` (a real segmentation fault), ``exit`` (os._exit(3)), ``hang`` (sleep for
-an hour), ``sleep=SECONDS``. ``abort-once``/``segv-once`` crash only on the first attempt. Used by
+an hour), ``sleep=SECONDS``, ``exit-after-write`` (exit after the output is written, before the result is sent),
+``preexist`` (create the output file first, as a lost earlier attempt would have). ``ACTION-once`` acts only on
+the first attempt (Dask tasks do not know their attempt: there, every attempt is the first). Used by
 tests/test_batch*.py to exercise crash recovery with real dying processes (also honoured by Dask tasks).
 
 Split out of :mod:`campipe.batch` (:func:`campipe.batch.run_batch` is the entry point).
@@ -30,6 +32,7 @@ import os
 import signal
 import time
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -69,12 +72,13 @@ def _init_worker(style: str, sets: list[str], extra: list[str], threads: int) ->
 
 
 
-def _inject_fault(job: RenderJob, attempt: int) -> None:
-    """Test-only (see module docstring): crash/hang/sleep on matching inputs when CAMPIPE_TEST_FAULT is set."""
+def _faults(job: RenderJob, attempt: int) -> list[str]:
+    """The CAMPIPE_TEST_FAULT actions that apply to this file on this attempt (``-once`` stripped)."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
-        return
+        return []
     name = Path(job.input).name
+    out = []
     for item in spec.split(";"):
         action, _, pat = item.partition(":")
         if not pat or (pat != "*" and pat not in name):
@@ -83,7 +87,23 @@ def _inject_fault(job: RenderJob, attempt: int) -> None:
             if attempt > 1:
                 continue
             action = action[:-5]
-        if action == "abort":
+        out.append(action)
+    return out
+
+
+def _inject_fault_after(job: RenderJob, attempt: int, r: FileResult) -> None:
+    """Test-only: ``exit-after-write`` dies (os._exit(3)) after the output was written, before the result is sent."""
+    if r.status == "ok" and "exit-after-write" in _faults(job, attempt):
+        os._exit(3)
+
+
+def _inject_fault(job: RenderJob, attempt: int) -> None:
+    """Test-only (see module docstring): crash/hang/sleep on matching inputs when CAMPIPE_TEST_FAULT is set."""
+    for action in _faults(job, attempt):
+        if action == "preexist" and not os.path.lexists(job.output):
+            with open(job.output, "xb") as f:  # as if an earlier attempt had written it and died unreported
+                f.write(b"left by an earlier attempt")
+        elif action == "abort":
             os.abort()
         elif action == "segv":
             import ctypes
@@ -135,6 +155,7 @@ def _worker_main(conn, parent_pid: int, style: str, sets: list[str], extra: list
         idx, job, attempt = msg
         _inject_fault(job, attempt)
         r = render_one(job)
+        _inject_fault_after(job, attempt, r)
         conn.send(("result", idx, r))
 
 
@@ -190,6 +211,7 @@ def _run_pool(jobs: list[RenderJob], init_args: tuple, workers: int, emit: Calla
     ctx = mp.get_context("spawn")
     pending: deque[int] = deque(range(len(jobs)))
     attempts = [0] * len(jobs)
+    fresh = [False] * len(jobs)  # the output did not exist when the file was first dispatched
     pool = [_Worker(ctx, init_args) for _ in range(min(workers, len(jobs)))]
     boot_failures = 0
     try:
@@ -198,6 +220,8 @@ def _run_pool(jobs: list[RenderJob], init_args: tuple, workers: int, emit: Calla
                 if w.ready and w.job is None and pending and not w.dead:
                     i = pending.popleft()
                     attempts[i] += 1
+                    if attempts[i] == 1:
+                        fresh[i] = not jobs[i].overwrite and not os.path.lexists(jobs[i].output)
                     if dispatched:
                         dispatched(i, attempts[i])
                     w.send(i, jobs[i], attempts[i])
@@ -230,6 +254,8 @@ def _run_pool(jobs: list[RenderJob], init_args: tuple, workers: int, emit: Calla
                         remove_stale_temps(Path(job.output).parent)  # what the dead worker was writing
                         if attempts[i] <= CRASH_RETRIES:
                             log.warning("%s: worker process died (%s); resubmitting the file once", job.input, why)
+                            if fresh[i] and os.path.lexists(job.output):  # it died after writing: ours to replace
+                                jobs[i] = replace(job, overwrite=True)
                             pending.appendleft(i)
                         else:
                             emit(i, FileResult(job.input, None, "failed",

@@ -189,6 +189,33 @@ def test_worker_crashes_lose_only_that_file(tmp_path):
     assert _temps(out) == []
 
 
+def test_worker_dying_after_its_write_is_replaced_not_refused(tmp_path):
+    # The worker writes b_late's output, then dies before its result reaches the parent. The resubmitted attempt
+    # finds that file; it did not exist when the batch started, so it is this run's own and is replaced (without
+    # --overwrite), not reported as "exists".
+    src = _card(tmp_path / "card", 0, names=["a_ok.dng", "b_late.dng", "c_ok.dng"])
+    out = tmp_path / "out"
+    r = _batch(src, out, "-j", "2", env=_env(CAMPIPE_TEST_FAULT="exit-after-write-once:b_late"))
+    _no_traceback(r.stderr)
+    assert r.returncode == 0, r.stderr
+    assert "3 rendered" in r.stderr and "b_late.dng: worker process died (exit code 3)" in r.stderr, r.stderr
+    fin = {Path(k).name: v for k, v in _final(out).items()}
+    assert fin["b_late_standard.jpg"]["status"] == "ok" and fin["b_late_standard.jpg"]["attempts"] == 2
+    assert all(_valid_jpeg(out / n) for n in fin) and _temps(out) == []
+
+
+def test_output_existing_before_the_batch_is_still_refused_after_a_crash(tmp_path):
+    # The same crash, but the output was there before the batch started: it is not ours, so it is kept.
+    src = _card(tmp_path / "card", 0, names=["b_late.dng"])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b_late_standard.jpg").write_bytes(b"the user's file")
+    r = _batch(src, out, env=_env(CAMPIPE_TEST_FAULT="exit-after-write-once:b_late"))
+    _no_traceback(r.stderr)
+    assert r.returncode == 1 and "exists (use --overwrite to replace it)" in r.stderr, r.stderr
+    assert (out / "b_late_standard.jpg").read_bytes() == b"the user's file"
+
+
 def test_hung_worker_is_killed_after_timeout(tmp_path):
     src = _card(tmp_path / "card", 0, names=["a_ok.dng", "b_hang.dng"])
     out = tmp_path / "out"

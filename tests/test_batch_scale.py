@@ -221,3 +221,54 @@ def test_dask_cluster_with_a_worker_killed_mid_run(tmp_path, tiny_weights, monke
     assert len({r["output"] for r in done}) == 8
     assert all(r["model"].startswith("tiny.pt:") for r in done)  # the workers used the client's model
     assert not [x for x in out.rglob("*") if ".campipe-tmp-" in x.name]
+
+
+def test_own_output_lost_only_for_outputs_that_appeared_during_the_run():
+    from campipe.batch import FileResult
+    from campipe.batch_dask import own_output_lost
+
+    exists = FileResult("a.dng", None, "failed", "a.jpg: exists (use --overwrite to replace it)", 0.0, [],
+                        "OutputExistsError")
+    other = FileResult("a.dng", None, "failed", "a.dng: truncated", 0.0, [], "DecodeError")
+    ok = FileResult("a.dng", "a.jpg", "ok", None, 0.0, [], None)
+    assert own_output_lost(exists, fresh=True)
+    assert not own_output_lost(exists, fresh=False)  # the file was there before: the user's, kept
+    assert not own_output_lost(other, fresh=True) and not own_output_lost(ok, fresh=True)
+
+
+def test_dask_task_finding_its_own_lost_output_renders_again(tmp_path, tiny_weights, monkeypatch):
+    # A re-run task (its first attempt wrote the output, then its worker died before the result was gathered) is
+    # simulated deterministically: the "preexist" fault creates the output before the task renders. The client
+    # sees OutputExistsError for an output that did not exist at submission and submits the file again with
+    # overwrite; an output that existed before the batch is never replaced.
+    distributed = pytest.importorskip("distributed")
+    from campipe.api import build
+    from campipe.batch import BatchLedger, Manifest, model_spec, run_batch_dask
+
+    src = tmp_path / "card"
+    src.mkdir()
+    for i in range(2):
+        good_dng(src / f"img{i}.dng", h=48, w=64, seed=i)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "img1_standard.jpg").write_bytes(b"the user's file")
+    monkeypatch.setenv("CAMPIPE_TEST_FAULT", "preexist:img")
+    jobs = [RenderJob(str(src / f"img{i}.dng"), str(out / f"img{i}_standard.jpg")) for i in range(2)]
+    sets = ["segment.runtime=torch", f"segment.weights={tiny_weights}"]
+    ledger = BatchLedger(Manifest(out).load(), "s", "m")
+    todo, _ = ledger.plan(jobs)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
+                                  silence_logs=40) as cluster:
+        res = run_batch_dask(todo, "standard", sets, [], cluster.scheduler_address, ledger=ledger,
+                             model=model_spec(build("standard", sets, [])))
+    by = {Path(r.input).name: r for r in res}
+    assert len(res) == 2
+    assert by["img0.dng"].status == "ok" and by["img0.dng"].attempts == 2, by["img0.dng"]
+    from PIL import Image
+
+    with Image.open(out / "img0_standard.jpg") as im:
+        im.load()  # the placeholder was replaced by a real render
+    assert by["img1.dng"].status == "failed" and by["img1.dng"].error_type == "OutputExistsError"
+    assert (out / "img1_standard.jpg").read_bytes() == b"the user's file"
+    starts = [r["attempt"] for r in _manifest(out) if r["event"] == "start" and r["output"].endswith("img0_standard.jpg")]
+    assert starts == [1, 2]
