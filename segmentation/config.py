@@ -39,6 +39,10 @@ class HyperDETRConfig:
             mask features the dynamic 1x1 convs read, so a query can place its person (CondInst's relative
             coordinates, in their simplest form); each query then has ``mask_dim + 5`` weights + 1 bias. Off in the
             shipped weights.
+        sem_head_hidden: 0 = the static logits are one 1x1 conv of the mask features; > 0 adds a residual branch
+            (3x3 conv of the decoder's stride-2 features and the mask features to ``sem_head_hidden`` channels, ReLU,
+            1x1 conv to the classes) whose last conv starts at zero, so weights of a 1x1-head model load into it
+            with identical outputs and training starts from them.
     """
 
     width_mult: float = 1.5
@@ -57,6 +61,7 @@ class HyperDETRConfig:
     dropout: float = 0.0
     decoder_dims: tuple[int, int, int, int] = (96, 64, 48, 32)
     mask_coords: bool = False
+    sem_head_hidden: int = 0
 
     def __post_init__(self) -> None:
         self.input_size = tuple(int(v) for v in self.input_size)  # type: ignore[assignment]
@@ -72,6 +77,8 @@ class HyperDETRConfig:
             raise ValueError("num_queries and dec_layers must be >= 1")
         if self.keep_dec_layers is not None and not 1 <= self.keep_dec_layers <= self.dec_layers:
             raise ValueError(f"keep_dec_layers must be in 1..{self.dec_layers}, got {self.keep_dec_layers}")
+        if self.sem_head_hidden < 0:
+            raise ValueError(f"sem_head_hidden must be >= 0, got {self.sem_head_hidden}")
         if len(self.decoder_dims) != 4:
             raise ValueError("decoder_dims needs 4 values (strides 16, 8, 4, 2)")
 

@@ -6,7 +6,8 @@ Data flow for an input x (B, 3, H, W), float32 RGB normalised with the checkpoin
 2. ``input_proj`` (1x1 conv) -> stride-32 map P (B, hidden_dim, H/32, W/32);
 3. convolutional decoder (U-Net: upsample x2, add 1x1-projected skip, residual depthwise-separable block) from P down
    to the output resolution (H/s, W/s), ending in the 16-channel mask-feature map F and the static semantic logits
-   (one 1x1 conv on F); it never depends on the transformer, so ``scene_only`` outputs are identical;
+   (one 1x1 conv on F, plus with ``cfg.sem_head_hidden`` a residual 3x3 branch over F and the stride-2 decoder
+   features); it never depends on the transformer, so ``scene_only`` outputs are identical;
    optionally in row bands with a halo (``tiling.set_tiling(model, bands)``) to cap peak memory;
 4. transformer (skipped with ``scene_only=True``): encoder over P's tokens, decoder with N learned queries;
 5. HyperDETR head per kept decoder layer: class logits + dynamic 1x1 conv of F (see :mod:`.hyperdetr_head`).
@@ -103,18 +104,25 @@ class ConvDecoder(nn.Module):
             self.out_proj = nn.Sequential(nn.Conv2d(d2, cfg.mask_dim, 1, bias=False), nn.BatchNorm2d(cfg.mask_dim),
                                           nn.ReLU(), ResidualDWBlock(cfg.mask_dim))
         self.sem_head = nn.Conv2d(cfg.mask_dim, len(cfg.semantic_classes), 1)
+        self.sem_branch = None
+        if cfg.sem_head_hidden:
+            cin = cfg.mask_dim + (d2 if cfg.mask_stride == 2 else 0)
+            self.sem_branch = nn.Sequential(nn.Conv2d(cin, cfg.sem_head_hidden, 3, 1, 1), nn.ReLU(),
+                                            nn.Conv2d(cfg.sem_head_hidden, len(cfg.semantic_classes), 1))
+            nn.init.zeros_(self.sem_branch[2].weight)  # starts as the 1x1 head alone (see HyperDETRConfig)
+            nn.init.zeros_(self.sem_branch[2].bias)
 
     def forward(self, p32: torch.Tensor, feats: dict[str, torch.Tensor], image: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.up16(p32, feats["s16"])
         x = self.up8(x, feats["s8"])
         x = self.up4(x, feats["s4"])
-        x = self.up2(x, feats["s2"])
-        if self.mask_stride == 1:
-            x = self.up1(x, image)
-        else:
-            x = self.out_proj(x)
-        return x, self.sem_head(x)
+        d2 = self.up2(x, feats["s2"])
+        x = self.up1(d2, image) if self.mask_stride == 1 else self.out_proj(d2)
+        sem = self.sem_head(x)
+        if self.sem_branch is not None:
+            sem = sem + self.sem_branch(x if self.mask_stride == 1 else torch.cat([d2, x], 1))
+        return x, sem
 
 
 class HyperDETR(nn.Module):

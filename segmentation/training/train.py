@@ -295,7 +295,12 @@ def init_weights(model: torch.nn.Module, mcfg: HyperDETRConfig, path: Path) -> N
         sd = add_coord_weights(sd, mcfg.mask_dim)
     elif src.mask_coords and not mcfg.mask_coords:
         raise ValueError(f"init_from {path}: its masks read coordinate channels (mask_coords); this model's do not")
+    if src.sem_head_hidden and src.sem_head_hidden != mcfg.sem_head_hidden:
+        raise ValueError(f"init_from {path}: model.sem_head_hidden is {src.sem_head_hidden} there, "
+                         f"{mcfg.sem_head_hidden} here")
     missing, unexpected = model.load_state_dict(sd, strict=False)
+    if mcfg.sem_head_hidden and not src.sem_head_hidden:  # a 1x1-head model: the new branch keeps its zero start
+        missing = [k for k in missing if not k.startswith("decoder.sem_branch.")]
     if missing or unexpected:
         raise ValueError(f"init_from {path}: missing {missing[:5]}, unexpected {unexpected[:5]} "
                          f"(a pruned checkpoint cannot seed a {mcfg.dec_layers}-layer model)")
@@ -363,6 +368,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log_fn=N
     model = make_channels_last(build_model(mcfg).to(device)).train()  # before the optimiser sees the parameters
     n_trainable = freeze_except(model, cfg.trainable)
     criterion = HyperDETRCriterion(mcfg.semantic_classes, CriterionConfig(**cfg.criterion)).to(device)
+    scene_only = criterion.cfg.w_inst == 0  # no instance term: the transformer need not run
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         if not p.requires_grad:
@@ -451,7 +457,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log_fn=N
                         batch = finalize_batch(batch, mean, std)
                     x = batch["image"].contiguous(memory_format=torch.channels_last)
                     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                        outputs = model(x)
+                        outputs = model(x, scene_only=scene_only)
                     loss, logs = criterion(outputs, batch)
                     opt.zero_grad(set_to_none=True)
                     if not math.isfinite(logs["loss"]):
