@@ -178,3 +178,18 @@ def test_onnx_matches_eager_with_coordinate_channels(tmp_path, dynamic):
     p = export_onnx(m, tmp_path / "c.onnx", dynamic_batch=dynamic)
     out = OrtRunner(p, threads=1)(x.numpy())
     np.testing.assert_allclose(out["pred_masks"], ref["pred_masks"].numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_onnx_matches_eager_with_a_static_branch(tmp_path):
+    """model.sem_head_hidden: the residual 3x3 branch of the static channels exports and matches eager PyTorch."""
+    m = calibrated_model(tiny_config(keep_dec_layers=2, mask_stride=2, sem_head_hidden=8))
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in m.decoder.sem_branch[2].parameters():
+            p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = m(x)
+    out = OrtRunner(export_onnx(m, tmp_path / "b.onnx"), threads=1)(x.numpy())
+    np.testing.assert_allclose(out["sem_logits"], ref["sem_logits"].numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(out["pred_masks"], ref["pred_masks"].numpy(), atol=1e-4, rtol=1e-4)

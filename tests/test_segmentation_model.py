@@ -131,6 +131,46 @@ def test_coordinate_model_converted_from_a_plain_one_is_identical_until_trained(
         add_coord_weights(coords.state_dict(), 16)
 
 
+def _with_live_branch(m, seed: int = 7):
+    """Give the static branch's zero-initialised last conv random weights (as after training)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.decoder.sem_branch[2].parameters():
+            p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    return m
+
+
+@pytest.mark.parametrize("mask_stride", [1, 2])
+def test_static_branch_starts_as_the_plain_head_and_loads_its_weights(tmp_path, mask_stride):
+    from campipe.segmentation.training.train import init_weights
+
+    plain = calibrated_model(tiny_config(mask_stride=mask_stride))
+    src = save_checkpoint(tmp_path / "plain.pt", plain)
+    cfg = tiny_config(mask_stride=mask_stride, sem_head_hidden=8)
+    m = build_model(cfg).eval()
+    init_weights(m, cfg, src)  # the branch is not in the checkpoint: it keeps its zero start
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        a, b = plain(x), m(x)
+        assert torch.equal(a["sem_logits"], b["sem_logits"]) and torch.equal(a["pred_masks"], b["pred_masks"])
+        _with_live_branch(m)
+        c, only = m(x), m(x, scene_only=True)
+    assert c["sem_logits"].shape == a["sem_logits"].shape
+    assert float((c["sem_logits"] - a["sem_logits"]).abs().mean()) > 1e-3  # the branch adds to the logits
+    assert torch.equal(c["pred_masks"], a["pred_masks"])  # and touches nothing else
+    assert torch.equal(only["sem_logits"], c["sem_logits"])
+    p = save_checkpoint(tmp_path / "branch.pt", m)  # the checkpoint carries the option
+    back, meta = load_checkpoint(p)
+    assert meta["config_obj"].sem_head_hidden == 8
+    with torch.no_grad():
+        assert torch.equal(back(x)["sem_logits"], c["sem_logits"])
+    with pytest.raises(ValueError, match="sem_head_hidden"):
+        init_weights(build_model(tiny_config(mask_stride=mask_stride, sem_head_hidden=4)),
+                     tiny_config(mask_stride=mask_stride, sem_head_hidden=4), p)
+    with pytest.raises(ValueError, match="sem_head_hidden"):
+        tiny_config(sem_head_hidden=-1)
+
+
 def test_position_embedding_range_and_shape():
     pe = PositionEmbeddingSine(16)(torch.zeros(1, 32, 3, 4))
     assert pe.shape == (1, 32, 3, 4)
@@ -246,11 +286,13 @@ def test_build_model_does_not_share_config():
     assert cfg.keep_dec_layers is None and m.cfg.keep_dec_layers == 2
 
 
-@pytest.mark.parametrize("mask_stride", [1, 2])
-def test_tiled_decoder_matches_untiled(mask_stride):
+@pytest.mark.parametrize("mask_stride,branch", [(1, 0), (2, 0), (2, 8)])
+def test_tiled_decoder_matches_untiled(mask_stride, branch):
     from campipe.segmentation.tiling import set_tiling
 
-    m = calibrated_model(tiny_config(input_size=(256, 96), mask_stride=mask_stride))
+    m = calibrated_model(tiny_config(input_size=(256, 96), mask_stride=mask_stride, sem_head_hidden=branch))
+    if branch:
+        _with_live_branch(m)
     x = torch.randn(1, 3, 256, 96, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref = m(x)
