@@ -128,3 +128,47 @@ def test_threshold_objective_is_the_mean_over_sets():
     assert t_pooled > 0.6
     fit = fit_offsets({"person": {"pos": pos, "neg": neg, "sets": ["a", "b"], "n_images": 2}})["person"]
     assert fit["per_set"]["b"]["iou_at_threshold"] == 1.0 and fit["threshold"] == t
+
+
+def test_merge_heads_takes_exactly_the_chosen_channels(tmp_path: Path):
+    """Two models with one trunk and different static heads: the merged model's channels equal, exactly, the
+    channel of the model each was taken from; a plain 1x1 source contributes a zero branch row; models that differ
+    outside the head are refused."""
+    import subprocess
+    import sys
+
+    from campipe.segmentation.checkpoint import load_checkpoint, save_checkpoint
+    from campipe.segmentation.training.merge_heads import merge_heads
+    from test_segmentation_helpers import calibrated_model, tiny_config
+
+    plain = calibrated_model(tiny_config(mask_stride=2))
+    branch = build_model(tiny_config(mask_stride=2, sem_head_hidden=8)).eval()
+    branch.load_state_dict(plain.state_dict(), strict=False)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in list(branch.decoder.sem_branch.parameters()) + list(branch.decoder.sem_head.parameters()):
+            p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        a, b = plain(x)["sem_logits"], branch(x)["sem_logits"]
+    names = list(plain.cfg.semantic_classes)
+    take = ["skin", "teeth"]
+    pb = save_checkpoint(tmp_path / "branch.pt", branch)
+    pp = save_checkpoint(tmp_path / "plain.pt", plain)
+    out = tmp_path / "merged.pt"
+    r = subprocess.run([sys.executable, "-m", "campipe.segmentation.training.merge_heads", "--base", str(pb),
+                        "--from", str(pp), "--classes", ",".join(take), "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    merged, meta = load_checkpoint(out)
+    assert meta["extra"]["merged_heads"]["classes"] == take
+    with torch.no_grad():
+        m = merged(x)["sem_logits"]
+    for i, c in enumerate(names):
+        assert torch.allclose(m[0, i], (a if c in take else b)[0, i], atol=1e-5), c
+    assert not torch.allclose(a, b, atol=1e-3)  # the two heads really differ
+    other = calibrated_model(tiny_config(mask_stride=2), seed=1)  # another trunk
+    with pytest.raises(ValueError, match="differ outside the static head"):
+        merge_heads(build_model(tiny_config(mask_stride=2)).eval(), other, take)
+    with pytest.raises(ValueError, match="unknown classes"):
+        merge_heads(branch, plain, ["fur"])
