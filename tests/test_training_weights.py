@@ -42,7 +42,7 @@ def _masks(name: str):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="shipped weights (recipe v4, see MODEL_CARD.md) give the "
+@pytest.mark.xfail(strict=True, reason="shipped weights (recipe v5, see MODEL_CARD.md) give the "
                    "astronaut's face skin ~0.17 (needs > 0.3); issue 4 stays open")
 def test_astronaut_has_person_and_skin():
     res = _masks("astronaut_5d4_iso200.dng")
@@ -56,7 +56,7 @@ def test_astronaut_has_person_and_skin():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="shipped weights (recipe v4, see MODEL_CARD.md) miss the dusk "
+@pytest.mark.xfail(strict=True, reason="shipped weights (recipe v5, see MODEL_CARD.md) miss the dusk "
                    "sky of the rocket sample (sky 0.00) and call it person (0.72); issue 4 stays open")
 def test_rocket_has_sky():
     res = _masks("rocket_a7m3_iso800.dng")
