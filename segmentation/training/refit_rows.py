@@ -142,7 +142,9 @@ def main(argv=None) -> int:
         raise SystemExit("refit the float checkpoint, not the int8 one")
     model.eval()
     classes = [c.strip() for c in a.classes.split(",") if c.strip()]
-    spec_missing = [c for c in classes if c not in ("person", "hair", "skin", "teeth", "glasses")]
+    from .evaluate import EVAL_SPEC
+
+    spec_missing = [c for c in classes if c not in EVAL_SPEC[REFIT_SET]]
     if spec_missing:
         raise SystemExit(f"{REFIT_SET} does not label {spec_missing}")
     norm = meta["normalization"]
