@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import CampipeError
 from .manifest import model_hash
-from .workers import _inject_fault, _inject_fault_after
+from .workers import _inject_fault, _inject_fault_after, output_is_new
 
 if TYPE_CHECKING:
     from .batch import FileResult, RenderJob
@@ -110,7 +110,7 @@ def run_batch_dask(jobs: list[RenderJob], style: str, sets: list[str], extra: li
         for i, job in enumerate(jobs):
             if ledger is not None:
                 ledger.started(job, 1)
-            fresh[i] = not job.overwrite and not os.path.lexists(job.output)
+            fresh[i] = output_is_new(job)
             futs[client.submit(_dask_task, job, spec, key=f"campipe-render-{run}-{i}", pure=False, retries=1)] = i
         pending = as_completed(list(futs))
         for fut in pending:

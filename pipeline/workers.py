@@ -72,6 +72,13 @@ def _init_worker(style: str, sets: list[str], extra: list[str], threads: int) ->
 
 
 
+def output_is_new(job: RenderJob) -> bool:
+    """Whether ``job`` may not overwrite and its output does not exist yet: checked when the file is first sent, so
+    an output found there later was written by an earlier attempt of this very job (a worker that died after its
+    write) and is this run's own to replace."""
+    return not job.overwrite and not os.path.lexists(job.output)
+
+
 def _faults(job: RenderJob, attempt: int) -> list[str]:
     """The CAMPIPE_TEST_FAULT actions that apply to this file on this attempt (``-once`` stripped)."""
     spec = os.environ.get(FAULT_ENV)
@@ -221,7 +228,7 @@ def _run_pool(jobs: list[RenderJob], init_args: tuple, workers: int, emit: Calla
                     i = pending.popleft()
                     attempts[i] += 1
                     if attempts[i] == 1:
-                        fresh[i] = not jobs[i].overwrite and not os.path.lexists(jobs[i].output)
+                        fresh[i] = output_is_new(jobs[i])
                     if dispatched:
                         dispatched(i, attempts[i])
                     w.send(i, jobs[i], attempts[i])

@@ -7,7 +7,6 @@ segmentation package's own save_checkpoint: its masks are meaningless but it run
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -20,6 +19,7 @@ import pytest
 
 from campipe.batch import MANIFEST_NAME, MaskCache, RenderJob, render_one
 from campipe.frame import PersonInstance
+from test_batch import _card, _manifest
 from test_reliability_inputs import good_dng
 
 torch = pytest.importorskip("torch")
@@ -166,17 +166,10 @@ def test_cache_is_not_filled_without_weights(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------------------------------- Dask -----
 
-def _manifest(out: Path) -> list[dict]:
-    return [json.loads(ln) for ln in (out / MANIFEST_NAME).read_text().splitlines() if ln.strip()]
-
-
 @pytest.mark.slow
 def test_dask_cluster_with_a_worker_killed_mid_run(tmp_path, tiny_weights, monkeypatch):
     distributed = pytest.importorskip("distributed")
-    src = tmp_path / "card"
-    src.mkdir()
-    for i in range(8):
-        good_dng(src / f"img{i}.dng", h=48, w=64, seed=i)
+    src = _card(tmp_path / "card", 0, names=[f"img{i}.dng" for i in range(8)])
     out = tmp_path / "out"
     monkeypatch.setenv("CAMPIPE_TEST_FAULT", "sleep=1.0:*")  # inherited by the worker processes: slow tasks
     monkeypatch.setenv("CAMPIPE_WEIGHTS", str(tiny_weights))
@@ -245,10 +238,7 @@ def test_dask_task_finding_its_own_lost_output_renders_again(tmp_path, tiny_weig
     from campipe.api import build
     from campipe.batch import BatchLedger, Manifest, model_spec, run_batch_dask
 
-    src = tmp_path / "card"
-    src.mkdir()
-    for i in range(2):
-        good_dng(src / f"img{i}.dng", h=48, w=64, seed=i)
+    src = _card(tmp_path / "card", 0, names=["img0.dng", "img1.dng"])
     out = tmp_path / "out"
     out.mkdir()
     (out / "img1_standard.jpg").write_bytes(b"the user's file")
@@ -270,5 +260,6 @@ def test_dask_task_finding_its_own_lost_output_renders_again(tmp_path, tiny_weig
         im.load()  # the placeholder was replaced by a real render
     assert by["img1.dng"].status == "failed" and by["img1.dng"].error_type == "OutputExistsError"
     assert (out / "img1_standard.jpg").read_bytes() == b"the user's file"
-    starts = [r["attempt"] for r in _manifest(out) if r["event"] == "start" and r["output"].endswith("img0_standard.jpg")]
+    starts = [r["attempt"] for r in _manifest(out)
+              if r["event"] == "start" and r["output"].endswith("img0_standard.jpg")]
     assert starts == [1, 2]
