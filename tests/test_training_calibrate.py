@@ -216,3 +216,29 @@ def test_refit_rows_reads_out_exactly_and_fits_only_the_chosen_rows():
             assert torch.equal(new[i], ref[i]), c
     with pytest.raises(ValueError, match="no static branch"):
         readout_features(calibrated_model(tiny_config(mask_stride=2)), x)
+
+
+def test_refit_holdout_choice_keeps_only_classes_that_improve_and_calibrates_them():
+    """On held-out features, a read-out matching the labels wins over the current one and is kept, a worse one is
+    not; the offset moves the kept read-out's 0.5 decision to its best threshold (IoU at logit 0 after the shift =
+    the best IoU found); the held-out split is deterministic and near its percentage."""
+    from campipe.segmentation.training.refit_rows import holdout_choice, is_holdout, pooled_ious
+
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(6, 20, 24, generator=g) for _ in range(4)]
+    good = torch.randn(2, 6, generator=g)
+    ys = [(torch.einsum("kc,chw->khw", good, x) > 1.0).float() for x in xs]  # needs bias -1: off at 0.5
+    w0, b0 = torch.randn(2, 6, generator=g), torch.zeros(2)
+    w = torch.stack([good[0], -good[1]])  # class 0 refit right (up to its bias), class 1 refit wrong
+    b = torch.zeros(2)
+    r = holdout_choice(w0, b0, w, b, xs, ys, ["skin", "teeth"])
+    assert r["skin"]["keep"] and not r["teeth"]["keep"]
+    assert r["skin"]["refit"]["iou"] > 0.95 > r["skin"]["refit"]["iou_at_0.5"]
+    assert r["teeth"]["refit"]["iou"] <= r["teeth"]["current"]["iou"]  # both can only call everything teeth
+    shifted = pooled_ious(w[:1], b[:1] + r["skin"]["offset"], xs, [y[:1] for y in ys])[0]
+    assert abs(shifted - r["skin"]["refit"]["iou"]) < 0.01
+    stems = [f"{i:05d}" for i in range(2000)]
+    held = [s for s in stems if is_holdout(s, 25)]
+    assert held == [s for s in stems if is_holdout(s, 25)]
+    assert 0.22 < len(held) / len(stems) < 0.28
+    assert not any(is_holdout(s, 0) for s in stems)
