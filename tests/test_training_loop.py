@@ -237,3 +237,61 @@ def test_process_prefetcher_gives_the_thread_stream_and_surfaces_errors():
     assert [s for s, _ in got] == [s for s, _ in want] == [2, 3, 4, 5]
     for (_, a), (_, b) in zip(got, want):
         assert torch.equal(a["x"], b["x"]) and torch.equal(a["l"][0], b["l"][0])
+
+
+def test_refit_rows_reads_every_set_labelling_a_class_and_changes_only_kept_rows(tiny_data, tmp_path):
+    """``refit_rows`` end to end on the tiny sets: person is read from CelebAMask, CamVid and Penn-Fudan, skin from
+    CelebAMask alone (unknown elsewhere, CamVid's bicyclists/unlabelled unknown for person); with ``--holdout`` the
+    output exists exactly when a class was kept, and every other row, and everything outside the read-out, is
+    bit-identical to the input."""
+    from campipe.segmentation.checkpoint import save_checkpoint
+    from campipe.segmentation.training import refit_rows as R
+    from test_segmentation_helpers import calibrated_model, tiny_config
+
+    m = calibrated_model(tiny_config(mask_stride=2, sem_head_hidden=8))
+    src = save_checkpoint(tmp_path / "in.pt", m, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    assert R.refit_sets(["skin"]) == ["celebamask"]
+    assert R.refit_sets(["person", "skin"]) == ["celebamask", "camvid", "pennfudan"]
+    xs, ys, ks = R.collect(m, tiny_data, "camvid", ["person", "skin"], (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                           ["s000"])
+    assert xs[0].dtype == torch.float16 and ys[0].shape == ks[0].shape == (2,) + xs[0].shape[1:]
+    assert ks[0][0].all() and not ks[0][1].any()  # person known (no bicyclist here), skin unknown on CamVid
+    assert ys[0][0].max() > 0.5  # the pedestrian
+    out = tmp_path / "out.pt"
+    rc = R.main(["--float", str(src), "--data", str(tiny_data), "--classes", "person,skin", "--holdout", "50",
+                 "--epochs", "40", "--lr", "0.05", "--out", str(out)])
+    assert rc == 0 and out.exists()
+    got, meta = load_checkpoint(out)
+    rep = meta["extra"]["refit_rows"]
+    assert set(rep["sets"]) == {"celebamask", "camvid", "pennfudan"} and "skin" in rep["kept"]
+    assert rep["holdout"]["skin"]["refit"]["iou"] > rep["holdout"]["skin"]["current"]["iou"]
+    names = list(m.cfg.semantic_classes)
+    changed = {names.index(c) for c in rep["kept"]}
+    a, b = m.state_dict(), got.state_dict()
+    for k in a:
+        if k in ("decoder.sem_head.weight", "decoder.sem_head.bias", "decoder.sem_branch.2.weight",
+                 "decoder.sem_branch.2.bias"):
+            assert not torch.equal(a[k][names.index("skin")], b[k][names.index("skin")]) or k.endswith("head.bias")
+            for i in set(range(len(names))) - changed:
+                assert torch.equal(a[k][i], b[k][i]), (k, i)
+        else:
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_refit_fit_ignores_unknown_pixels():
+    """Labels contradicting the features only where they are unknown leave the fit where the known pixels lead."""
+    from campipe.segmentation.training.refit_rows import fit_rows, pooled_ious
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 16, 16, generator=g)
+    target = torch.tensor([[2.0, -1.0, 0.5, 0.0]])
+    y = (torch.einsum("kc,chw->khw", target, x) > 0).float()
+    known = torch.ones_like(y, dtype=torch.bool)
+    known[:, :, :8] = False
+    y_bad = y.clone()
+    y_bad[:, :, :8] = 1 - y_bad[:, :, :8]  # wrong, but unknown
+    w0, b0 = torch.zeros(1, 4), torch.zeros(1)
+    w, b = fit_rows(w0, b0, [x], [y_bad], epochs=200, lr=5e-2, batch=1, ks=[known])
+    assert pooled_ious(w, b, [x], [y])[0] > 0.9  # right on every pixel, the unknown ones included
+    w2, b2 = fit_rows(w0, b0, [x], [y_bad], epochs=200, lr=5e-2, batch=1)  # all known: pulled by the wrong half
+    assert pooled_ious(w2, b2, [x], [y])[0] < 0.8
