@@ -26,8 +26,18 @@ test-time augmentation would change.
   as dusk by the training augmentation (:mod:`campipe.segmentation.training.twilight`, seeded), with the mean
   person probability on the re-lit sky.
 
-Usage: ``python benchmarks/seg_diagnostics.py parts|flip-tta|class-scores|instance-oracle|static-head|twilight
-[--weights CKPT] [--data ../shared/data] [--limit K]``. Not a test; needs the shared data.
+* ``photo-keys``: the log-average luminance (Reinhard's key, of the linearised sRGB photo) of every training photo
+  of the five sets: percentiles per set and over all; the 5th and 95th percentiles over all are the segment stage's
+  ``KEY_RANGE`` (``pipeline/segment_stage.py``).
+* ``exposure``: how the segment stage's exposure policy for raw (scene-referred) frames changes the masks. Validation
+  photos of CelebAMask, CamVid and Penn-Fudan are linearised, multiplied by 2^EV (EV -3 ... +1: a raw file exposed
+  that much darker or brighter than the photo) and rendered for the network by (a) the policy used until
+  2026-12-05, a gain to a log-average luminance of 0.18, and (b) the current one, the frame's own exposure unless its
+  log-average leaves ``KEY_RANGE``; pooled IoU per class with campipe's protocol (guided upsampling, sky refined).
+  At EV 0, (b) renders the photo exactly as it was taken whenever its key lies in the range.
+
+Usage: ``python benchmarks/seg_diagnostics.py parts|flip-tta|class-scores|instance-oracle|static-head|twilight|
+photo-keys|exposure [--weights CKPT] [--data ../shared/data] [--limit K]``. Not a test; needs the shared data.
 """
 from __future__ import annotations
 
@@ -301,10 +311,70 @@ def twilight_sky(model, data: Path, limit: int | None) -> None:
     print(f"person probability on the re-lit sky: {np.mean(person_on_sky):.3f}")
 
 
+def _key(img: np.ndarray) -> float:
+    from campipe import colour as cc
+    from campipe.segment_stage import log_average
+
+    return log_average(cc.display_to_working(img.astype(np.float32) / 255.0, "srgb"))
+
+
+def photo_keys(model, data: Path, limit: int | None) -> None:
+    allk = []
+    print(f"{'set':11s} {'photos':>6s}  log-average luminance percentiles 5 / 25 / 50 / 75 / 95")
+    for s in ("celebamask", "figaro1k", "lfw_hair", "camvid", "pennfudan"):
+        stems = list_stems(data, s, "train")
+        if limit and limit < len(stems):
+            stems = [stems[i] for i in np.linspace(0, len(stems) - 1, limit).round().astype(int)]
+        ks = [_key(read_pair(data, s, st)[0]) for st in stems]
+        allk += ks
+        print(f"{s:11s} {len(ks):6d}  " + " / ".join(f"{v:.3f}" for v in np.percentile(ks, [5, 25, 50, 75, 95])))
+    print(f"{'all':11s} {len(allk):6d}  " + " / ".join(f"{v:.3f}" for v in np.percentile(allk, [5, 25, 50, 75, 95])))
+
+
+def exposure(model, data: Path, limit: int | None) -> None:
+    from campipe import colour as cc
+    from campipe.segment_stage import display_render, exposure_gain, log_average
+    from campipe.segmentation.training.evaluate import EVAL_SPEC
+
+    cfg = model.cfg
+    evs = (-3.0, -2.0, -1.0, 0.0, 1.0)
+    policies = {"key 0.18 (before)": lambda lin: 0.18 / max(log_average(lin), 1e-6),
+                "own exposure in KEY_RANGE (now)": exposure_gain}
+    counts: dict = {}
+    for s, classes in (("celebamask", ("person", "skin", "hair", "teeth")), ("camvid", ("sky",)),
+                       ("pennfudan", ("person",))):
+        stems = list_stems(data, s, "val")
+        if limit and limit < len(stems):
+            stems = [stems[i] for i in np.linspace(0, len(stems) - 1, limit).round().astype(int)]
+        for stem in stems:
+            img, raw = read_pair(data, s, stem)
+            lin0 = cc.display_to_working(img.astype(np.float32) / 255.0, "srgb")
+            for ev in evs:
+                lin = lin0 * np.float32(2.0 ** ev)
+                for pol, gain in policies.items():
+                    rgb = display_render(lin, scene_referred=True, gain=gain(lin))
+                    u8 = np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
+                    probs, _, _ = predict(model, u8, cfg.input_size, IMAGENET_MEAN, IMAGENET_STD,
+                                          tuple(cfg.semantic_classes), cfg.mask_stride)
+                    for c in classes:
+                        pos_fn, ign_fn, _ = EVAL_SPEC[s][c]
+                        g = pos_fn(raw)
+                        ok = ~ign_fn(raw) if ign_fn is not None else np.ones_like(g)
+                        p_ = (probs[c] >= 0.5) & ok
+                        a = counts.setdefault((s, c, pol, ev), np.zeros(3))
+                        a += [(p_ & g).sum(), (p_ & ~g & ok).sum(), (~p_ & g & ok).sum()]
+        print(f"  {s}: {len(stems)} validation photos", flush=True)
+    print(f"\n{'set/class':18s} {'policy':32s} " + " ".join(f"EV {ev:+.0f}".rjust(7) for ev in evs))
+    for s, c in sorted({(k[0], k[1]) for k in counts}):
+        for pol in policies:
+            ious = [counts[(s, c, pol, ev)][0] / max(1.0, counts[(s, c, pol, ev)].sum()) for ev in evs]
+            print(f"{s + '/' + c:18s} {pol:32s} " + " ".join(f"{u:7.3f}" for u in ious))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("parts", "flip-tta", "class-scores", "instance-oracle", "static-head",
-                                     "twilight"))
+                                     "twilight", "photo-keys", "exposure"))
     ap.add_argument("--weights", default=str(HERE.parent / "segmentation" / "weights" / "hyperdetr.pt"))
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--limit", type=int, default=None)
@@ -314,7 +384,8 @@ def main(argv=None) -> int:
     model, _ = load_checkpoint(a.weights)
     model.eval()
     run = {"parts": parts, "class-scores": class_scores, "instance-oracle": instance_oracle,
-           "static-head": static_head, "twilight": twilight_sky}.get(a.what)
+           "static-head": static_head, "twilight": twilight_sky, "photo-keys": photo_keys,
+           "exposure": exposure}.get(a.what)
     if run is not None:
         run(model, a.data, a.limit)
         return 0

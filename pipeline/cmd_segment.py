@@ -134,7 +134,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
         from campipe.decode import decode_file
         from campipe.errors import CampipeError
-        from campipe.segment_stage import display_render
+        from campipe.segment_stage import frame_render
 
         failed, used = 0, set()
         for src in inputs:
@@ -143,7 +143,7 @@ def register(app: typer.Typer) -> None:
             try:
                 t0 = time.perf_counter()
                 frame = decode_file(src)
-                rgb = display_render(frame.image, scene_referred=bool(frame.meta.get("scene_referred", True)))
+                rgb = frame_render(frame)[0]
                 t_dec = time.perf_counter() - t0
                 res = seg(rgb)
                 t_w = time.perf_counter()

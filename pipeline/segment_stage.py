@@ -1,8 +1,14 @@
 """Pipeline stage ``segment``: fill ``frame.masks`` and ``frame.persons`` with HyperDETR soft masks.
 
-The network sees a *downscaled display-referred sRGB render* of the frame (long side <= ``max_side``; scene-referred
-frames get a simple exposure normalisation first: gain to a log-average luminance of 0.18, clipped to [1/8, 16]);
-the masks come back at the frame's full resolution, upsampled edge-aware against the frame's full-resolution
+The network sees a *downscaled display-referred sRGB render* of the frame (long side <= ``max_side``). A
+scene-referred frame keeps its own exposure (times 2^BaselineExposure for DNGs, as raw converters render it) as long
+as its log-average luminance then lies within that of the photos the network was trained on (``KEY_RANGE``: 5th to
+95th percentile of the training split, 0.017-0.273; ``python benchmarks/seg_diagnostics.py photo-keys``); only a frame
+outside it is brought to the nearest end (correction clipped to [1/8, 16]). Until 2026-12-05 every frame was
+normalised to a log-average of 0.18 (Reinhard's key, meant for his compressive operator, not for a plain sRGB
+encode): that rendered typical photos 1-2.5 stops brighter than any training photo, and the samples' white studio
+backdrop became sky and their dusk sky a person (``python benchmarks/seg_diagnostics.py exposure`` measures both
+policies on validation photos re-exposed as raw data). The masks come back at the frame's full resolution, upsampled edge-aware against the frame's full-resolution
 display luminance. ``frame.image`` itself is never modified.
 
 Without trained weights the stage logs one clear warning per process and leaves ``frame.masks`` empty and
@@ -34,15 +40,41 @@ from .registry import register_stage
 log = logging.getLogger("campipe")
 _warned_no_weights = False
 
-KEY_VALUE = 0.18
+#: log-average luminance of the training photos (linearised sRGB), 5th and 95th percentile of the training split
+#: (``python benchmarks/seg_diagnostics.py photo-keys``: 0.017 / 0.273 over the 3,573 photos of the five sets)
+KEY_RANGE = (0.017, 0.273)
+#: largest correction applied to a frame's own exposure
 GAIN_RANGE = (1.0 / 8.0, 16.0)
 
 
-def exposure_gain(linear: np.ndarray) -> float:
-    """Gain mapping the log-average luminance of linear working RGB (H, W, 3) to 0.18, clipped to GAIN_RANGE."""
+def log_average(linear: np.ndarray) -> float:
+    """Log-average luminance (Reinhard's key) of linear working RGB (H, W, 3), on a <= ~256 x 256 subsample."""
     y = cc.luminance(linear[:: max(1, linear.shape[0] // 256), :: max(1, linear.shape[1] // 256)])
-    key = float(np.exp(np.mean(np.log(np.maximum(y, 0.0) + 1e-4))))
-    return float(np.clip(KEY_VALUE / max(key, 1e-6), *GAIN_RANGE))
+    return float(np.exp(np.mean(np.log(np.maximum(y, 0.0) + 1e-4))))
+
+
+def exposure_gain(linear: np.ndarray, baseline_ev: float = 0.0) -> float:
+    """Gain for the network's render of scene-linear RGB (H, W, 3): ``2**baseline_ev`` (the frame's own exposure)
+    when the log-average luminance then lies in ``KEY_RANGE``, else the gain bringing it to the nearest end of the
+    range (the correction clipped to ``GAIN_RANGE``)."""
+    g0 = float(2.0 ** baseline_ev)
+    key = g0 * log_average(linear)
+    target = min(max(key, KEY_RANGE[0]), KEY_RANGE[1])
+    return g0 * float(np.clip(target / max(key, 1e-6), *GAIN_RANGE))
+
+
+def frame_gain(frame: Frame) -> float:
+    """:func:`exposure_gain` of a scene-referred frame (with its DNG BaselineExposure); 1 for display-referred."""
+    if not frame.meta.get("scene_referred", True):
+        return 1.0
+    return exposure_gain(frame.image, float(frame.meta.get("baseline_exposure", 0.0) or 0.0))
+
+
+def frame_render(frame: Frame, max_side: int | None = None) -> tuple[np.ndarray, float]:
+    """(the network's input render of ``frame`` (:func:`display_render` with :func:`frame_gain`), that gain)."""
+    gain = frame_gain(frame)
+    scene = bool(frame.meta.get("scene_referred", True))
+    return display_render(frame.image, scene_referred=scene, max_side=max_side, gain=gain), gain
 
 
 def display_render(linear: np.ndarray, scene_referred: bool = True, max_side: int | None = None,
@@ -97,9 +129,7 @@ def segment_stage(frame: Frame, max_persons: int, score_threshold: float, max_si
     seg = get_segmenter(wpath, runtime=runtime, max_persons=int(max_persons), score_threshold=float(score_threshold),
                         refine="guided" if refine else "bilinear", dedup_iou=float(dedup_iou), tta=bool(tta),
                         sky_refine=bool(sky_refine))
-    scene = bool(frame.meta.get("scene_referred", True))
-    gain = exposure_gain(frame.image) if scene else 1.0
-    small = display_render(frame.image, scene_referred=scene, max_side=max_side, gain=gain)
+    small, gain = frame_render(frame, max_side)
     if refine:
         res = seg(small, guide=display_luma(frame.image, gain=gain))
     else:

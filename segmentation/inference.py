@@ -66,10 +66,9 @@ def to_display_rgb(image) -> np.ndarray:
     """Any accepted input (see module docstring) -> float32 (H, W, 3) display-referred sRGB in [0, 1]."""
     if isinstance(image, (str, Path)):
         from campipe.decode import decode_file
-        from campipe.segment_stage import display_render
+        from campipe.segment_stage import frame_render
 
-        frame = decode_file(image)
-        return display_render(frame.image, scene_referred=bool(frame.meta.get("scene_referred", True)))
+        return frame_render(decode_file(image))[0]
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)

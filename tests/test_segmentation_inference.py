@@ -222,6 +222,27 @@ def test_display_render_exposure_normalisation(linear_image):
     assert r.mean() > display_render(dark, scene_referred=False, max_side=32).mean()
 
 
+def test_exposure_gain_keeps_the_frames_own_exposure_inside_the_training_range():
+    """A frame whose log-average luminance (times 2^BaselineExposure) lies in KEY_RANGE keeps its exposure; one below
+    or above is brought exactly to the nearest end; the correction is clipped to GAIN_RANGE; display-referred frames
+    are not touched."""
+    from campipe.frame import Frame
+    from campipe.segment_stage import GAIN_RANGE, KEY_RANGE, exposure_gain, frame_gain, log_average
+
+    grey = lambda v: np.full((40, 60, 3), v, np.float32)  # noqa: E731  luminance v (weights sum to 1)
+    assert abs(log_average(grey(0.1)) - 0.1) < 2e-4
+    assert exposure_gain(grey(0.1)) == 1.0
+    assert abs(exposure_gain(grey(0.1), baseline_ev=0.5) - 2 ** 0.5) < 1e-9
+    g = exposure_gain(grey(0.004))
+    assert g > 1 and abs(g * log_average(grey(0.004)) - KEY_RANGE[0]) < 1e-6
+    g = exposure_gain(grey(0.8), baseline_ev=1.0)  # 1.6 after the baseline: too bright
+    assert g < 2 and abs(g * log_average(grey(0.8)) - KEY_RANGE[1]) < 1e-6
+    assert exposure_gain(grey(0.0)) == GAIN_RANGE[1]  # a black frame: at most 16x
+    scene = Frame(image=grey(0.004), meta={"scene_referred": True, "baseline_exposure": 1.0})
+    assert abs(frame_gain(scene) - exposure_gain(grey(0.004), 1.0)) < 1e-12
+    assert frame_gain(Frame(image=grey(0.004), meta={"scene_referred": False})) == 1.0
+
+
 # ------------------------------------------------------------------------------------ flip test-time aug. ---
 
 def test_merge_flip_exact_values():

@@ -32,11 +32,11 @@ def test_shipped_weights_format_and_size():
 
 def _masks(name: str):
     from campipe.decode import decode_file
-    from campipe.segment_stage import display_render
+    from campipe.segment_stage import frame_render
     from campipe.segmentation.inference import Segmenter
 
     frame = decode_file(SAMPLES / name)
-    rgb = display_render(frame.image, scene_referred=bool(frame.meta.get("scene_referred", True)))
+    rgb = frame_render(frame)[0]
     seg = Segmenter(WEIGHTS, runtime="torch", refine="bilinear")
     return seg(rgb)
 
