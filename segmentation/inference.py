@@ -194,15 +194,20 @@ class Segmenter:
         except OSError:  # read-only cache: the next process simply loads the checkpoint again
             pass
 
-    def _refined_sky(self, sky: np.ndarray, rgb: np.ndarray, out_hw, g) -> np.ndarray:
+    def _refined_sky(self, sky: np.ndarray, rgb: np.ndarray, out_hw, g, g_rgb: np.ndarray | None = None
+                     ) -> np.ndarray:
         """:func:`.sky_refine.refine_sky` against ``rgb``. ``sky`` is the sky mask already at the output resolution
-        when that is ``rgb``'s; otherwise the network-resolution sky, which is upsampled to ``rgb``'s resolution,
-        refined there and upsampled to ``out_hw`` like the other masks."""
+        when that is ``rgb``'s; otherwise the network-resolution sky, which is upsampled to ``rgb``'s resolution
+        (guided by ``g_rgb``, ``rgb``'s :func:`gray_guide` when already computed), refined there and upsampled to
+        ``out_hw`` like the other masks."""
         from .sky_refine import refine_sky
 
         if tuple(out_hw) == rgb.shape[:2]:
             return refine_sky(sky, rgb)
-        g_rgb = gray_guide(rgb) if self.refine == "guided" else None
+        if self.refine == "guided" and g_rgb is None:
+            g_rgb = gray_guide(rgb)
+        elif self.refine != "guided":
+            g_rgb = None
         at_rgb = upsample_masks(sky[None], rgb.shape[:2], g_rgb, self.guide_radius, self.guide_eps)[0]
         return upsample_masks(refine_sky(at_rgb, rgb)[None], out_hw, g, self.guide_radius, self.guide_eps)[0]
 
@@ -268,12 +273,12 @@ class Segmenter:
         apart = sky is not None and tuple(out_hw) != rgb.shape[:2]
         sem = np.delete(raw.semantic, sky, axis=0) if apart else raw.semantic
         stack = np.concatenate([sem, raw.instances], axis=0)
-        g = None
+        g = g_rgb = None
         if self.refine == "guided":
             if guide is not None:
                 g = np.clip(guide, 0.0, 1.0)
             else:
-                g = gray_guide(rgb)
+                g = g_rgb = gray_guide(rgb)
                 if g.shape != tuple(out_hw):
                     g = cv2.resize(g, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_LINEAR)
         planes = list(upsample_masks(stack, out_hw, g, self.guide_radius, self.guide_eps))
@@ -281,7 +286,7 @@ class Segmenter:
         if sky is not None:
             t = time.perf_counter()
             if apart:
-                planes.insert(sky, self._refined_sky(raw.semantic[sky], rgb, out_hw, g))
+                planes.insert(sky, self._refined_sky(raw.semantic[sky], rgb, out_hw, g, g_rgb))
             else:
                 planes[sky] = self._refined_sky(planes[sky], rgb, out_hw, g)
             timings["sky_refine"] = time.perf_counter() - t
