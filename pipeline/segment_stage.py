@@ -8,8 +8,8 @@ outside it is brought to the nearest end (correction clipped to [1/8, 16]). Unti
 normalised to a log-average of 0.18 (Reinhard's key, meant for his compressive operator, not for a plain sRGB
 encode): that rendered typical photos 1-2.5 stops brighter than any training photo, and the samples' white studio
 backdrop became sky and their dusk sky a person (``python benchmarks/seg_diagnostics.py exposure`` measures both
-policies on validation photos re-exposed as raw data). The masks come back at the frame's full resolution, upsampled edge-aware against the frame's full-resolution
-display luminance. ``frame.image`` itself is never modified.
+policies on validation photos re-exposed as raw data). The masks come back at the frame's full resolution, upsampled
+edge-aware against the frame's full-resolution display luminance. ``frame.image`` itself is never modified.
 
 Without trained weights the stage logs one clear warning per process and leaves ``frame.masks`` empty and
 ``frame.persons`` empty: every mask-driven effect treats a missing mask as zeros (effect not applied).
