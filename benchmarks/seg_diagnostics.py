@@ -27,17 +27,20 @@ test-time augmentation would change.
   person probability on the re-lit sky.
 
 * ``photo-keys``: the log-average luminance (Reinhard's key, of the linearised sRGB photo) of every training photo
-  of the five sets: percentiles per set and over all; the 5th and 95th percentiles over all are the segment stage's
+  of the five sets: percentiles per set and over all; the 15th and 85th percentiles over all are the segment stage's
   ``KEY_RANGE`` (``pipeline/segment_stage.py``).
-* ``exposure``: how the segment stage's exposure policy for raw (scene-referred) frames changes the masks. Validation
-  photos of CelebAMask, CamVid and Penn-Fudan are linearised, multiplied by 2^EV (EV -3 ... +1: a raw file exposed
-  that much darker or brighter than the photo) and rendered for the network by (a) the policy used until
-  2026-12-05, a gain to a log-average luminance of 0.18, and (b) the current one, the frame's own exposure unless its
-  log-average leaves ``KEY_RANGE``; pooled IoU per class with campipe's protocol (guided upsampling, sky refined).
-  At EV 0, (b) renders the photo exactly as it was taken whenever its key lies in the range.
+* ``exposure``: how the segment stage's exposure policy for raw (scene-referred) frames changes the masks. Photos of
+  CelebAMask, CamVid and Penn-Fudan (``--split``, default the validation split) are linearised, multiplied by 2^EV
+  (EV -4 ... +2: a raw file exposed that much darker or brighter than the photo) and rendered for the network by
+  (a) the policy used until 2026-12-05, a gain to a log-average luminance of 0.18, and (b) the current one, the
+  frame's own exposure unless its log-average leaves ``KEY_RANGE`` (or, with ``--ranges 5-95,15-85,25-75``, each
+  candidate range given as percentiles of the training photos' keys: how ``KEY_RANGE`` was chosen, on the training
+  split); pooled IoU per class with campipe's protocol (guided upsampling, sky refined), and their mean. At EV 0,
+  (b) renders the photo exactly as it was taken whenever its key lies in the range.
 
 Usage: ``python benchmarks/seg_diagnostics.py parts|flip-tta|class-scores|instance-oracle|static-head|twilight|
-photo-keys|exposure [--weights CKPT] [--data ../shared/data] [--limit K]``. Not a test; needs the shared data.
+photo-keys|exposure [--weights CKPT] [--data ../shared/data] [--limit K] [--split train|val]
+[--ranges P-Q,...]``. Not a test; needs the shared data.
 """
 from __future__ import annotations
 
@@ -318,57 +321,86 @@ def _key(img: np.ndarray) -> float:
     return log_average(cc.display_to_working(img.astype(np.float32) / 255.0, "srgb"))
 
 
-def photo_keys(model, data: Path, limit: int | None) -> None:
-    allk = []
-    print(f"{'set':11s} {'photos':>6s}  log-average luminance percentiles 5 / 25 / 50 / 75 / 95")
+PCTS = (5, 15, 25, 50, 75, 85, 95)
+
+
+def training_keys(data: Path, limit: int | None = None) -> dict[str, list[float]]:
+    """set -> log-average luminance of its training photos (``limit`` evenly spaced per set, default all)."""
+    out = {}
     for s in ("celebamask", "figaro1k", "lfw_hair", "camvid", "pennfudan"):
-        stems = list_stems(data, s, "train")
-        if limit and limit < len(stems):
-            stems = [stems[i] for i in np.linspace(0, len(stems) - 1, limit).round().astype(int)]
-        ks = [_key(read_pair(data, s, st)[0]) for st in stems]
-        allk += ks
-        print(f"{s:11s} {len(ks):6d}  " + " / ".join(f"{v:.3f}" for v in np.percentile(ks, [5, 25, 50, 75, 95])))
-    print(f"{'all':11s} {len(allk):6d}  " + " / ".join(f"{v:.3f}" for v in np.percentile(allk, [5, 25, 50, 75, 95])))
+        stems = _spaced(list_stems(data, s, "train"), limit)
+        out[s] = [_key(read_pair(data, s, st)[0]) for st in stems]
+    return out
 
 
-def exposure(model, data: Path, limit: int | None) -> None:
+def _spaced(stems: list[str], limit: int | None) -> list[str]:
+    if limit and limit < len(stems):
+        return [stems[i] for i in np.linspace(0, len(stems) - 1, limit).round().astype(int)]
+    return stems
+
+
+def photo_keys(model, data: Path, limit: int | None, **_) -> None:
+    keys = training_keys(data, limit)
+    print(f"{'set':11s} {'photos':>6s}  log-average luminance percentiles " + " / ".join(map(str, PCTS)))
+    for s, ks in list(keys.items()) + [("all", [k for ks in keys.values() for k in ks])]:
+        print(f"{s:11s} {len(ks):6d}  " + " / ".join(f"{v:.3f}" for v in np.percentile(ks, PCTS)))
+
+
+def exposure(model, data: Path, limit: int | None, split: str = "val", ranges: str | None = None) -> None:
     from campipe import colour as cc
-    from campipe.segment_stage import display_render, exposure_gain, log_average
+    from campipe.segment_stage import GAIN_RANGE, display_render, exposure_gain, log_average
     from campipe.segmentation.training.evaluate import EVAL_SPEC
 
     cfg = model.cfg
-    evs = (-3.0, -2.0, -1.0, 0.0, 1.0)
-    policies = {"key 0.18 (before)": lambda lin: 0.18 / max(log_average(lin), 1e-6),
-                "own exposure in KEY_RANGE (now)": exposure_gain}
+    evs = (-4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0)
+    policies = {"key 0.18 (before)": lambda lin: 0.18 / max(log_average(lin), 1e-6)}
+    if ranges:  # candidate KEY_RANGEs: percentiles of the training photos' keys, e.g. "5-95,15-85,25-75"
+        allk = [k for ks in training_keys(data).values() for k in ks]
+        for r in ranges.split(","):
+            lo, hi = (float(np.percentile(allk, float(v))) for v in r.split("-"))
+
+            def gain(lin, lo=lo, hi=hi):
+                key = log_average(lin)
+                return float(np.clip(min(max(key, lo), hi) / max(key, 1e-6), *GAIN_RANGE))
+            policies[f"range p{r} ({lo:.3f}-{hi:.3f})"] = gain
+    else:
+        policies["own exposure in KEY_RANGE (now)"] = exposure_gain
     counts: dict = {}
     for s, classes in (("celebamask", ("person", "skin", "hair", "teeth")), ("camvid", ("sky",)),
                        ("pennfudan", ("person",))):
-        stems = list_stems(data, s, "val")
-        if limit and limit < len(stems):
-            stems = [stems[i] for i in np.linspace(0, len(stems) - 1, limit).round().astype(int)]
+        stems = _spaced(list_stems(data, s, split), limit)
         for stem in stems:
             img, raw = read_pair(data, s, stem)
             lin0 = cc.display_to_working(img.astype(np.float32) / 255.0, "srgb")
             for ev in evs:
                 lin = lin0 * np.float32(2.0 ** ev)
+                seen: dict = {}
                 for pol, gain in policies.items():
-                    rgb = display_render(lin, scene_referred=True, gain=gain(lin))
-                    u8 = np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
-                    probs, _, _ = predict(model, u8, cfg.input_size, IMAGENET_MEAN, IMAGENET_STD,
-                                          tuple(cfg.semantic_classes), cfg.mask_stride)
+                    g = round(gain(lin), 6)
+                    if g not in seen:  # policies giving the same gain share one network run
+                        rgb = display_render(lin, scene_referred=True, gain=g)
+                        u8 = np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
+                        seen[g] = predict(model, u8, cfg.input_size, IMAGENET_MEAN, IMAGENET_STD,
+                                          tuple(cfg.semantic_classes), cfg.mask_stride)[0]
+                    probs = seen[g]
                     for c in classes:
                         pos_fn, ign_fn, _ = EVAL_SPEC[s][c]
-                        g = pos_fn(raw)
-                        ok = ~ign_fn(raw) if ign_fn is not None else np.ones_like(g)
+                        gt = pos_fn(raw)
+                        ok = ~ign_fn(raw) if ign_fn is not None else np.ones_like(gt)
                         p_ = (probs[c] >= 0.5) & ok
                         a = counts.setdefault((s, c, pol, ev), np.zeros(3))
-                        a += [(p_ & g).sum(), (p_ & ~g & ok).sum(), (~p_ & g & ok).sum()]
-        print(f"  {s}: {len(stems)} validation photos", flush=True)
-    print(f"\n{'set/class':18s} {'policy':32s} " + " ".join(f"EV {ev:+.0f}".rjust(7) for ev in evs))
-    for s, c in sorted({(k[0], k[1]) for k in counts}):
+                        a += [(p_ & gt).sum(), (p_ & ~gt & ok).sum(), (~p_ & gt & ok).sum()]
+        print(f"  {s}: {len(stems)} {split} photos", flush=True)
+    pairs = sorted({(k[0], k[1]) for k in counts})
+    iou = lambda s, c, pol, ev: counts[(s, c, pol, ev)][0] / max(1.0, counts[(s, c, pol, ev)].sum())  # noqa: E731
+    print(f"\n{'set/class':18s} {'policy':34s} " + " ".join(f"EV {ev:+.0f}".rjust(6) for ev in evs))
+    for s, c in pairs:
         for pol in policies:
-            ious = [counts[(s, c, pol, ev)][0] / max(1.0, counts[(s, c, pol, ev)].sum()) for ev in evs]
-            print(f"{s + '/' + c:18s} {pol:32s} " + " ".join(f"{u:7.3f}" for u in ious))
+            print(f"{s + '/' + c:18s} {pol:34s} " + " ".join(f"{iou(s, c, pol, ev):6.3f}" for ev in evs))
+    for pol in policies:
+        mean = [float(np.mean([iou(s, c, pol, ev) for s, c in pairs])) for ev in evs]
+        print(f"{'mean of the above':18s} {pol:34s} " + " ".join(f"{u:6.3f}" for u in mean)
+              + f"   all EVs {np.mean(mean):.4f}, EV -2..+1 {np.mean(mean[2:6]):.4f}")
 
 
 def main(argv=None) -> int:
@@ -379,6 +411,10 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--split", default="val", choices=("train", "val"), help="exposure: photos of this split")
+    ap.add_argument("--ranges", default=None,
+                    help="exposure: compare KEY_RANGE candidates, percentile pairs of the training photos' keys "
+                         "(e.g. 5-95,15-85,25-75) instead of the current range")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     model, _ = load_checkpoint(a.weights)
@@ -386,6 +422,9 @@ def main(argv=None) -> int:
     run = {"parts": parts, "class-scores": class_scores, "instance-oracle": instance_oracle,
            "static-head": static_head, "twilight": twilight_sky, "photo-keys": photo_keys,
            "exposure": exposure}.get(a.what)
+    if run is exposure:
+        exposure(model, a.data, a.limit, a.split, a.ranges)
+        return 0
     if run is not None:
         run(model, a.data, a.limit)
         return 0

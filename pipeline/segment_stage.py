@@ -2,14 +2,18 @@
 
 The network sees a *downscaled display-referred sRGB render* of the frame (long side <= ``max_side``). A
 scene-referred frame keeps its own exposure (times 2^BaselineExposure for DNGs, as raw converters render it) as long
-as its log-average luminance then lies within that of the photos the network was trained on (``KEY_RANGE``: 5th to
-95th percentile of the training split, 0.017-0.273; ``python benchmarks/seg_diagnostics.py photo-keys``); only a frame
-outside it is brought to the nearest end (correction clipped to [1/8, 16]). Until 2026-12-05 every frame was
-normalised to a log-average of 0.18 (Reinhard's key, meant for his compressive operator, not for a plain sRGB
-encode): that rendered typical photos 1-2.5 stops brighter than any training photo, and the samples' white studio
-backdrop became sky and their dusk sky a person (``python benchmarks/seg_diagnostics.py exposure`` measures both
-policies on validation photos re-exposed as raw data). The masks come back at the frame's full resolution, upsampled
-edge-aware against the frame's full-resolution display luminance. ``frame.image`` itself is never modified.
+as its log-average luminance then lies within that of typical photos the network was trained on (``KEY_RANGE``:
+15th to 85th percentile of the training split, 0.033-0.189; ``python benchmarks/seg_diagnostics.py photo-keys``);
+only a frame outside it is brought to the nearest end (correction clipped to [1/8, 16]). The range was chosen among
+the 5-95, 15-85 and 25-75 percentile ranges on training photos re-exposed by -4 ... +2 EV (``python
+benchmarks/seg_diagnostics.py exposure --split train --limit 30 --ranges 5-95,15-85,25-75``: mean IoU over EV -2 ...
++1 0.752 / 0.753 / 0.751, over every EV 0.736 / 0.748 / 0.748; the 5-95 range leaves a frame 4 stops under too
+dark). Until 2026-12-05 every frame was normalised to a log-average of 0.18 (Reinhard's key, meant for his
+compressive operator, not for a plain sRGB encode): that rendered typical photos 1-2.5 stops brighter than the
+training photos, and the samples' white studio backdrop became sky and their dusk sky a person (``python
+benchmarks/seg_diagnostics.py exposure`` measures both policies on validation photos re-exposed as raw data). The
+masks come back at the frame's full resolution, upsampled edge-aware against the frame's full-resolution display
+luminance. ``frame.image`` itself is never modified.
 
 Without trained weights the stage logs one clear warning per process and leaves ``frame.masks`` empty and
 ``frame.persons`` empty: every mask-driven effect treats a missing mask as zeros (effect not applied).
@@ -40,9 +44,9 @@ from .registry import register_stage
 log = logging.getLogger("campipe")
 _warned_no_weights = False
 
-#: log-average luminance of the training photos (linearised sRGB), 5th and 95th percentile of the training split
-#: (``python benchmarks/seg_diagnostics.py photo-keys``: 0.017 / 0.273 over the 3,573 photos of the five sets)
-KEY_RANGE = (0.017, 0.273)
+#: log-average luminance of the training photos (linearised sRGB), 15th and 85th percentile of the training split
+#: (``python benchmarks/seg_diagnostics.py photo-keys``: 0.033 / 0.189 over the 3,573 photos of the five sets)
+KEY_RANGE = (0.033, 0.189)
 #: largest correction applied to a frame's own exposure
 GAIN_RANGE = (1.0 / 8.0, 16.0)
 

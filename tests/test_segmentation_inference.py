@@ -235,8 +235,9 @@ def test_exposure_gain_keeps_the_frames_own_exposure_inside_the_training_range()
     assert abs(exposure_gain(grey(0.1), baseline_ev=0.5) - 2 ** 0.5) < 1e-9
     g = exposure_gain(grey(0.004))
     assert g > 1 and abs(g * log_average(grey(0.004)) - KEY_RANGE[0]) < 1e-6
-    g = exposure_gain(grey(0.8), baseline_ev=1.0)  # 1.6 after the baseline: too bright
-    assert g < 2 and abs(g * log_average(grey(0.8)) - KEY_RANGE[1]) < 1e-6
+    g = exposure_gain(grey(0.5), baseline_ev=1.0)  # 1.0 after the baseline: too bright
+    assert g < 2 and abs(g * log_average(grey(0.5)) - KEY_RANGE[1]) < 1e-6
+    assert exposure_gain(grey(1.0), baseline_ev=3.0) == 8 * GAIN_RANGE[0]  # at most 8x darker than its own
     assert exposure_gain(grey(0.0)) == GAIN_RANGE[1]  # a black frame: at most 16x
     scene = Frame(image=grey(0.004), meta={"scene_referred": True, "baseline_exposure": 1.0})
     assert abs(frame_gain(scene) - exposure_gain(grey(0.004), 1.0)) < 1e-12
