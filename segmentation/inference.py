@@ -2,7 +2,7 @@
 
 Input (any size and orientation):
     * a path (JPEG/PNG/TIFF/HEIC/DNG/RAW; decoded by ``campipe.decode.decode_file``, EXIF orientation applied,
-      RAW rendered display-referred with a simple exposure normalisation);
+      RAW rendered display-referred at its own exposure, see ``campipe.segment_stage.frame_render``);
     * a uint8 / uint16 (H, W, 3) sRGB array (also (H, W) gray or (H, W, 4) with alpha, which is ignored);
     * a float32 (H, W, 3) display-referred sRGB array in [0, 1] (values outside are clipped).
 
@@ -12,14 +12,15 @@ Output :class:`SegmentationResult`:
     ``persons``: list of :class:`campipe.frame.PersonInstance` (mask float32 (H, W) in [0, 1], score in [0, 1]:
     the query's person probability x its mask quality, see :func:`.postprocess.decode_outputs`), sorted by
     descending score, score >= ``score_threshold``, at most ``max_persons`` (default 4), no empty masks;
-    ``timings``: seconds per step; ``model``: name, file, sha256, runtime, decoder layers, quantized, tta and
-    sky_refine flags.
+    ``timings``: seconds per step; ``model``: name, file, sha256, runtime, decoder layers, quantized, tta,
+    sky_refine and person_refine flags.
 
 Steps: letterbox to the network size -> runner (ONNX Runtime or eager torch, see :mod:`.runtime`; with ``tta=True``
 also on the mirrored canvas, static-channel logits averaged, :func:`.postprocess.merge_flip`) -> sigmoid/softmax,
 crop, select instances (:mod:`.postprocess`) -> edge-aware upsampling with the guided filter against the
-full-resolution image (:mod:`.guided_filter`) -> sky refined with the photo's own colours (``sky_refine=True``,
-:mod:`.sky_refine`: sky seen through branches).
+full-resolution image (:mod:`.guided_filter`) -> sky and person channel refined with the photo's own colours
+(``sky_refine=True``, ``person_refine=True``, :mod:`.sky_refine`: sky seen through branches, plain backgrounds
+around people) -> person = the refined person channel united with the instances.
 
 Without trained weights, :class:`campipe.segmentation.NoWeightsError` is raised (never random masks).
 
@@ -103,6 +104,8 @@ class Segmenter:
         sky_refine: refine the sky mask with the photo's colours (:mod:`.sky_refine`; default on). It runs at the
             resolution of the image given to the call and, when the output size differs (a ``guide`` or
             ``out_size``), the refined sky is upsampled from there.
+        person_refine: the same for the person channel, before its union with the instances
+            (:func:`.sky_refine.refine_person`; default on).
         tta: horizontal-flip test-time augmentation of the static channels (sky, person, hair, skin, teeth,
             glasses): twice the network time; on the validation split +0.01 IoU on most classes (MODEL_CARD.md).
     """
@@ -110,7 +113,8 @@ class Segmenter:
     def __init__(self, weights=None, *, runtime: str = "auto", keep_dec_layers: int | None = None,
                  threads: int | None = None, max_persons: int = 4, score_threshold: float = 0.5,
                  refine: str = "guided", guide_radius: int = DEFAULT_GUIDE_RADIUS, guide_eps: float = DEFAULT_GUIDE_EPS,
-                 dedup_iou: float = DEFAULT_DEDUP_IOU, tta: bool = False, sky_refine: bool = True) -> None:
+                 dedup_iou: float = DEFAULT_DEDUP_IOU, tta: bool = False, sky_refine: bool = True,
+                 person_refine: bool = True) -> None:
         if not 0.0 <= dedup_iou <= 1.0:
             raise ValueError(f"dedup_iou must be in [0, 1], got {dedup_iou}")
         if refine not in REFINE_MODES:
@@ -132,7 +136,7 @@ class Segmenter:
         self.max_persons, self.score_threshold = int(max_persons), float(score_threshold)
         self.dedup_iou = float(dedup_iou)
         self.tta = bool(tta)
-        self.sky_refine = bool(sky_refine)
+        self.sky_refine, self.person_refine = bool(sky_refine), bool(person_refine)
         self.refine, self.guide_radius, self.guide_eps = refine, int(guide_radius), float(guide_eps)
         self.mean = self.meta["normalization"]["mean"]
         self.std = self.meta["normalization"]["std"]
@@ -194,22 +198,24 @@ class Segmenter:
         except OSError:  # read-only cache: the next process simply loads the checkpoint again
             pass
 
-    def _refined_sky(self, sky: np.ndarray, rgb: np.ndarray, out_hw, g, g_rgb: np.ndarray | None = None
-                     ) -> np.ndarray:
-        """:func:`.sky_refine.refine_sky` against ``rgb``. ``sky`` is the sky mask already at the output resolution
-        when that is ``rgb``'s; otherwise the network-resolution sky, which is upsampled to ``rgb``'s resolution
-        (guided by ``g_rgb``, ``rgb``'s :func:`gray_guide` when already computed), refined there and upsampled to
-        ``out_hw`` like the other masks."""
-        from .sky_refine import refine_sky
+    def _refiners(self, classes) -> list[tuple[int, Any, str]]:
+        """(channel index, refinement function, timing name) of the colour refinements to run, by channel index."""
+        from .sky_refine import refine_person, refine_sky
 
+        out = [(c, fn) for c, fn, on in (("sky", refine_sky, self.sky_refine), ("person", refine_person,
+                                                                                 self.person_refine))
+               if on and c in classes]
+        return sorted((list(classes).index(c), fn, f"{c}_refine") for c, fn in out)
+
+    def _refined(self, fn, prob: np.ndarray, rgb: np.ndarray, out_hw, g, g_rgb) -> np.ndarray:
+        """``fn(prob, rgb)`` (a :mod:`.sky_refine` function). ``prob`` is the mask already at the output resolution
+        when that is ``rgb``'s; otherwise the network-resolution mask, which is upsampled to ``rgb``'s resolution
+        (guided by ``g_rgb``, ``rgb``'s :func:`gray_guide`, or bilinear when None), refined there and upsampled to
+        ``out_hw`` like the other masks."""
         if tuple(out_hw) == rgb.shape[:2]:
-            return refine_sky(sky, rgb)
-        if self.refine == "guided" and g_rgb is None:
-            g_rgb = gray_guide(rgb)
-        elif self.refine != "guided":
-            g_rgb = None
-        at_rgb = upsample_masks(sky[None], rgb.shape[:2], g_rgb, self.guide_radius, self.guide_eps)[0]
-        return upsample_masks(refine_sky(at_rgb, rgb)[None], out_hw, g, self.guide_radius, self.guide_eps)[0]
+            return fn(prob, rgb)
+        at_rgb = upsample_masks(prob[None], rgb.shape[:2], g_rgb, self.guide_radius, self.guide_eps)[0]
+        return upsample_masks(fn(at_rgb, rgb)[None], out_hw, g, self.guide_radius, self.guide_eps)[0]
 
     @property
     def info(self) -> dict[str, Any]:
@@ -217,7 +223,7 @@ class Segmenter:
                 "runtime": getattr(self.runner, "name", "?"), "decoder_layers": self.dec_layers,
                 "num_queries": self.cfg.num_queries, "input_size": list(self.cfg.input_size),
                 "quantized": bool(self.meta.get("quantized", False)), "classes": list(self.classes),
-                "tta": self.tta, "sky_refine": self.sky_refine}
+                "tta": self.tta, "sky_refine": self.sky_refine, "person_refine": self.person_refine}
 
     def _runner_for(self, scene_only: bool):
         if not scene_only:
@@ -268,10 +274,10 @@ class Segmenter:
         raw = decode_outputs(outputs, box, self.classes, mask_stride=self.cfg.mask_stride,
                              score_threshold=self.score_threshold, max_persons=self.max_persons,
                              dedup_iou=self.dedup_iou)
-        sky = raw.classes.index("sky") if self.sky_refine and "sky" in raw.classes else None
-        # at another output size the refined sky is upsampled on its own (below): not in the common stack
-        apart = sky is not None and tuple(out_hw) != rgb.shape[:2]
-        sem = np.delete(raw.semantic, sky, axis=0) if apart else raw.semantic
+        refiners = self._refiners(raw.classes)
+        # at another output size the refined channels are upsampled on their own (below): not in the common stack
+        apart = bool(refiners) and tuple(out_hw) != rgb.shape[:2]
+        sem = np.delete(raw.semantic, [i for i, _, _ in refiners], axis=0) if apart else raw.semantic
         stack = np.concatenate([sem, raw.instances], axis=0)
         g = g_rgb = None
         if self.refine == "guided":
@@ -281,15 +287,17 @@ class Segmenter:
                 g = g_rgb = gray_guide(rgb)
                 if g.shape != tuple(out_hw):
                     g = cv2.resize(g, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_LINEAR)
+            if apart and g_rgb is None:
+                g_rgb = gray_guide(rgb)
         planes = list(upsample_masks(stack, out_hw, g, self.guide_radius, self.guide_eps))
         timings["upsample"] = time.perf_counter() - t
-        if sky is not None:
+        for i, fn, name in refiners:  # ascending channel index: the inserts land where they were deleted
             t = time.perf_counter()
             if apart:
-                planes.insert(sky, self._refined_sky(raw.semantic[sky], rgb, out_hw, g, g_rgb))
+                planes.insert(i, self._refined(fn, raw.semantic[i], rgb, out_hw, g, g_rgb))
             else:
-                planes[sky] = self._refined_sky(planes[sky], rgb, out_hw, g)
-            timings["sky_refine"] = time.perf_counter() - t
+                planes[i] = self._refined(fn, planes[i], rgb, out_hw, g, g_rgb)
+            timings[name] = time.perf_counter() - t
         k = raw.semantic.shape[0]
         masks = {name: planes[i] for i, name in enumerate(raw.classes)}
         persons = [PersonInstance(planes[k + j], float(s)) for j, s in enumerate(raw.scores)]
@@ -324,7 +332,8 @@ def get_segmenter(weights=None, **kwargs) -> Segmenter:
 def segment(image, *, weights=None, runtime: str = "auto", max_persons: int = 4, score_threshold: float = 0.5,
             refine: str = "guided", keep_dec_layers: int | None = None, scene_only: bool = False,
             guide: np.ndarray | None = None, out_size: tuple[int, int] | None = None,
-            dedup_iou: float = DEFAULT_DEDUP_IOU, tta: bool = False, sky_refine: bool = True) -> SegmentationResult:
+            dedup_iou: float = DEFAULT_DEDUP_IOU, tta: bool = False, sky_refine: bool = True,
+            person_refine: bool = True) -> SegmentationResult:
     """Segment ``image`` (path, uint8/uint16 sRGB array or float32 display-referred array); see module docstring
     and :class:`Segmenter` for the options.
 
@@ -332,5 +341,5 @@ def segment(image, *, weights=None, runtime: str = "auto", max_persons: int = 4,
     """
     seg = get_segmenter(weights, runtime=runtime, max_persons=max_persons, score_threshold=score_threshold,
                         refine=refine, keep_dec_layers=keep_dec_layers, dedup_iou=dedup_iou, tta=tta,
-                        sky_refine=sky_refine)
+                        sky_refine=sky_refine, person_refine=person_refine)
     return seg(image, guide=guide, out_size=out_size, scene_only=scene_only)
