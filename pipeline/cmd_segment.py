@@ -110,6 +110,8 @@ def register(app: typer.Typer) -> None:
                                         "photo's colours (sky through branches)."),
         person_refine: bool = typer.Option(True, "--person-refine/--no-person-refine", help="Refine the person "
                                            "channel with the photo's colours (plain backgrounds around people)."),
+        hair_refine: bool = typer.Option(True, "--hair-refine/--no-hair-refine", help="Refine the hair mask with the "
+                                         "photo's colours."),
     ) -> None:
         """Write soft masks (sky, hair, skin, teeth, glasses, person, person_i) + segments.json per image."""
         from campipe.segmentation import NoWeightsError
@@ -127,7 +129,7 @@ def register(app: typer.Typer) -> None:
 
             seg = get_segmenter(weights, runtime=runtime, max_persons=max_persons, score_threshold=threshold,
                                 refine="guided" if refine else "bilinear", dedup_iou=dedup_iou, tta=tta,
-                                sky_refine=sky_refine, person_refine=person_refine)
+                                sky_refine=sky_refine, person_refine=person_refine, hair_refine=hair_refine)
         except NoWeightsError as e:
             typer.echo(f"campipe segment: {e}", err=True)
             raise typer.Exit(1)

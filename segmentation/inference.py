@@ -13,14 +13,15 @@ Output :class:`SegmentationResult`:
     the query's person probability x its mask quality, see :func:`.postprocess.decode_outputs`), sorted by
     descending score, score >= ``score_threshold``, at most ``max_persons`` (default 4), no empty masks;
     ``timings``: seconds per step; ``model``: name, file, sha256, runtime, decoder layers, quantized, tta,
-    sky_refine and person_refine flags.
+    sky_refine, person_refine and hair_refine flags.
 
 Steps: letterbox to the network size -> runner (ONNX Runtime or eager torch, see :mod:`.runtime`; with ``tta=True``
 also on the mirrored canvas, static-channel logits averaged, :func:`.postprocess.merge_flip`) -> sigmoid/softmax,
 crop, select instances (:mod:`.postprocess`) -> edge-aware upsampling with the guided filter against the
-full-resolution image (:mod:`.guided_filter`) -> sky and person channel refined with the photo's own colours
-(``sky_refine=True``, ``person_refine=True``, :mod:`.sky_refine`: sky seen through branches, plain backgrounds
-around people) -> person = the refined person channel united with the instances.
+full-resolution image (:mod:`.guided_filter`) -> sky, person channel and hair refined with the photo's own colours
+(``sky_refine``, ``person_refine``, ``hair_refine``, all on by default, :mod:`.sky_refine`: sky seen through
+branches, plain backgrounds around people, hair edges) -> person = the refined person channel united with the
+instances.
 
 Without trained weights, :class:`campipe.segmentation.NoWeightsError` is raised (never random masks).
 
@@ -106,6 +107,7 @@ class Segmenter:
             ``out_size``), the refined sky is upsampled from there.
         person_refine: the same for the person channel, before its union with the instances
             (:func:`.sky_refine.refine_person`; default on).
+        hair_refine: the same for hair (:func:`.sky_refine.refine_hair`; default on).
         tta: horizontal-flip test-time augmentation of the static channels (sky, person, hair, skin, teeth,
             glasses): twice the network time; on the validation split +0.01 IoU on most classes (MODEL_CARD.md).
     """
@@ -114,7 +116,7 @@ class Segmenter:
                  threads: int | None = None, max_persons: int = 4, score_threshold: float = 0.5,
                  refine: str = "guided", guide_radius: int = DEFAULT_GUIDE_RADIUS, guide_eps: float = DEFAULT_GUIDE_EPS,
                  dedup_iou: float = DEFAULT_DEDUP_IOU, tta: bool = False, sky_refine: bool = True,
-                 person_refine: bool = True) -> None:
+                 person_refine: bool = True, hair_refine: bool = True) -> None:
         if not 0.0 <= dedup_iou <= 1.0:
             raise ValueError(f"dedup_iou must be in [0, 1], got {dedup_iou}")
         if refine not in REFINE_MODES:
@@ -136,7 +138,7 @@ class Segmenter:
         self.max_persons, self.score_threshold = int(max_persons), float(score_threshold)
         self.dedup_iou = float(dedup_iou)
         self.tta = bool(tta)
-        self.sky_refine, self.person_refine = bool(sky_refine), bool(person_refine)
+        self.sky_refine, self.person_refine, self.hair_refine = bool(sky_refine), bool(person_refine), bool(hair_refine)
         self.refine, self.guide_radius, self.guide_eps = refine, int(guide_radius), float(guide_eps)
         self.mean = self.meta["normalization"]["mean"]
         self.std = self.meta["normalization"]["std"]
@@ -200,11 +202,11 @@ class Segmenter:
 
     def _refiners(self, classes) -> list[tuple[int, Any, str]]:
         """(channel index, refinement function, timing name) of the colour refinements to run, by channel index."""
-        from .sky_refine import refine_person, refine_sky
+        from .sky_refine import refine_hair, refine_person, refine_sky
 
-        out = [(c, fn) for c, fn, on in (("sky", refine_sky, self.sky_refine), ("person", refine_person,
-                                                                                 self.person_refine))
-               if on and c in classes]
+        out = [(c, fn) for c, fn, on in (("sky", refine_sky, self.sky_refine),
+                                         ("person", refine_person, self.person_refine),
+                                         ("hair", refine_hair, self.hair_refine)) if on and c in classes]
         return sorted((list(classes).index(c), fn, f"{c}_refine") for c, fn in out)
 
     def _refined(self, fn, prob: np.ndarray, rgb: np.ndarray, out_hw, g, g_rgb) -> np.ndarray:
@@ -223,7 +225,8 @@ class Segmenter:
                 "runtime": getattr(self.runner, "name", "?"), "decoder_layers": self.dec_layers,
                 "num_queries": self.cfg.num_queries, "input_size": list(self.cfg.input_size),
                 "quantized": bool(self.meta.get("quantized", False)), "classes": list(self.classes),
-                "tta": self.tta, "sky_refine": self.sky_refine, "person_refine": self.person_refine}
+                "tta": self.tta, "sky_refine": self.sky_refine, "person_refine": self.person_refine,
+                "hair_refine": self.hair_refine}
 
     def _runner_for(self, scene_only: bool):
         if not scene_only:
@@ -333,7 +336,7 @@ def segment(image, *, weights=None, runtime: str = "auto", max_persons: int = 4,
             refine: str = "guided", keep_dec_layers: int | None = None, scene_only: bool = False,
             guide: np.ndarray | None = None, out_size: tuple[int, int] | None = None,
             dedup_iou: float = DEFAULT_DEDUP_IOU, tta: bool = False, sky_refine: bool = True,
-            person_refine: bool = True) -> SegmentationResult:
+            person_refine: bool = True, hair_refine: bool = True) -> SegmentationResult:
     """Segment ``image`` (path, uint8/uint16 sRGB array or float32 display-referred array); see module docstring
     and :class:`Segmenter` for the options.
 
@@ -341,5 +344,5 @@ def segment(image, *, weights=None, runtime: str = "auto", max_persons: int = 4,
     """
     seg = get_segmenter(weights, runtime=runtime, max_persons=max_persons, score_threshold=score_threshold,
                         refine=refine, keep_dec_layers=keep_dec_layers, dedup_iou=dedup_iou, tta=tta,
-                        sky_refine=sky_refine, person_refine=person_refine)
+                        sky_refine=sky_refine, person_refine=person_refine, hair_refine=hair_refine)
     return seg(image, guide=guide, out_size=out_size, scene_only=scene_only)

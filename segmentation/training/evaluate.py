@@ -9,8 +9,8 @@ Protocol (the issue's validation targets):
   (:mod:`campipe.segmentation.postprocess`); with ``tta=True`` the static channels are flip test-time augmented as
   ``segment(..., tta=True)`` does (:func:`campipe.segmentation.postprocess.merge_flip`); the sky is refined with
   the photo's colours as campipe does by default (:mod:`campipe.segmentation.sky_refine`; ``sky_refine=False``
-  gives the protocol of the reports before 2026-12-05), and so is the person channel (``person_refine=False``: the
-  protocol before 2026-12-05's fourth session);
+  gives the protocol of the reports before 2026-12-05), and so are the person channel and hair
+  (``person_refine=False``, ``hair_refine=False``: the protocol before 2026-12-05's fourth session);
 * **pooled IoU** per class: a pixel is predicted positive where the probability is >= 0.5; intersections and unions
   are summed over all images of the split before dividing (pooled, not a mean of per-image IoUs). Pixels a set does
   not label are ignored (CamVid "unlabelled"; bicyclists for person);
@@ -40,7 +40,7 @@ import torch
 
 from ..postprocess import REFINE_MODES, decode_outputs, flip_canvas, letterbox, merge_flip, normalize, upsample_masks
 from ..inference import gray_guide
-from ..sky_refine import refine_person, refine_sky
+from ..sky_refine import refine_hair, refine_person, refine_sky
 from .datasets import CAMVID_BICYCLIST, CAMVID_UNLABELLED, CELEBA_SKIN_IDS, list_stems, read_pair
 
 # set -> class -> (positive(raw), ignore(raw) or None, image filter(raw) or None)
@@ -155,13 +155,13 @@ def panoptic_segments(inst_probs: np.ndarray, scores: np.ndarray, thr: float = 0
 @torch.no_grad()
 def predict(model: torch.nn.Module, image: np.ndarray, input_size: tuple[int, int], mean, std,
             classes: tuple[str, ...], mask_stride: int, score_threshold: float = 0.5, max_persons: int = 4,
-            refine: str = "guided", tta: bool = False, sky_refine: bool = True, person_refine: bool = True
-            ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+            refine: str = "guided", tta: bool = False, sky_refine: bool = True, person_refine: bool = True,
+            hair_refine: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """uint8 sRGB (H, W, 3) -> (class -> prob float32 (H, W), instance probs (M, H, W), scores (M,)).
 
     ``refine``: "guided" (campipe's default upsampling, guided by the photo) or "bilinear"; ``tta``: flip test-time
-    augmentation of the static channels; ``sky_refine`` / ``person_refine``: the sky / the person channel refined with
-    the photo's colours (campipe's defaults).
+    augmentation of the static channels; ``sky_refine`` / ``person_refine`` / ``hair_refine``: the sky / the person
+    channel / hair refined with the photo's colours (campipe's defaults).
     """
     if refine not in REFINE_MODES:
         raise ValueError(f"refine must be one of {REFINE_MODES}, got {refine!r}")
@@ -182,7 +182,8 @@ def predict(model: torch.nn.Module, image: np.ndarray, input_size: tuple[int, in
     guide = gray_guide(img) if refine == "guided" else None
     sem = upsample_masks(raw.semantic, (H, W), guide)
     inst = upsample_masks(raw.instances, (H, W), guide)
-    for on, c, fn in ((sky_refine, "sky", refine_sky), (person_refine, "person", refine_person)):
+    for on, c, fn in ((sky_refine, "sky", refine_sky), (person_refine, "person", refine_person),
+                      (hair_refine, "hair", refine_hair)):
         if on and c in classes:
             i = list(classes).index(c)
             sem[i] = fn(sem[i], img)
@@ -192,8 +193,8 @@ def predict(model: torch.nn.Module, image: np.ndarray, input_size: tuple[int, in
 def evaluate_model(model: torch.nn.Module, data_dir: str | Path, sets=None, split: str = "val",
                    limit: int | None = None, input_size=None, mean=None, std=None, threshold: float = 0.5,
                    progress: Callable[[str, int, int], None] | None = None, refine: str = "guided",
-                   tta: bool = False, sky_refine: bool = True, person_refine: bool = True
-                   ) -> dict[str, dict[str, Any]]:
+                   tta: bool = False, sky_refine: bool = True, person_refine: bool = True,
+                   hair_refine: bool = True) -> dict[str, dict[str, Any]]:
     """Evaluate ``model`` (float32, eval mode) on ``split`` of every set in ``sets``.
 
     Returns ``{set: {"iou_<class>": float, "n_images": int, "pq"/"sq"/"rq": float (instance sets),
@@ -221,7 +222,7 @@ def evaluate_model(model: torch.nn.Module, data_dir: str | Path, sets=None, spli
             image, raw = read_pair(Path(data_dir), s, stem)
             probs, inst, scores = predict(model, image, input_size, mean, std, tuple(cfg.semantic_classes),
                                           cfg.mask_stride, refine=refine, tta=tta, sky_refine=sky_refine,
-                                          person_refine=person_refine)
+                                          person_refine=person_refine, hair_refine=hair_refine)
             if "person" in probs:
                 probs["person_channel"] = probs["person"]
                 if len(inst):
@@ -262,14 +263,14 @@ def quantized_pruned_copy(model: torch.nn.Module, keep_dec_layers: int = 2) -> t
 def evaluate_checkpoints(weights: dict[str, str | Path], data_dir: str | Path, sets=None, split: str = "val",
                          limit: int | None = None, derive_int8_from: str | None = None,
                          progress=None, refine: str = "guided", tta: bool = False, sky_refine: bool = True,
-                         person_refine: bool = True) -> dict[str, Any]:
+                         person_refine: bool = True, hair_refine: bool = True) -> dict[str, Any]:
     """Evaluate several checkpoints (label -> path). With ``derive_int8_from=label``, also evaluate that float
     checkpoint quantised + pruned to 2 layers in memory (label ``<label>-int8-l2``)."""
     from ..checkpoint import load_checkpoint
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     out: dict[str, Any] = {"split": split, "limit": limit, "refine": refine, "tta": tta, "sky_refine": sky_refine,
-                           "person_refine": person_refine, "models": {}, "results": {}}
+                           "person_refine": person_refine, "hair_refine": hair_refine, "models": {}, "results": {}}
     items = list(weights.items())
     for label, path in items:
         model, meta = load_checkpoint(path)
@@ -287,7 +288,8 @@ def evaluate_checkpoints(weights: dict[str, str | Path], data_dir: str | Path, s
                                   "dec_layers": m.num_dec_layers}
             out["results"][lab] = evaluate_model(m, data_dir, sets, split, limit, mean=norm["mean"],
                                                  std=norm["std"], progress=progress, refine=refine, tta=tta,
-                                                 sky_refine=sky_refine, person_refine=person_refine)
+                                                 sky_refine=sky_refine, person_refine=person_refine,
+                                                 hair_refine=hair_refine)
     return out
 
 
