@@ -332,8 +332,9 @@ def write_image(path: str | Path, display: np.ndarray, fmt: str | None = None, q
 
 
 def _writer_alive(pid: int, since: float) -> bool:
-    """Whether process ``pid`` exists and is old enough to have written a file modified at ``since`` (a reused
-    PID of a newer process does not count)."""
+    """Whether process ``pid`` exists, is not a zombie, and is old enough to have written a file modified at
+    ``since`` (a reused PID of a newer process does not count). A zombie is a writer that has died but was not yet
+    reaped: a SIGKILLed batch's workers are reparented to PID 1, which in a container may reap them late or never."""
     if pid == os.getpid():
         return False  # this process has no write in flight when it cleans up
     try:
@@ -342,21 +343,25 @@ def _writer_alive(pid: int, since: float) -> bool:
         return False
     except PermissionError:
         pass
-    started = _process_start_time(pid)
-    if started is None:
+    info = _process_state_and_start(pid)
+    if info is None:
         return True  # no /proc (not Linux): trust the PID
+    state, started = info
+    if state in ("Z", "X"):
+        return False
     return started <= since + 1.0
 
 
-def _process_start_time(pid: int) -> float | None:
-    """Epoch seconds at which ``pid`` started (Linux: /proc/PID/stat field 22 + boot time), or None."""
+def _process_state_and_start(pid: int) -> tuple[str, float] | None:
+    """(state letter, epoch seconds at which ``pid`` started) from Linux's /proc/PID/stat (fields 3 and 22, plus the
+    boot time), or None without /proc."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
         ticks = int(fields[19])  # field 22 overall; fields after "(comm)" start at field 3
         with open("/proc/stat", "rb") as f:
             btime = next(int(ln.split()[1]) for ln in f if ln.startswith(b"btime"))
-        return btime + ticks / os.sysconf("SC_CLK_TCK")
+        return fields[0].decode(), btime + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return None
 

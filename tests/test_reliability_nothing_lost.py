@@ -170,6 +170,28 @@ def test_stale_temps_from_a_killed_run_are_removed_at_start(tmp_path):
     assert remove_stale_temps(out) == 0
 
 
+def test_a_dead_but_unreaped_writer_does_not_keep_its_temp(tmp_path):
+    """A SIGKILLed batch's workers are reparented to PID 1, which in a container may reap them late: a zombie writer
+    is dead, and its temporary file goes (this kept a temp file after test_sigkill_mid_batch... now and then)."""
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 10:  # exited, not reaped by us: a zombie
+        if Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail("the child did not become a zombie")
+    try:
+        stale = tmp_path / f".z_standard.jpg.campipe-tmp-{zombie.pid}-abcd1234"
+        stale.write_bytes(b"half a jpeg")
+        live = tmp_path / f".y_standard.jpg.campipe-tmp-{os.getppid()}-abcd1234"
+        live.write_bytes(b"in progress")
+        assert remove_stale_temps(tmp_path) == 1
+        assert not stale.exists() and live.exists()
+    finally:
+        zombie.wait()
+
+
 def _write_over(path: str, size: int):
     try:
         atomic_write_bytes(path, b"N" * size, overwrite=True)
