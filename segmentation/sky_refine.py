@@ -19,8 +19,9 @@ entirely) is returned unchanged, so the refinement never invents sky the network
 Parameters (bins 32, weight 0.75, seeds 0.95 / 0.05) were chosen on 120 frames of the CamVid *training* split
 (pooled sky IoU at 0.5, shipped weights: 0.879 -> 0.898); on the validation split it moves sky 0.892 -> 0.912
 (``campipe eval ../shared/data --set camvid`` with and without ``--no-sky-refine``). Known limit: it also widens
-a false sky the network already reports with confidence (the astronaut sample's grey-blue backdrop: sky >= 0.5 on
-14 % -> 17 % of the frame).
+a false sky the network already reports with confidence (the astronaut sample's grey-blue backdrop, rendered 1.6
+stops too bright by the raw render used before 2026-12-05: sky >= 0.5 on 14 % -> 17 % of the frame with the v4
+weights).
 
 **Person** (:func:`refine_person`, since 2026-12-05): the same fusion on the person channel (before the union with
 the person instances) removes much of the plain background the network paints as person around close-up heads (on
