@@ -202,12 +202,10 @@ class Segmenter:
 
     def _refiners(self, classes) -> list[tuple[int, Any, str]]:
         """(channel index, refinement function, timing name) of the colour refinements to run, by channel index."""
-        from .sky_refine import refine_hair, refine_person, refine_sky
+        from .sky_refine import refiners
 
-        out = [(c, fn) for c, fn, on in (("sky", refine_sky, self.sky_refine),
-                                         ("person", refine_person, self.person_refine),
-                                         ("hair", refine_hair, self.hair_refine)) if on and c in classes]
-        return sorted((list(classes).index(c), fn, f"{c}_refine") for c, fn in out)
+        on = refiners(self.sky_refine, self.person_refine, self.hair_refine)
+        return sorted((list(classes).index(c), fn, f"{c}_refine") for c, fn in on if c in classes)
 
     def _refined(self, fn, prob: np.ndarray, rgb: np.ndarray, out_hw, g, g_rgb) -> np.ndarray:
         """``fn(prob, rgb)`` (a :mod:`.sky_refine` function). ``prob`` is the mask already at the output resolution

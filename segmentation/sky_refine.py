@@ -124,3 +124,10 @@ def refine_hair(prob: np.ndarray, rgb: np.ndarray, *, weight: float = HAIR_WEIGH
     """Hair probability refined by the photo's colours (module docstring, "Hair")."""
     return refine_by_colour(prob, rgb, weight=weight, bins=bins, sure=sure, sure_not=sure_not,
                             min_fraction=min_fraction)
+
+
+def refiners(sky: bool = True, person: bool = True, hair: bool = True) -> list[tuple[str, object]]:
+    """(class, refinement function) of the colour refinements switched on, in a fixed order; the one table behind
+    ``Segmenter(sky_refine=..., person_refine=..., hair_refine=...)`` and the evaluation's ``predict``. Functions are
+    looked up when called, so a replaced module attribute is the one used."""
+    return [(c, globals()[f"refine_{c}"]) for c, on in (("sky", sky), ("person", person), ("hair", hair)) if on]

@@ -40,7 +40,7 @@ import torch
 
 from ..postprocess import REFINE_MODES, decode_outputs, flip_canvas, letterbox, merge_flip, normalize, upsample_masks
 from ..inference import gray_guide
-from ..sky_refine import refine_hair, refine_person, refine_sky
+from ..sky_refine import refiners
 from .datasets import CAMVID_BICYCLIST, CAMVID_UNLABELLED, CELEBA_SKIN_IDS, list_stems, read_pair
 
 # set -> class -> (positive(raw), ignore(raw) or None, image filter(raw) or None)
@@ -182,9 +182,8 @@ def predict(model: torch.nn.Module, image: np.ndarray, input_size: tuple[int, in
     guide = gray_guide(img) if refine == "guided" else None
     sem = upsample_masks(raw.semantic, (H, W), guide)
     inst = upsample_masks(raw.instances, (H, W), guide)
-    for on, c, fn in ((sky_refine, "sky", refine_sky), (person_refine, "person", refine_person),
-                      (hair_refine, "hair", refine_hair)):
-        if on and c in classes:
+    for c, fn in refiners(sky_refine, person_refine, hair_refine):
+        if c in classes:
             i = list(classes).index(c)
             sem[i] = fn(sem[i], img)
     return {c: sem[i] for i, c in enumerate(classes)}, inst, raw.scores
