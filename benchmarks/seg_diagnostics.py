@@ -38,9 +38,15 @@ test-time augmentation would change.
   split); pooled IoU per class with campipe's protocol (guided upsampling, sky refined), and their mean. At EV 0,
   (b) renders the photo exactly as it was taken whenever its key lies in the range.
 
+* ``upsample``: how the masks are brought from the network's grid to the photo: on ``--split`` photos of every
+  set (default the training split, where the choice is made), the network runs once per photo and its masks are then
+  upsampled bilinearly and with the guided filter for a grid of window radii and regularisations (``--grid
+  R:EPS,...``), each class followed by its colour refinement as campipe runs it; pooled IoU at 0.5 per set and
+  class (person: the refined person channel united with the kept instances, upsampled the same way).
+
 Usage: ``python benchmarks/seg_diagnostics.py parts|flip-tta|class-scores|instance-oracle|static-head|twilight|
-photo-keys|exposure [--weights CKPT] [--data ../shared/data] [--limit K] [--split train|val]
-[--ranges P-Q,...]``. Not a test; needs the shared data.
+photo-keys|exposure|upsample [--weights CKPT] [--data ../shared/data] [--limit K] [--split train|val]
+[--ranges P-Q,...] [--grid R:EPS,...]``. Not a test; needs the shared data.
 """
 from __future__ import annotations
 
@@ -403,15 +409,71 @@ def exposure(model, data: Path, limit: int | None, split: str = "val", ranges: s
               + f"   all EVs {np.mean(mean):.4f}, EV -2..+1 {np.mean(mean[2:6]):.4f}")
 
 
+DEFAULT_GRID = "1:1e-3,2:1e-4,2:3e-4,2:1e-3,2:3e-3,2:1e-2,3:1e-3,4:1e-4,4:1e-3,4:1e-2"
+
+
+def upsample(model, data: Path, limit: int | None, split: str = "train", grid: str | None = None) -> None:
+    from campipe.segmentation.inference import gray_guide
+    from campipe.segmentation.postprocess import decode_outputs, upsample_masks
+    from campipe.segmentation.sky_refine import refiners
+    from campipe.segmentation.training.evaluate import EVAL_SPEC
+
+    cfg = model.cfg
+    classes = tuple(cfg.semantic_classes)
+    refine = dict(refiners())
+    variants: list[tuple[str, int, float]] = [("bilinear", 0, 0.0)]
+    for item in (grid or DEFAULT_GRID).split(","):
+        r, e = item.split(":")
+        variants.append((f"guided r{int(r)} eps{float(e):g}", int(r), float(e)))
+    counts: dict = {}
+    for s, specs in EVAL_SPEC.items():
+        stems = _spaced(list_stems(data, s, split), limit)
+        for stem in stems:
+            u8, lab = read_pair(data, s, stem)
+            img = u8.astype(np.float32) / 255.0
+            x, box = _net_input(model, u8)
+            with torch.no_grad():
+                out = {k: v.float().numpy() for k, v in model(x).items()
+                       if isinstance(v, torch.Tensor)}
+            raw = decode_outputs(out, box, classes, mask_stride=cfg.mask_stride)
+            H, W = u8.shape[:2]
+            guide = gray_guide(img)
+            stack = np.concatenate([raw.semantic, raw.instances], axis=0)
+            for name, r, e in variants:
+                up = upsample_masks(stack, (H, W), None if r == 0 else guide, r, e)
+                k = raw.semantic.shape[0]
+                for c, (pos_fn, ign_fn, filt) in specs.items():
+                    if filt is not None and not filt(lab):
+                        continue
+                    p = up[classes.index(c)]
+                    if c in refine:
+                        p = refine[c](p, img)
+                    if c == "person" and up.shape[0] > k:
+                        p = np.maximum(p, up[k:].max(0))
+                    gt = pos_fn(lab)
+                    ok = ~ign_fn(lab) if ign_fn is not None else np.ones_like(gt)
+                    b = (p >= 0.5) & ok
+                    a = counts.setdefault((s, c, name), np.zeros(3))
+                    a += [(b & gt).sum(), (b & ~gt).sum(), (~b & gt & ok).sum()]
+        print(f"  {s}: {len(stems)} {split} photos", flush=True)
+    pairs = sorted({(k[0], k[1]) for k in counts}, key=lambda sc: (sc[1], sc[0]))
+    iou = lambda k: counts[k][0] / max(1.0, counts[k].sum())  # noqa: E731
+    print(f"\n{'variant':24s} " + " ".join(f"{s[:6]}/{c[:6]}".rjust(14) for s, c in pairs))
+    for name, _, _ in variants:
+        print(f"{name:24s} " + " ".join(f"{iou((s, c, name)):14.4f}" for s, c in pairs), flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("parts", "flip-tta", "class-scores", "instance-oracle", "static-head",
-                                     "twilight", "photo-keys", "exposure"))
+                                     "twilight", "photo-keys", "exposure", "upsample"))
     ap.add_argument("--weights", default=str(HERE.parent / "segmentation" / "weights" / "hyperdetr.pt"))
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--split", default="val", choices=("train", "val"), help="exposure: photos of this split")
+    ap.add_argument("--split", default=None, choices=("train", "val"),
+                    help="exposure (default val) / upsample (default train): photos of this split")
+    ap.add_argument("--grid", default=None, help=f"upsample: guided-filter R:EPS pairs (default {DEFAULT_GRID})")
     ap.add_argument("--ranges", default=None,
                     help="exposure: compare KEY_RANGE candidates, percentile pairs of the training photos' keys "
                          "(e.g. 5-95,15-85,25-75) instead of the current range")
@@ -423,7 +485,10 @@ def main(argv=None) -> int:
            "static-head": static_head, "twilight": twilight_sky, "photo-keys": photo_keys,
            "exposure": exposure}.get(a.what)
     if run is exposure:
-        exposure(model, a.data, a.limit, a.split, a.ranges)
+        exposure(model, a.data, a.limit, a.split or "val", a.ranges)
+        return 0
+    if a.what == "upsample":
+        upsample(model, a.data, a.limit, a.split or "train", a.grid)
         return 0
     if run is not None:
         run(model, a.data, a.limit)
