@@ -40,8 +40,9 @@ test-time augmentation would change.
 
 * ``upsample``: how the masks are brought from the network's grid to the photo: on ``--split`` photos of every
   set (default the training split, where the choice is made), the network runs once per photo and its masks are then
-  upsampled bilinearly and with the guided filter for a grid of window radii and regularisations (``--grid
-  R:EPS,...``), each class followed by its colour refinement as campipe runs it; pooled IoU at 0.5 per set and
+  upsampled bilinearly, as campipe does (each class with its own window, ``postprocess.CLASS_GUIDE``) and
+  with the guided filter for a grid of window radii and regularisations (``--grid
+  R:EPS,...``; ``cR:EPS`` a colour guide), each class followed by its colour refinement as campipe runs it; pooled IoU at 0.5 per set and
   class (person: the refined person channel united with the kept instances, upsampled the same way).
 
 Usage: ``python benchmarks/seg_diagnostics.py parts|flip-tta|class-scores|instance-oracle|static-head|twilight|
@@ -413,18 +414,20 @@ DEFAULT_GRID = "1:1e-3,2:1e-4,2:3e-4,2:1e-3,2:3e-3,2:1e-2,3:1e-3,4:1e-4,4:1e-3,4
 
 
 def upsample(model, data: Path, limit: int | None, split: str = "train", grid: str | None = None) -> None:
+    from campipe.segmentation.guided_filter import guided_upsample_colour_khw
     from campipe.segmentation.inference import gray_guide
-    from campipe.segmentation.postprocess import decode_outputs, upsample_masks
+    from campipe.segmentation.postprocess import decode_outputs, upsample_classes, upsample_masks
     from campipe.segmentation.sky_refine import refiners
     from campipe.segmentation.training.evaluate import EVAL_SPEC
 
     cfg = model.cfg
     classes = tuple(cfg.semantic_classes)
     refine = dict(refiners())
-    variants: list[tuple[str, int, float]] = [("bilinear", 0, 0.0)]
-    for item in (grid or DEFAULT_GRID).split(","):
+    variants: list[tuple[str, int, float]] = [("bilinear", 0, 0.0), ("campipe (CLASS_GUIDE)", -1, 0.0)]
+    for item in (grid or DEFAULT_GRID).split(","):  # "R:EPS" gray guide, "cR:EPS" colour guide
         r, e = item.split(":")
-        variants.append((f"guided r{int(r)} eps{float(e):g}", int(r), float(e)))
+        kind = "colour" if r.startswith("c") else "guided"
+        variants.append((f"{kind} r{int(r.lstrip('c'))} eps{float(e):g}", int(r.lstrip("c")), float(e)))
     counts: dict = {}
     for s, specs in EVAL_SPEC.items():
         stems = _spaced(list_stems(data, s, split), limit)
@@ -440,7 +443,13 @@ def upsample(model, data: Path, limit: int | None, split: str = "train", grid: s
             guide = gray_guide(img)
             stack = np.concatenate([raw.semantic, raw.instances], axis=0)
             for name, r, e in variants:
-                up = upsample_masks(stack, (H, W), None if r == 0 else guide, r, e)
+                if r < 0:  # each class with its own window, as campipe runs it
+                    up = np.stack(upsample_classes(stack, list(classes) + ["person"] * len(raw.instances), (H, W),
+                                                   guide))
+                elif name.startswith("colour"):
+                    up = guided_upsample_colour_khw(stack, img, r, e)
+                else:
+                    up = upsample_masks(stack, (H, W), None if r == 0 else guide, r, e)
                 k = raw.semantic.shape[0]
                 for c, (pos_fn, ign_fn, filt) in specs.items():
                     if filt is not None and not filt(lab):

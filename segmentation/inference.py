@@ -41,8 +41,8 @@ import numpy as np
 from campipe.frame import PersonInstance
 
 from . import weights_path
-from .postprocess import (DEFAULT_DEDUP_IOU, DEFAULT_GUIDE_EPS, DEFAULT_GUIDE_RADIUS, REFINE_MODES, decode_outputs,
-                          flip_canvas, letterbox, merge_flip, normalize, upsample_masks)
+from .postprocess import (DEFAULT_DEDUP_IOU, REFINE_MODES, decode_outputs, flip_canvas, guide_params, letterbox,
+                          merge_flip, normalize, upsample_classes, upsample_masks)
 
 MODEL_NAME = "HyperDETR"
 MASK_KEYS = ("sky", "person", "hair", "skin", "teeth", "glasses")
@@ -101,7 +101,9 @@ class Segmenter:
         dedup_iou: drop a person instance whose mask overlaps a higher-scoring one by more than this IoU
             (duplicate answers of several queries); 1.0 keeps them all.
         refine: "guided" (edge-aware, default) or "bilinear" upsampling to the output resolution.
-        guide_radius, guide_eps: guided-filter window radius (network-resolution pixels) and regularisation.
+        guide_radius, guide_eps: guided-filter window radius (network-resolution pixels) and regularisation for
+            every class; default None: each class's own (:data:`.postprocess.CLASS_GUIDE`, else radius 2, eps
+            1e-3).
         sky_refine: refine the sky mask with the photo's colours (:mod:`.sky_refine`; default on). It runs at the
             resolution of the image given to the call and, when the output size differs (a ``guide`` or
             ``out_size``), the refined sky is upsampled from there.
@@ -114,7 +116,7 @@ class Segmenter:
 
     def __init__(self, weights=None, *, runtime: str = "auto", keep_dec_layers: int | None = None,
                  threads: int | None = None, max_persons: int = 4, score_threshold: float = 0.5,
-                 refine: str = "guided", guide_radius: int = DEFAULT_GUIDE_RADIUS, guide_eps: float = DEFAULT_GUIDE_EPS,
+                 refine: str = "guided", guide_radius: int | None = None, guide_eps: float | None = None,
                  dedup_iou: float = DEFAULT_DEDUP_IOU, tta: bool = False, sky_refine: bool = True,
                  person_refine: bool = True, hair_refine: bool = True) -> None:
         if not 0.0 <= dedup_iou <= 1.0:
@@ -139,7 +141,9 @@ class Segmenter:
         self.dedup_iou = float(dedup_iou)
         self.tta = bool(tta)
         self.sky_refine, self.person_refine, self.hair_refine = bool(sky_refine), bool(person_refine), bool(hair_refine)
-        self.refine, self.guide_radius, self.guide_eps = refine, int(guide_radius), float(guide_eps)
+        self.refine = refine
+        self.guide_radius = None if guide_radius is None else int(guide_radius)
+        self.guide_eps = None if guide_eps is None else float(guide_eps)
         self.mean = self.meta["normalization"]["mean"]
         self.std = self.meta["normalization"]["std"]
         self.classes = tuple(self.meta.get("classes") or self.cfg.semantic_classes)
@@ -207,15 +211,16 @@ class Segmenter:
         on = refiners(self.sky_refine, self.person_refine, self.hair_refine)
         return sorted((list(classes).index(c), fn, f"{c}_refine") for c, fn in on if c in classes)
 
-    def _refined(self, fn, prob: np.ndarray, rgb: np.ndarray, out_hw, g, g_rgb) -> np.ndarray:
-        """``fn(prob, rgb)`` (a :mod:`.sky_refine` function). ``prob`` is the mask already at the output resolution
-        when that is ``rgb``'s; otherwise the network-resolution mask, which is upsampled to ``rgb``'s resolution
-        (guided by ``g_rgb``, ``rgb``'s :func:`gray_guide`, or bilinear when None), refined there and upsampled to
-        ``out_hw`` like the other masks."""
+    def _refined(self, fn, name: str, prob: np.ndarray, rgb: np.ndarray, out_hw, g, g_rgb) -> np.ndarray:
+        """``fn(prob, rgb)`` (a :mod:`.sky_refine` function) for class ``name``. ``prob`` is the mask already at the
+        output resolution when that is ``rgb``'s; otherwise the network-resolution mask, which is upsampled to
+        ``rgb``'s resolution (guided by ``g_rgb``, ``rgb``'s :func:`gray_guide`, or bilinear when None), refined
+        there and upsampled to ``out_hw`` like the other masks (with the class's guided-filter window)."""
         if tuple(out_hw) == rgb.shape[:2]:
             return fn(prob, rgb)
-        at_rgb = upsample_masks(prob[None], rgb.shape[:2], g_rgb, self.guide_radius, self.guide_eps)[0]
-        return upsample_masks(fn(at_rgb, rgb)[None], out_hw, g, self.guide_radius, self.guide_eps)[0]
+        r, e = guide_params(name, self.guide_radius, self.guide_eps)
+        at_rgb = upsample_masks(prob[None], rgb.shape[:2], g_rgb, r, e)[0]
+        return upsample_masks(fn(at_rgb, rgb)[None], out_hw, g, r, e)[0]
 
     @property
     def info(self) -> dict[str, Any]:
@@ -278,8 +283,10 @@ class Segmenter:
         refiners = self._refiners(raw.classes)
         # at another output size the refined channels are upsampled on their own (below): not in the common stack
         apart = bool(refiners) and tuple(out_hw) != rgb.shape[:2]
-        sem = np.delete(raw.semantic, [i for i, _, _ in refiners], axis=0) if apart else raw.semantic
+        gone = [i for i, _, _ in refiners] if apart else []
+        sem = np.delete(raw.semantic, gone, axis=0)
         stack = np.concatenate([sem, raw.instances], axis=0)
+        names = [c for i, c in enumerate(raw.classes) if i not in gone] + ["person"] * len(raw.instances)
         g = g_rgb = None
         if self.refine == "guided":
             if guide is not None:
@@ -290,14 +297,14 @@ class Segmenter:
                     g = cv2.resize(g, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_LINEAR)
             if apart and g_rgb is None:
                 g_rgb = gray_guide(rgb)
-        planes = list(upsample_masks(stack, out_hw, g, self.guide_radius, self.guide_eps))
+        planes = upsample_classes(stack, names, out_hw, g, self.guide_radius, self.guide_eps)
         timings["upsample"] = time.perf_counter() - t
         for i, fn, name in refiners:  # ascending channel index: the inserts land where they were deleted
             t = time.perf_counter()
             if apart:
-                planes.insert(i, self._refined(fn, raw.semantic[i], rgb, out_hw, g, g_rgb))
+                planes.insert(i, self._refined(fn, raw.classes[i], raw.semantic[i], rgb, out_hw, g, g_rgb))
             else:
-                planes[i] = self._refined(fn, planes[i], rgb, out_hw, g, g_rgb)
+                planes[i] = self._refined(fn, raw.classes[i], planes[i], rgb, out_hw, g, g_rgb)
             timings[name] = time.perf_counter() - t
         k = raw.semantic.shape[0]
         masks = {name: planes[i] for i, name in enumerate(raw.classes)}

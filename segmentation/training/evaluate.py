@@ -38,7 +38,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..postprocess import REFINE_MODES, decode_outputs, flip_canvas, letterbox, merge_flip, normalize, upsample_masks
+from ..postprocess import (CLASS_GUIDE, REFINE_MODES, decode_outputs, flip_canvas, letterbox, merge_flip, normalize,
+                           upsample_classes)
 from ..inference import gray_guide
 from ..sky_refine import refiners
 from .datasets import CAMVID_BICYCLIST, CAMVID_UNLABELLED, CELEBA_SKIN_IDS, list_stems, read_pair
@@ -180,8 +181,11 @@ def predict(model: torch.nn.Module, image: np.ndarray, input_size: tuple[int, in
                          max_persons=max_persons)
     H, W = image.shape[:2]
     guide = gray_guide(img) if refine == "guided" else None
-    sem = upsample_masks(raw.semantic, (H, W), guide)
-    inst = upsample_masks(raw.instances, (H, W), guide)
+    k = raw.semantic.shape[0]
+    planes = upsample_classes(np.concatenate([raw.semantic, raw.instances]), list(classes) + ["person"] * len(
+        raw.instances), (H, W), guide)  # each class with its own guided-filter window, as campipe runs it
+    sem = np.stack(planes[:k]) if k else np.zeros((0, H, W), np.float32)
+    inst = np.stack(planes[k:]) if len(planes) > k else np.zeros((0, H, W), np.float32)
     for c, fn in refiners(sky_refine, person_refine, hair_refine):
         if c in classes:
             i = list(classes).index(c)
@@ -269,7 +273,9 @@ def evaluate_checkpoints(weights: dict[str, str | Path], data_dir: str | Path, s
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     out: dict[str, Any] = {"split": split, "limit": limit, "refine": refine, "tta": tta, "sky_refine": sky_refine,
-                           "person_refine": person_refine, "hair_refine": hair_refine, "models": {}, "results": {}}
+                           "person_refine": person_refine, "hair_refine": hair_refine,
+                           "guide_windows": {c: list(w) for c, w in CLASS_GUIDE.items()} if refine == "guided" else None,
+                           "models": {}, "results": {}}
     items = list(weights.items())
     for label, path in items:
         model, meta = load_checkpoint(path)
