@@ -115,3 +115,29 @@ def test_predict_upsamples_each_class_with_its_window():
     np.testing.assert_allclose(probs["teeth"], upsample_masks(stack, (64, 64), g, 1, 1e-2)[0], atol=1e-5)
     np.testing.assert_allclose(probs["skin"], upsample_masks(stack, (64, 64), g, 2, 1e-3)[0], atol=1e-5)
     assert np.abs(probs["teeth"] - probs["skin"]).max() > 1e-3
+
+
+def test_colour_guide_equals_gray_guide_with_a_third_of_eps_on_gray_photos():
+    """The colour-guide filter (benchmarks/seg_diagnostics.py upsample, measured and not adopted) is He et al.'s: on
+    a gray photo (R = G = B) Sigma + eps U has the gray variance 3 times along (1, 1, 1), so it equals the gray filter
+    with eps / 3; on a colour photo it follows an edge of equal luminance that the gray guide cannot see."""
+    from campipe.segmentation.guided_filter import guided_upsample_colour_khw, guided_upsample_khw
+
+    rng = np.random.default_rng(0)
+    gray = rng.random((40, 60, 1), dtype=np.float32)
+    lo = rng.random((3, 20, 30), dtype=np.float32)
+    np.testing.assert_allclose(guided_upsample_colour_khw(lo, np.repeat(gray, 3, 2), 2, 3e-3),
+                               guided_upsample_khw(lo, gray[..., 0], 2, 1e-3), atol=1e-5)
+    rgb = np.zeros((40, 60, 3), np.float32)
+    rgb[:, :30] = (0.6, 0.2, 0.2)                              # red | green of nearly the same luma
+    rgb[:, 30:] = (0.2, 0.3, 0.2)
+    lum = rgb @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+    mask = np.zeros((1, 20, 30), np.float32)
+    mask[:, :, :15] = 1.0
+    mask = np.asarray(__import__("cv2").GaussianBlur(mask[0], (7, 7), 2.0))[None]
+    edge_c = guided_upsample_colour_khw(mask, rgb, 2, 1e-4)[0]
+    edge_g = guided_upsample_khw(mask, lum, 2, 1e-4)[0]
+    step = lambda m: m[20, 31] - m[20, 28]  # noqa: E731
+    assert step(edge_c) < step(edge_g) - 0.2                   # sharper drop across the colour edge
+    with pytest.raises(ValueError, match="colour guide"):
+        guided_upsample_colour_khw(lo, gray, 2, 1e-3)
