@@ -45,8 +45,13 @@ test-time augmentation would change.
   R:EPS,...``; ``cR:EPS`` a colour guide), each class followed by its colour refinement as campipe runs it; pooled IoU at 0.5 per set and
   class (person: the refined person channel united with the kept instances, upsampled the same way).
 
+* ``thresholds``: where the best threshold of each class lies *after* campipe's whole post-processing (guided
+  upsampling with the class windows, colour refinements), which the calibration (fitted on the network's own
+  outputs) does not see: pooled IoU per set and class at thresholds 0.05 ... 0.95 on ``--split`` photos (default
+  the training split), and per class the best threshold for the mean over the sets labelling it.
+
 Usage: ``python benchmarks/seg_diagnostics.py parts|flip-tta|class-scores|instance-oracle|static-head|twilight|
-photo-keys|exposure|upsample [--weights CKPT] [--data ../shared/data] [--limit K] [--split train|val]
+photo-keys|exposure|upsample|thresholds [--weights CKPT] [--data ../shared/data] [--limit K] [--split train|val]
 [--ranges P-Q,...] [--grid R:EPS,...]``. Not a test; needs the shared data.
 """
 from __future__ import annotations
@@ -472,16 +477,56 @@ def upsample(model, data: Path, limit: int | None, split: str = "train", grid: s
         print(f"{name:24s} " + " ".join(f"{iou((s, c, name)):14.4f}" for s, c in pairs), flush=True)
 
 
+def thresholds(model, data: Path, limit: int | None, split: str = "train") -> None:
+    from campipe.segmentation.training.evaluate import EVAL_SPEC
+
+    cfg = model.cfg
+    edges = np.linspace(0.0, 1.0, 101)
+    hist: dict = {}
+    for s, specs in EVAL_SPEC.items():
+        stems = _spaced(list_stems(data, s, split), limit)
+        for stem in stems:
+            u8, lab = read_pair(data, s, stem)
+            probs, inst, _ = predict(model, u8, cfg.input_size, IMAGENET_MEAN, IMAGENET_STD,
+                                     tuple(cfg.semantic_classes), cfg.mask_stride)
+            if "person" in probs and len(inst):
+                probs["person"] = np.maximum(probs["person"], inst.max(0))
+            for c, (pos_fn, ign_fn, filt) in specs.items():
+                if filt is not None and not filt(lab):
+                    continue
+                gt = pos_fn(lab)
+                ok = ~ign_fn(lab) if ign_fn is not None else np.ones_like(gt)
+                h = hist.setdefault((s, c), np.zeros((2, 100)))
+                h[0] += np.histogram(probs[c][gt & ok], edges)[0]
+                h[1] += np.histogram(probs[c][~gt & ok], edges)[0]
+        print(f"  {s}: {len(stems)} {split} photos", flush=True)
+    ts = np.arange(5, 100, 5)
+
+    def iou(h, t):  # predicted positive: probability >= t / 100
+        tp, fn, fp = h[0, t:].sum(), h[0, :t].sum(), h[1, t:].sum()
+        return tp / max(1.0, tp + fn + fp)
+    print(f"\n{'set/class':20s} " + " ".join(f"{t / 100:5.2f}" for t in ts))
+    for (s, c), h in sorted(hist.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        print(f"{s + '/' + c:20s} " + " ".join(f"{iou(h, t):5.3f}" for t in ts))
+    print("\nper class, mean over its sets: IoU at 0.50 -> best threshold (IoU)")
+    for c in sorted({c for _, c in hist}):
+        hs = [h for (s, cc), h in hist.items() if cc == c]
+        curve = {t: float(np.mean([iou(h, t) for h in hs])) for t in range(5, 96)}
+        best = max(curve, key=curve.get)
+        print(f"  {c:8s} {curve[50]:.4f} -> {best / 100:.2f} ({curve[best]:.4f}, {curve[best] - curve[50]:+.4f})")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("parts", "flip-tta", "class-scores", "instance-oracle", "static-head",
-                                     "twilight", "photo-keys", "exposure", "upsample"))
+                                     "twilight", "photo-keys", "exposure", "upsample",
+                                     "thresholds"))
     ap.add_argument("--weights", default=str(HERE.parent / "segmentation" / "weights" / "hyperdetr.pt"))
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--split", default=None, choices=("train", "val"),
-                    help="exposure (default val) / upsample (default train): photos of this split")
+                    help="exposure (default val) / upsample, thresholds (default train): photos of this split")
     ap.add_argument("--grid", default=None, help=f"upsample: guided-filter R:EPS pairs (default {DEFAULT_GRID})")
     ap.add_argument("--ranges", default=None,
                     help="exposure: compare KEY_RANGE candidates, percentile pairs of the training photos' keys "
@@ -498,6 +543,9 @@ def main(argv=None) -> int:
         return 0
     if a.what == "upsample":
         upsample(model, a.data, a.limit, a.split or "train", a.grid)
+        return 0
+    if a.what == "thresholds":
+        thresholds(model, a.data, a.limit, a.split or "train")
         return 0
     if run is not None:
         run(model, a.data, a.limit)
