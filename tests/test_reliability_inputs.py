@@ -21,7 +21,7 @@ import tifffile
 from campipe.cameras import get_camera
 from campipe.decode import decode_file
 from campipe.dng import _EXIF_PLACEHOLDER, dng_tags
-from campipe.errors import CampipeError, DecodeError, UnsupportedFormatError
+from campipe.errors import DecodeError, UnsupportedFormatError
 from campipe.simulate import simulate_raw
 
 # ------------------------------------------------------------------------------------------------ generators ---
