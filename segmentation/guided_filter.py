@@ -66,25 +66,33 @@ def guided_upsample(masks_lo: np.ndarray, guide_hi: np.ndarray, radius: int = 2,
     return np.ascontiguousarray(guided_upsample_khw(m.transpose(2, 0, 1), guide_hi, radius, eps).transpose(1, 2, 0))
 
 
-def guided_upsample_khw(masks_khw: np.ndarray, guide_hi: np.ndarray, radius: int = 2,
-                        eps: float = 1e-3) -> np.ndarray:
+def guided_upsample_khw(masks_khw: np.ndarray, guide_hi: np.ndarray, radius=2, eps=1e-3) -> np.ndarray:
     """Guided upsampling of a (K, h, w) stack of soft masks to the guide's (H, W): contiguous (K, H, W) float32.
 
-    Memory-lean for large guides: the coefficients are computed at low resolution, then each channel is
-    upsampled and applied on its own (two threads), writing straight into the preallocated output — no (H, W, K)
-    temporaries (at 12 MP and K = 10 those are 480 MB each)."""
+    ``radius`` / ``eps``: one window for every plane, or a sequence of K (one per plane: classes with their own
+    windows, :data:`campipe.segmentation.postprocess.CLASS_GUIDE`); planes sharing a window get their coefficients
+    in one pass. Memory-lean for large guides: the guide is shrunk once, the coefficients are computed at low
+    resolution, then every plane is upsampled and applied on its own (two threads over all K planes), writing straight
+    into the preallocated output: no (H, W, K) temporaries (at 12 MP and K = 10 those are 480 MB each)."""
     from concurrent.futures import ThreadPoolExecutor
 
     if guide_hi.ndim != 2:
         raise ValueError(f"guide must be (H, W), got {guide_hi.shape}")
     k, h, w = masks_khw.shape
+    rs = [int(r) for r in np.broadcast_to(np.asarray(radius), (k,))]
+    es = [float(e) for e in np.broadcast_to(np.asarray(eps, np.float64), (k,))]
     guide_hi = np.ascontiguousarray(guide_hi, dtype=np.float32)
     H, W = guide_hi.shape
     hwk = np.ascontiguousarray(np.asarray(masks_khw, np.float32).transpose(1, 2, 0))
     guide_lo = cv2.resize(guide_hi, (w, h), interpolation=cv2.INTER_AREA) if (h, w) != (H, W) else guide_hi
-    mean_a, mean_b = _coefficients(guide_lo, hwk if k > 1 else hwk[..., 0], radius, eps)
-    mean_a = mean_a.reshape(h, w, k)
-    mean_b = mean_b.reshape(h, w, k)
+    mean_a = np.empty((h, w, k), np.float32)
+    mean_b = np.empty((h, w, k), np.float32)
+    for win in dict.fromkeys(zip(rs, es)):
+        idx = [i for i in range(k) if (rs[i], es[i]) == win]
+        src = hwk[..., idx] if len(idx) > 1 else hwk[..., idx[0]]
+        a, b = _coefficients(guide_lo, src, *win)
+        mean_a[..., idx] = a.reshape(h, w, len(idx))
+        mean_b[..., idx] = b.reshape(h, w, len(idx))
     out = np.empty((k, H, W), np.float32)
 
     def one(i: int) -> None:

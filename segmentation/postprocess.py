@@ -217,24 +217,21 @@ def upsample_classes(stack_khw: np.ndarray, names, out_hw: tuple[int, int], guid
                      radius: int | None = None, eps: float | None = None) -> list[np.ndarray]:
     """Like :func:`upsample_masks` for a stack of masks named ``names`` (one class name per plane), each upsampled
     with its class's window (:func:`guide_params`; ``radius``/``eps`` given apply to every plane). Returns a list of
-    K float32 (H, W) planes in [0, 1], in the stack's order; bilinear for every plane when ``guide`` is None."""
+    K float32 (H, W) planes in [0, 1] (views of one (K, H, W) array), in the stack's order; bilinear for every plane
+    when ``guide`` is None."""
     names = list(names)
     if len(names) != stack_khw.shape[0]:
         raise ValueError(f"{len(names)} names for {stack_khw.shape[0]} masks")
-    planes: list[np.ndarray | None] = [None] * len(names)
-    groups: dict[tuple[int, float], list[int]] = {}
-    for i, n in enumerate(names):
-        groups.setdefault(guide_params(n, radius, eps) if guide is not None else (0, 0.0), []).append(i)
-    for (r, e), idx in groups.items():
-        up = upsample_masks(stack_khw[idx], out_hw, guide, r, e)
-        for j, i in enumerate(idx):
-            planes[i] = up[j]
-    return planes  # type: ignore[return-value]
+    if not names:
+        return []
+    wins = [guide_params(n, radius, eps) for n in names]
+    return list(upsample_masks(stack_khw, out_hw, guide, [r for r, _ in wins], [e for _, e in wins]))
 
 
 def upsample_masks(stack_khw: np.ndarray, out_hw: tuple[int, int], guide: np.ndarray | None = None,
-                   radius: int = DEFAULT_GUIDE_RADIUS, eps: float = DEFAULT_GUIDE_EPS) -> np.ndarray:
-    """(K, h, w) masks -> (K, H, W) float32 in [0, 1]; guided by ``guide`` (H, W) if given, else bilinear."""
+                   radius=DEFAULT_GUIDE_RADIUS, eps=DEFAULT_GUIDE_EPS) -> np.ndarray:
+    """(K, h, w) masks -> (K, H, W) float32 in [0, 1]; guided by ``guide`` (H, W) if given, else bilinear.
+    ``radius`` / ``eps``: one guided-filter window, or one per plane (sequences of K)."""
     k = stack_khw.shape[0]
     H, W = out_hw
     if k == 0:

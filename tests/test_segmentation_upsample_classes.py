@@ -141,3 +141,19 @@ def test_colour_guide_equals_gray_guide_with_a_third_of_eps_on_gray_photos():
     assert step(edge_c) < step(edge_g) - 0.2                   # sharper drop across the colour edge
     with pytest.raises(ValueError, match="colour guide"):
         guided_upsample_colour_khw(lo, gray, 2, 1e-3)
+
+
+def test_guided_upsample_khw_with_one_window_per_plane():
+    """Per-plane windows (one pass for the planes sharing a window, one thread pool for all) == each plane alone."""
+    from campipe.segmentation.guided_filter import guided_upsample_khw
+
+    rng = np.random.default_rng(3)
+    lo = rng.random((5, 10, 14), dtype=np.float32)
+    guide = rng.random((30, 42), dtype=np.float32)
+    rs, es = [1, 2, 6, 2, 1], [1e-2, 1e-3, 1e-3, 1e-3, 1e-2]
+    out = guided_upsample_khw(lo, guide, rs, es)
+    assert out.shape == (5, 30, 42) and out.flags.c_contiguous
+    for i in range(5):
+        np.testing.assert_array_equal(out[i], guided_upsample_khw(lo[i:i + 1], guide, rs[i], es[i])[0])
+    with pytest.raises(ValueError):
+        guided_upsample_khw(lo, guide, [1, 2], 1e-3)                  # not one window per plane
