@@ -39,3 +39,16 @@ def tiny_checkpoint(path: Path, seed: int = 0, quantize: bool = False, **kw) -> 
     m = calibrated_model(tiny_config(**kw), seed)
     return save_checkpoint(path, m, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), quantize=quantize,
                            metrics={"note": "random init (test)"})
+
+
+class SoftRampModel(torch.nn.Module):
+    """Stand-in network for post-processing tests: input (32, 32), mask stride 2, six static channels that are all
+    the same left-to-right logit ramp -3 ... 3 over 16 columns (a blurry vertical edge), no instance outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.cfg = HyperDETRConfig(input_size=(32, 32), mask_stride=2)
+
+    def forward(self, x, scene_only=False):
+        ramp = torch.linspace(-3, 3, 16).view(1, 1, 1, 16).expand(x.shape[0], 6, 16, 16)
+        return {"sem_logits": ramp.clone()}

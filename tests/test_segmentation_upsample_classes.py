@@ -2,11 +2,10 @@
 class's window, the Segmenter and the evaluation's predict both doing so, and why teeth need a small window."""
 import numpy as np
 import pytest
-import torch
 
 from campipe.segmentation.postprocess import (CLASS_GUIDE, DEFAULT_GUIDE_EPS, DEFAULT_GUIDE_RADIUS, guide_params,
                                               upsample_classes, upsample_masks)
-from test_segmentation_helpers import tiny_checkpoint
+from test_segmentation_helpers import SoftRampModel, tiny_checkpoint
 
 CLASSES = ("sky", "person", "hair", "skin", "teeth", "glasses")
 
@@ -93,21 +92,11 @@ def test_segmenter_upsamples_each_class_with_its_window(ckpt, out_size):
 
 def test_predict_upsamples_each_class_with_its_window():
     """The evaluation's predict upsamples as campipe does: teeth with CLASS_GUIDE's window, skin with the default."""
-    from campipe.segmentation.config import HyperDETRConfig
     from campipe.segmentation.inference import gray_guide
     from campipe.segmentation.training.evaluate import predict
 
-    class _Soft(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.cfg = HyperDETRConfig(input_size=(32, 32), mask_stride=2)
-
-        def forward(self, x, scene_only=False):
-            ramp = torch.linspace(-3, 3, 16).view(1, 1, 1, 16).expand(x.shape[0], 6, 16, 16)
-            return {"sem_logits": ramp.clone()}
-
     img = (np.random.default_rng(2).random((64, 64, 3)) * 255).astype(np.uint8)
-    probs, _, _ = predict(_Soft(), img, (32, 32), (0.0,) * 3, (1.0,) * 3, CLASSES, 2, max_persons=0,
+    probs, _, _ = predict(SoftRampModel(), img, (32, 32), (0.0,) * 3, (1.0,) * 3, CLASSES, 2, max_persons=0,
                           sky_refine=False, person_refine=False, hair_refine=False)
     raw = 1 / (1 + np.exp(-np.linspace(-3, 3, 16, dtype=np.float32)))
     stack = np.tile(raw, (16, 1))[None]

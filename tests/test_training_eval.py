@@ -12,6 +12,7 @@ import torch
 from campipe.segmentation.config import HyperDETRConfig
 from campipe.segmentation.training.evaluate import (IoUAccumulator, PQAccumulator, evaluate_model, format_table,
                                                     panoptic_segments)
+from test_segmentation_helpers import SoftRampModel
 
 
 def test_pooled_iou_is_not_mean_of_ious():
@@ -156,20 +157,11 @@ def test_predict_upsampling_is_the_products():
     from campipe.segmentation.postprocess import upsample_masks
     from campipe.segmentation.training.evaluate import predict
 
-    class _Soft(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.cfg = HyperDETRConfig(input_size=(32, 32), mask_stride=2)
-
-        def forward(self, x, scene_only=False):
-            ramp = torch.linspace(-3, 3, 16).view(1, 1, 1, 16).expand(x.shape[0], 6, 16, 16)
-            return {"sem_logits": ramp.clone()}
-
     img = np.zeros((64, 64, 3), np.uint8)
     img[:, 40:] = 255                                   # an edge right of the mask's 0.5 crossing
     mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    g, _, _ = predict(_Soft(), img, (32, 32), mean, std, tuple("abcdef"), 2, max_persons=0)
-    b, _, _ = predict(_Soft(), img, (32, 32), mean, std, tuple("abcdef"), 2, max_persons=0, refine="bilinear")
+    g, _, _ = predict(SoftRampModel(), img, (32, 32), mean, std, tuple("abcdef"), 2, max_persons=0)
+    b, _, _ = predict(SoftRampModel(), img, (32, 32), mean, std, tuple("abcdef"), 2, max_persons=0, refine="bilinear")
     raw = 1 / (1 + np.exp(-np.linspace(-3, 3, 16, dtype=np.float32)))
     stack = np.repeat(np.tile(raw, (16, 1))[None], 6, 0)
     np.testing.assert_allclose(g["a"], upsample_masks(stack, (64, 64), gray_guide(img / np.float32(255)))[0],
@@ -177,7 +169,7 @@ def test_predict_upsampling_is_the_products():
     np.testing.assert_allclose(b["a"], upsample_masks(stack, (64, 64))[0], atol=1e-6)
     assert np.abs(g["a"] - b["a"]).max() > 0.01
     with pytest.raises(ValueError, match="refine"):
-        predict(_Soft(), img, (32, 32), mean, std, tuple("abcdef"), 2, refine="nearest")
+        predict(SoftRampModel(), img, (32, 32), mean, std, tuple("abcdef"), 2, refine="nearest")
 
 
 def test_eval_person_is_channel_or_instances(tmp_path):
