@@ -229,7 +229,9 @@ class Segmenter:
                 "num_queries": self.cfg.num_queries, "input_size": list(self.cfg.input_size),
                 "quantized": bool(self.meta.get("quantized", False)), "classes": list(self.classes),
                 "tta": self.tta, "sky_refine": self.sky_refine, "person_refine": self.person_refine,
-                "hair_refine": self.hair_refine}
+                "hair_refine": self.hair_refine, "upsampling": self.refine,
+                "guide_windows": {c: list(guide_params(c, self.guide_radius, self.guide_eps)) for c in self.classes}
+                if self.refine == "guided" else None}
 
     def _runner_for(self, scene_only: bool):
         if not scene_only:

@@ -146,3 +146,17 @@ def test_guided_upsample_khw_with_one_window_per_plane():
         np.testing.assert_array_equal(out[i], guided_upsample_khw(lo[i:i + 1], guide, rs[i], es[i])[0])
     with pytest.raises(ValueError):
         guided_upsample_khw(lo, guide, [1, 2], 1e-3)                  # not one window per plane
+
+
+def test_segmenter_reports_its_upsampling_windows(ckpt):
+    """segments.json's model block says how the masks were upsampled: the per-class windows, or bilinear."""
+    from campipe.segmentation.inference import Segmenter
+
+    info = Segmenter(ckpt, runtime="torch").info
+    assert info["upsampling"] == "guided"
+    assert info["guide_windows"]["teeth"] == [1, 1e-2] and info["guide_windows"]["hair"] == [6, 1e-3]
+    assert info["guide_windows"]["skin"] == [2, 1e-3]
+    forced = Segmenter(ckpt, runtime="torch", guide_radius=3, guide_eps=1e-4).info["guide_windows"]
+    assert set(map(tuple, forced.values())) == {(3, 1e-4)}
+    bil = Segmenter(ckpt, runtime="torch", refine="bilinear").info
+    assert bil["upsampling"] == "bilinear" and bil["guide_windows"] is None
