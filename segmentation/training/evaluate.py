@@ -181,11 +181,9 @@ def predict(model: torch.nn.Module, image: np.ndarray, input_size: tuple[int, in
                          max_persons=max_persons)
     H, W = image.shape[:2]
     guide = gray_guide(img) if refine == "guided" else None
-    k = raw.semantic.shape[0]
-    planes = upsample_classes(np.concatenate([raw.semantic, raw.instances]), list(classes) + ["person"] * len(
-        raw.instances), (H, W), guide)  # each class with its own guided-filter window, as campipe runs it
-    sem = np.stack(planes[:k]) if k else np.zeros((0, H, W), np.float32)
-    inst = np.stack(planes[k:]) if len(planes) > k else np.zeros((0, H, W), np.float32)
+    names = list(classes) + ["person"] * len(raw.instances)  # each class with its own window, as campipe runs it
+    up = np.stack(upsample_classes(np.concatenate([raw.semantic, raw.instances]), names, (H, W), guide))
+    sem, inst = up[:len(classes)], up[len(classes):]
     for c, fn in refiners(sky_refine, person_refine, hair_refine):
         if c in classes:
             i = list(classes).index(c)
