@@ -1,5 +1,6 @@
 """Per-class guided-filter windows (postprocess.CLASS_GUIDE): exact parameter lookup, each plane upsampled with its
 class's window, the Segmenter and the evaluation's predict both doing so, and why teeth need a small window."""
+import cv2
 import numpy as np
 import pytest
 
@@ -49,7 +50,7 @@ def test_small_window_keeps_a_mouth_of_bright_teeth_and_dark_tongue():
     s = 4                                                      # upsampling factor
     lab_lo = np.zeros((16, 16), np.float32)
     lab_lo[6:10, 5:11] = 1.0                                   # mouth, 4 x 6 low-resolution pixels
-    lo = np.clip(cv_blur(lab_lo), 0, 1)                        # the network's soft version of it
+    lo = np.clip(cv2.GaussianBlur(lab_lo, (3, 3), 0.8), 0, 1)  # the network's soft version of it
     guide = np.full((64, 64), 0.55, np.float32)                # skin
     guide[20:44, 16:48] = 0.45                                 # lips around the mouth
     guide[24:32, 20:44] = 0.95                                 # teeth
@@ -61,11 +62,6 @@ def test_small_window_keeps_a_mouth_of_bright_teeth_and_dark_tongue():
         return (m & gt).sum() / (m | gt).sum()
 
     assert iou(1) > iou(2) + 0.05
-
-
-def cv_blur(x):
-    import cv2
-    return cv2.GaussianBlur(x, (3, 3), 0.8)
 
 
 @pytest.fixture
@@ -123,7 +119,7 @@ def test_colour_guide_equals_gray_guide_with_a_third_of_eps_on_gray_photos():
     lum = rgb @ np.array([0.2126, 0.7152, 0.0722], np.float32)
     mask = np.zeros((1, 20, 30), np.float32)
     mask[:, :, :15] = 1.0
-    mask = np.asarray(__import__("cv2").GaussianBlur(mask[0], (7, 7), 2.0))[None]
+    mask = cv2.GaussianBlur(mask[0], (7, 7), 2.0)[None]
     edge_c = guided_upsample_colour_khw(mask, rgb, 2, 1e-4)[0]
     edge_g = guided_upsample_khw(mask, lum, 2, 1e-4)[0]
     step = lambda m: m[20, 31] - m[20, 28]  # noqa: E731
