@@ -345,6 +345,23 @@ def training_keys(data: Path, limit: int | None = None) -> dict[str, list[float]
     return out
 
 
+def _truth(spec, lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positive pixels, scored pixels) of one ``EVAL_SPEC`` entry on a raw label map."""
+    pos_fn, ign_fn, _ = spec
+    gt = pos_fn(lab)
+    return gt, (~ign_fn(lab) if ign_fn is not None else np.ones_like(gt))
+
+
+def _tally(counts: dict, key, pred: np.ndarray, gt: np.ndarray, ok: np.ndarray) -> None:
+    """Add one photo's (TP, FP, FN) of ``pred`` (bool) to ``counts[key]`` (pooled IoU, ignored pixels left out)."""
+    p = pred & ok
+    counts.setdefault(key, np.zeros(3))[:] += [(p & gt).sum(), (p & ~gt).sum(), (~p & gt & ok).sum()]
+
+
+def _pooled_iou(a: np.ndarray) -> float:
+    return float(a[0] / max(1.0, a.sum()))
+
+
 def _spaced(stems: list[str], limit: int | None) -> list[str]:
     if limit and limit < len(stems):
         return [stems[i] for i in np.linspace(0, len(stems) - 1, limit).round().astype(int)]
@@ -396,15 +413,10 @@ def exposure(model, data: Path, limit: int | None, split: str = "val", ranges: s
                                           tuple(cfg.semantic_classes), cfg.mask_stride)[0]
                     probs = seen[g]
                     for c in classes:
-                        pos_fn, ign_fn, _ = EVAL_SPEC[s][c]
-                        gt = pos_fn(raw)
-                        ok = ~ign_fn(raw) if ign_fn is not None else np.ones_like(gt)
-                        p_ = (probs[c] >= 0.5) & ok
-                        a = counts.setdefault((s, c, pol, ev), np.zeros(3))
-                        a += [(p_ & gt).sum(), (p_ & ~gt & ok).sum(), (~p_ & gt & ok).sum()]
+                        _tally(counts, (s, c, pol, ev), probs[c] >= 0.5, *_truth(EVAL_SPEC[s][c], raw))
         print(f"  {s}: {len(stems)} {split} photos", flush=True)
     pairs = sorted({(k[0], k[1]) for k in counts})
-    iou = lambda s, c, pol, ev: counts[(s, c, pol, ev)][0] / max(1.0, counts[(s, c, pol, ev)].sum())  # noqa: E731
+    iou = lambda s, c, pol, ev: _pooled_iou(counts[(s, c, pol, ev)])  # noqa: E731
     print(f"\n{'set/class':18s} {'policy':34s} " + " ".join(f"EV {ev:+.0f}".rjust(6) for ev in evs))
     for s, c in pairs:
         for pol in policies:
@@ -428,11 +440,14 @@ def upsample(model, data: Path, limit: int | None, split: str = "train", grid: s
     cfg = model.cfg
     classes = tuple(cfg.semantic_classes)
     refine = dict(refiners())
-    variants: list[tuple[str, int, float]] = [("bilinear", 0, 0.0), ("campipe (CLASS_GUIDE)", -1, 0.0)]
+    # (row name, kind, radius, eps); kind: "bilinear", "campipe" (CLASS_GUIDE), "guided" (gray), "colour"
+    variants: list[tuple[str, str, int, float]] = [("bilinear", "bilinear", 0, 0.0),
+                                                   ("campipe (CLASS_GUIDE)", "campipe", 0, 0.0)]
     for item in (grid or DEFAULT_GRID).split(","):  # "R:EPS" gray guide, "cR:EPS" colour guide
         r, e = item.split(":")
         kind = "colour" if r.startswith("c") else "guided"
-        variants.append((f"{kind} r{int(r.lstrip('c'))} eps{float(e):g}", int(r.lstrip("c")), float(e)))
+        variants.append((f"{kind} r{int(r.lstrip('c'))} eps{float(e):g}", kind, int(r.lstrip("c")), float(e)))
+    k = len(classes)
     counts: dict = {}
     for s, specs in EVAL_SPEC.items():
         stems = _spaced(list_stems(data, s, split), limit)
@@ -447,34 +462,29 @@ def upsample(model, data: Path, limit: int | None, split: str = "train", grid: s
             H, W = u8.shape[:2]
             guide = gray_guide(img)
             stack = np.concatenate([raw.semantic, raw.instances], axis=0)
-            for name, r, e in variants:
-                if r < 0:  # each class with its own window, as campipe runs it
+            for name, kind, r, e in variants:
+                if kind == "campipe":  # each class with its own window, as campipe runs it
                     up = np.stack(upsample_classes(stack, list(classes) + ["person"] * len(raw.instances), (H, W),
                                                    guide))
-                elif name.startswith("colour"):
+                elif kind == "colour":
                     up = guided_upsample_colour_khw(stack, img, r, e)
                 else:
-                    up = upsample_masks(stack, (H, W), None if r == 0 else guide, r, e)
-                k = raw.semantic.shape[0]
-                for c, (pos_fn, ign_fn, filt) in specs.items():
-                    if filt is not None and not filt(lab):
+                    up = upsample_masks(stack, (H, W), guide if kind == "guided" else None, r, e)
+                for c, spec in specs.items():
+                    if spec[2] is not None and not spec[2](lab):
                         continue
                     p = up[classes.index(c)]
                     if c in refine:
                         p = refine[c](p, img)
                     if c == "person" and up.shape[0] > k:
                         p = np.maximum(p, up[k:].max(0))
-                    gt = pos_fn(lab)
-                    ok = ~ign_fn(lab) if ign_fn is not None else np.ones_like(gt)
-                    b = (p >= 0.5) & ok
-                    a = counts.setdefault((s, c, name), np.zeros(3))
-                    a += [(b & gt).sum(), (b & ~gt).sum(), (~b & gt & ok).sum()]
+                    _tally(counts, (s, c, name), p >= 0.5, *_truth(spec, lab))
         print(f"  {s}: {len(stems)} {split} photos", flush=True)
     pairs = sorted({(k[0], k[1]) for k in counts}, key=lambda sc: (sc[1], sc[0]))
-    iou = lambda k: counts[k][0] / max(1.0, counts[k].sum())  # noqa: E731
     print(f"\n{'variant':24s} " + " ".join(f"{s[:6]}/{c[:6]}".rjust(14) for s, c in pairs))
-    for name, _, _ in variants:
-        print(f"{name:24s} " + " ".join(f"{iou((s, c, name)):14.4f}" for s, c in pairs), flush=True)
+    for name, *_ in variants:
+        print(f"{name:24s} " + " ".join(f"{_pooled_iou(counts[(s, c, name)]):14.4f}" for s, c in pairs),
+              flush=True)
 
 
 def thresholds(model, data: Path, limit: int | None, split: str = "train") -> None:
@@ -491,11 +501,10 @@ def thresholds(model, data: Path, limit: int | None, split: str = "train") -> No
                                      tuple(cfg.semantic_classes), cfg.mask_stride)
             if "person" in probs and len(inst):
                 probs["person"] = np.maximum(probs["person"], inst.max(0))
-            for c, (pos_fn, ign_fn, filt) in specs.items():
-                if filt is not None and not filt(lab):
+            for c, spec in specs.items():
+                if spec[2] is not None and not spec[2](lab):
                     continue
-                gt = pos_fn(lab)
-                ok = ~ign_fn(lab) if ign_fn is not None else np.ones_like(gt)
+                gt, ok = _truth(spec, lab)
                 h = hist.setdefault((s, c), np.zeros((2, 100)))
                 h[0] += np.histogram(probs[c][gt & ok], edges)[0]
                 h[1] += np.histogram(probs[c][~gt & ok], edges)[0]
