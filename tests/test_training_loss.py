@@ -204,6 +204,30 @@ def test_init_from_loads_weights_and_rejects_other_architecture(tmp_path):
         init_weights(dst, cfg, tmp_path / "missing.pt")
 
 
+def test_init_from_a_pruned_file_needs_keep_dec_layers(tmp_path):
+    """The shipped file keeps 2 of 6 trained decoder layers: training from it builds the same 2 layers
+    (model.keep_dec_layers), and a model building all layers is refused with that hint, not a key dump."""
+    from campipe.segmentation.checkpoint import save_checkpoint
+    from campipe.segmentation.model import build_model
+    from campipe.segmentation.training.train import init_weights
+
+    torch.manual_seed(0)
+    cfg = _tiny_cfg()
+    assert cfg.dec_layers >= 2
+    src = build_model(cfg).eval()
+    path = save_checkpoint(tmp_path / "pruned.pt", src, cfg, quantize=True, keep_dec_layers=1)
+    with pytest.raises(ValueError, match="keep_dec_layers = 1"):
+        init_weights(build_model(cfg), cfg, path)
+    kept = type(cfg).from_dict({**cfg.to_dict(), "keep_dec_layers": 1})
+    dst = build_model(kept)
+    init_weights(dst, kept, path)
+    assert dst.num_dec_layers == 1
+    w_src = src.state_dict()["transformer.decoder.0.linear1.weight"]
+    w_dst = dst.state_dict()["transformer.decoder.0.linear1.weight"]
+    assert torch.allclose(w_src, w_dst, atol=float(w_src.abs().max()) / 127 * 0.51)  # int8 per-channel round trip
+    assert not torch.equal(w_dst, build_model(kept).state_dict()["transformer.decoder.0.linear1.weight"])
+
+
 def test_batched_matching_equals_per_image_matching():
     from campipe.segmentation.matcher import hungarian_match_many
 

@@ -290,6 +290,10 @@ def init_weights(model: torch.nn.Module, mcfg: HyperDETRConfig, path: Path) -> N
     for k in ("width_mult", "hidden_dim", "mask_dim", "num_queries", "dec_layers", "enc_layers", "mask_stride"):
         if getattr(src, k) != getattr(mcfg, k):
             raise ValueError(f"init_from {path}: model.{k} is {getattr(src, k)} there, {getattr(mcfg, k)} here")
+    if src.active_dec_layers != mcfg.active_dec_layers:  # e.g. the shipped file: 6 layers trained, 2 kept
+        raise ValueError(f"init_from {path}: the file holds {src.active_dec_layers} of its {src.dec_layers} decoder "
+                         f"layers, this model builds {mcfg.active_dec_layers}; set model.keep_dec_layers = "
+                         f"{src.active_dec_layers} to train from it")
     sd = dequantize_state_dict(ck["state_dict"])
     if mcfg.mask_coords and not src.mask_coords:
         sd = add_coord_weights(sd, mcfg.mask_dim)
@@ -302,8 +306,7 @@ def init_weights(model: torch.nn.Module, mcfg: HyperDETRConfig, path: Path) -> N
     if mcfg.sem_head_hidden and not src.sem_head_hidden:  # a 1x1-head model: the new branch keeps its zero start
         missing = [k for k in missing if not k.startswith("decoder.sem_branch.")]
     if missing or unexpected:
-        raise ValueError(f"init_from {path}: missing {missing[:5]}, unexpected {unexpected[:5]} "
-                         f"(a pruned checkpoint cannot seed a {mcfg.dec_layers}-layer model)")
+        raise ValueError(f"init_from {path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
 def load_records(cfg: TrainConfig, split: str = "train", log=print) -> dict:
