@@ -242,3 +242,47 @@ def test_refit_holdout_choice_keeps_only_classes_that_improve_and_calibrates_the
     assert held == [s for s in stems if is_holdout(s, 25)]
     assert 0.22 < len(held) / len(stems) < 0.28
     assert not any(is_holdout(s, 0) for s in stems)
+
+
+def test_merge_query_path_keeps_the_static_channels_and_takes_the_person_path(tmp_path: Path):
+    """``merge_heads --query-path``: the merged model's static channels equal the base's exactly, its transformer,
+    queries and instance head equal the other model's (an int8 file, dequantised), and person paths of another
+    depth are refused."""
+    import subprocess
+    import sys
+
+    from campipe.segmentation.checkpoint import load_checkpoint, save_checkpoint
+    from campipe.segmentation.training.merge_heads import QUERY_PATH_PREFIXES, merge_query_path
+    from test_segmentation_helpers import calibrated_model, tiny_config
+
+    base = calibrated_model(tiny_config(mask_stride=2), seed=0)
+    other = calibrated_model(tiny_config(mask_stride=2), seed=1)
+    pb = save_checkpoint(tmp_path / "base.pt", base)
+    po = save_checkpoint(tmp_path / "other_int8.pt", other, quantize=True)
+    out = tmp_path / "merged.pt"
+    r = subprocess.run([sys.executable, "-m", "campipe.segmentation.training.merge_heads", "--base", str(pb),
+                        "--from", str(po), "--query-path", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    merged, meta = load_checkpoint(out)
+    assert meta["extra"]["merged_query_path"]["from_quantized"] is True
+    other_q, _ = load_checkpoint(po)
+    sm, sb, so = merged.state_dict(), base.state_dict(), other_q.state_dict()
+    n_taken = 0
+    for k in sm:
+        src = so if k.startswith(QUERY_PATH_PREFIXES) else sb
+        n_taken += k.startswith(QUERY_PATH_PREFIXES)
+        assert torch.equal(sm[k], src[k]), k
+    assert n_taken > 0
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ym, yb = merged(x), base(x)
+    assert torch.allclose(ym["sem_logits"], yb["sem_logits"], atol=1e-6)
+    assert not torch.allclose(ym["pred_masks"], yb["pred_masks"], atol=1e-3)  # the person path really changed
+    # an int8 base is refused (the merged file would carry dequantised weights as if trained in float)
+    r = subprocess.run([sys.executable, "-m", "campipe.segmentation.training.merge_heads", "--base", str(po),
+                        "--from", str(pb), "--query-path", "--out", str(tmp_path / "x.pt")],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "float checkpoints" in r.stderr
+    deeper = calibrated_model(tiny_config(mask_stride=2, dec_layers=3), seed=2)
+    with pytest.raises(ValueError, match="differ in architecture"):
+        merge_query_path(calibrated_model(tiny_config(mask_stride=2)), deeper)

@@ -12,6 +12,14 @@ contributes a zero branch row.
 
 The choice of classes is the caller's; record how it was made (the calibration report of each checkpoint gives
 per-class IoU on the *training* split). Provenance goes into ``extra["merged_heads"]``.
+
+``--query-path`` instead takes the whole person path from ``--from``: the transformer, the query embeddings and the
+instance head (class scores and the hyper-network making the dynamic 1x1 convs), everything the static channels do
+not use. The static channels (backbone, ``input_proj``, conv decoder, static head) stay the base's exactly; the
+instance masks become the other model's hyper-network applied to the base's mask features, which is only as good as
+those features are alike, so measure the result (recipe v6 took v5's person path this way:
+``--base CPU16_cal.pt --from V5.pt --query-path``). The other model may be an int8 file (dequantised on load).
+Provenance goes into ``extra["merged_query_path"]``.
 """
 from __future__ import annotations
 
@@ -54,28 +62,69 @@ def merge_heads(base: torch.nn.Module, other: torch.nn.Module, classes) -> torch
     return base
 
 
+QUERY_PATH_PREFIXES = ("transformer.", "query_embed.", "head.")
+
+
+def merge_query_path(base: torch.nn.Module, other: torch.nn.Module) -> torch.nn.Module:
+    """Give ``base`` (in place) the transformer, query embeddings and instance head of ``other``; returns ``base``.
+
+    Raises ValueError when the two models' person paths differ in architecture (tensor names or shapes, e.g. a
+    different number of decoder layers) or their class lists differ.
+    """
+    if list(other.cfg.semantic_classes) != list(base.cfg.semantic_classes):
+        raise ValueError(f"class lists differ: {list(base.cfg.semantic_classes)} vs "
+                         f"{list(other.cfg.semantic_classes)}")
+    sb, so = base.state_dict(), other.state_dict()
+    kb = {k for k in sb if k.startswith(QUERY_PATH_PREFIXES)}
+    ko = {k for k in so if k.startswith(QUERY_PATH_PREFIXES)}
+    if kb != ko:
+        diff = sorted(kb ^ ko)
+        raise ValueError(f"the person paths differ in architecture ({len(diff)} tensors, e.g. {diff[0]}); "
+                         "prune both to the same number of decoder layers first")
+    bad = [k for k in kb if sb[k].shape != so[k].shape]
+    if bad:
+        raise ValueError(f"the person paths differ in shape at {bad[0]}: {tuple(sb[bad[0]].shape)} vs "
+                         f"{tuple(so[bad[0]].shape)}")
+    base.load_state_dict({**sb, **{k: so[k].clone() for k in kb}})
+    return base
+
+
 def main(argv=None) -> int:
     from ..checkpoint import file_sha256, load_checkpoint, save_checkpoint
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", required=True, type=Path, help="calibrated float checkpoint kept for most classes")
     ap.add_argument("--from", dest="other", required=True, type=Path, help="calibrated float checkpoint giving rows")
-    ap.add_argument("--classes", required=True, help="comma-separated classes taken from --from")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--classes", help="comma-separated classes taken from --from")
+    what.add_argument("--query-path", action="store_true",
+                      help="take the transformer, query embeddings and instance head from --from instead")
     ap.add_argument("--out", required=True, type=Path)
     a = ap.parse_args(argv)
     base, meta = load_checkpoint(a.base)
     other, ometa = load_checkpoint(a.other)
-    if meta.get("quantized") or ometa.get("quantized"):
-        raise SystemExit("merge the float checkpoints, not int8 ones")
-    classes = [c.strip() for c in a.classes.split(",") if c.strip()]
-    merge_heads(base, other, classes)
+    if meta.get("quantized") or (ometa.get("quantized") and not a.query_path):
+        raise SystemExit("merge the float checkpoints, not int8 ones (--query-path accepts an int8 --from)")
+    sources = {"base": {"file": a.base.name, "sha256": file_sha256(a.base)},
+               "from": {"file": a.other.name, "sha256": file_sha256(a.other)}}
     extra = dict(meta.get("extra") or {})
-    extra["merged_heads"] = {"base": {"file": a.base.name, "sha256": file_sha256(a.base)},
-                             "from": {"file": a.other.name, "sha256": file_sha256(a.other)}, "classes": classes}
+    try:
+        if a.query_path:
+            merge_query_path(base, other)
+            extra["merged_query_path"] = {**sources, "prefixes": list(QUERY_PATH_PREFIXES),
+                                          "from_quantized": bool(ometa.get("quantized"))}
+            taken = "the transformer, queries and instance head"
+        else:
+            classes = [c.strip() for c in a.classes.split(",") if c.strip()]
+            merge_heads(base, other, classes)
+            extra["merged_heads"] = {**sources, "classes": classes}
+            taken = ", ".join(classes)
+    except ValueError as e:
+        raise SystemExit(f"cannot merge: {e}")
     norm = meta["normalization"]
     save_checkpoint(a.out, base, base.cfg, mean=norm["mean"], std=norm["std"], metrics=meta.get("metrics"),
                     extra=extra)
-    print(f"wrote {a.out}: {', '.join(classes)} from {a.other}, the rest from {a.base}")
+    print(f"wrote {a.out}: {taken} from {a.other}, the rest from {a.base}")
     return 0
 
 
