@@ -31,14 +31,19 @@ import torch
 HEAD_PREFIXES = ("decoder.sem_head.", "decoder.sem_branch.")
 
 
+def _check_classes(base: torch.nn.Module, other: torch.nn.Module) -> None:
+    names, onames = list(base.cfg.semantic_classes), list(other.cfg.semantic_classes)
+    if onames != names:
+        raise ValueError(f"class lists differ: {names} vs {onames}")
+
+
 def merge_heads(base: torch.nn.Module, other: torch.nn.Module, classes) -> torch.nn.Module:
     """Give ``base`` (in place) the static-channel rows of ``classes`` from ``other``; returns ``base``.
 
     Raises ValueError when the two models differ anywhere outside the static head or in their class lists.
     """
+    _check_classes(base, other)
     names = list(base.cfg.semantic_classes)
-    if list(other.cfg.semantic_classes) != names:
-        raise ValueError(f"class lists differ: {names} vs {list(other.cfg.semantic_classes)}")
     unknown = [c for c in classes if c not in names]
     if unknown:
         raise ValueError(f"unknown classes {unknown} (model classes: {names})")
@@ -71,9 +76,7 @@ def merge_query_path(base: torch.nn.Module, other: torch.nn.Module) -> torch.nn.
     Raises ValueError when the two models' person paths differ in architecture (tensor names or shapes, e.g. a
     different number of decoder layers) or their class lists differ.
     """
-    if list(other.cfg.semantic_classes) != list(base.cfg.semantic_classes):
-        raise ValueError(f"class lists differ: {list(base.cfg.semantic_classes)} vs "
-                         f"{list(other.cfg.semantic_classes)}")
+    _check_classes(base, other)
     sb, so = base.state_dict(), other.state_dict()
     kb = {k for k in sb if k.startswith(QUERY_PATH_PREFIXES)}
     ko = {k for k in so if k.startswith(QUERY_PATH_PREFIXES)}
