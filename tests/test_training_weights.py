@@ -6,6 +6,7 @@ regions are coarse hand-made boxes of these well-known photos.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,9 @@ def test_shipped_weights_format_and_size():
     assert "celebamask/iou_skin" in meta["metrics"]  # validation figures travel with the weights
 
 
+@functools.lru_cache(maxsize=None)
 def _masks(name: str):
+    """Segmentation of one sample with the shipped weights, computed once per session (the tests only read it)."""
     from campipe.decode import decode_file
     from campipe.segment_stage import frame_render
     from campipe.segmentation.inference import Segmenter
