@@ -1,6 +1,7 @@
 """Training data: label mapping into campipe's space with known masks, split, augmentation, synthesis, body skin."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -9,7 +10,7 @@ from campipe.segmentation.training import datasets as D
 from campipe.segmentation.training.augment import AugmentConfig, augment, geometric, resize_only
 from campipe.segmentation.training.batches import collate
 from campipe.segmentation.training.skin import derive_body_skin, fit_skin_model, skin_distance2
-from campipe.segmentation.training.synth import person_cutouts, synth_scene
+from campipe.segmentation.training.synth import person_cutouts, swap_background, synth_scene
 
 C = {c: i for i, c in enumerate(D.CLASSES)}
 
@@ -161,6 +162,69 @@ def test_synth_scene_exact_instances(rng):
     # a pasted person hides the sky label under it
     assert not (u["sem"][C["sky"]].astype(bool) & person).any()
     assert u["known"][:, person].all()
+
+
+def _street(h=60, w=80, ped=True):
+    raw = np.full((h, w), 3, np.uint8)  # road
+    raw[:20] = 0  # sky
+    if ped:
+        raw[25:50, 60:66] = 9  # a pedestrian
+    lab, ik = D.map_labels("camvid", raw)
+    img = np.full((h, w, 3), 90, np.uint8)
+    img[:20] = (120, 170, 230)
+    return D.Record("camvid", "bg", img, lab, ik)
+
+
+def test_swap_background_keeps_the_person_exactly(rng):
+    rec, raw = _toy_record()
+    for _ in range(10):  # every kind of backdrop (gradient, sharp, defocused) comes up
+        s = swap_background(rec, _street(), rng)
+        person = raw != 0
+        assert s.set_name == "celebamask" and s.inst_known and s.image.shape == rec.image.shape
+        np.testing.assert_array_equal(s.lab[person], rec.lab[person])  # labels of the person untouched
+        inner = cv2.erode(person.astype(np.uint8), np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE) > 0
+        np.testing.assert_array_equal(s.image[inner], rec.image[inner])  # pixels too, but for the feathered edge
+        u = _u(s.lab)
+        bg = ~person
+        assert not u["sem"][:, bg].any() and not u["inst"][bg].any() and u["valid"][bg].all()
+        # the background: known negative for everything but sky, or wholly unknown where a pedestrian may show
+        unknown = u["known"][C["person"]] == 0
+        assert not unknown[person].any()
+        np.testing.assert_array_equal(u["inst_ignore"].astype(bool), unknown)
+        assert not u["known"][:, unknown].any()
+        known_bg = bg & ~unknown
+        assert not u["known"][C["sky"]][bg].any()
+        for c in ("person", "hair", "skin", "teeth", "glasses"):
+            assert u["known"][C[c]][known_bg].all()
+
+
+def test_swap_background_replaces_the_backdrop_and_is_seeded():
+    rec, raw = _toy_record()
+    bg = ~(raw != 0)
+    a = swap_background(rec, _street(ped=False), np.random.default_rng(5))
+    b = swap_background(rec, _street(ped=False), np.random.default_rng(5))
+    np.testing.assert_array_equal(a.image, b.image)
+    assert not (_u(a.lab)["inst_ignore"]).any()  # no pedestrian in this street: the whole backdrop is known
+    changed = [np.abs(swap_background(rec, _street(), np.random.default_rng(k)).image[bg].astype(int)).mean()
+               for k in range(6)]
+    assert min(changed) > 5  # the toy's black background is gone (backdrops are streets or gradients)
+    with pytest.raises(ValueError, match="CelebAMask"):
+        swap_background(_street(), _street(), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0])
+def test_sampler_swaps_portrait_backgrounds_only_when_asked(p):
+    from campipe.segmentation.training.batches import Sampler, SamplerConfig
+
+    rec, raw = _toy_record()
+    recs = {"celebamask": [rec], "camvid": [_street()]}
+    cfg = SamplerConfig(set_weights={"celebamask": 1.0}, synth_fraction=0.0, p_bgswap=p)
+    drawn = Sampler(recs, cfg).draw(np.random.default_rng(0))
+    assert (drawn is rec) == (p == 0.0)
+    if p:
+        assert drawn.stem.startswith("toy/bg:")
+    with pytest.raises(ValueError, match="backdrops"):
+        Sampler({"celebamask": [rec]}, SamplerConfig(set_weights={"celebamask": 1.0}, p_bgswap=0.5))
 
 
 def test_collate_shapes_and_known_exclusion(rng):

@@ -5,7 +5,9 @@ stream): with probability ``synth_fraction`` a copy-paste scene (:mod:`.synth`),
 ``set_weights`` and a record of that set drawn by its oversampling weight (CelebAMask images with glasses x
 ``oversample_glasses``, with a visible inner mouth x ``oversample_teeth``). With probability ``p_twilight`` a sample
 with labelled sky (CamVid, copy-paste scenes on CamVid) is re-lit as dusk first (:mod:`.twilight`; 0 = off, and the
-random stream is then the same as before the option existed).
+random stream is then the same as before the option existed). With probability ``p_bgswap`` a drawn CelebAMask
+portrait gets a new background (:func:`.synth.swap_background`, from a CamVid frame; 0 = off, same stream as
+before).
 
 Batch tensors (float32): ``image`` (B, 3, h, w) normalised sRGB; ``sem``/``known`` (B, C, h, w) in {0, 1};
 ``instances`` list of (T_i, h, w); ``inst_valid`` (B, h, w); ``inst_known`` (B,) bool. At most ``max_instances``
@@ -22,7 +24,7 @@ import torch
 
 from .augment import AugmentConfig, augment
 from .datasets import GLASSES, TEETH, Record, unpack
-from .synth import person_cutouts, synth_scene
+from .synth import person_cutouts, swap_background, synth_scene
 from .twilight import twilight
 
 
@@ -37,6 +39,7 @@ class SamplerConfig:
     max_instances: int = 4
     min_instance_px: int = 48
     p_twilight: float = 0.0            # dusk re-lighting of samples with labelled sky (see .twilight)
+    p_bgswap: float = 0.0              # CelebAMask portraits with a replaced background (see .synth.swap_background)
 
 
 class Sampler:
@@ -63,6 +66,9 @@ class Sampler:
                         rw[i] *= cfg.oversample_teeth
             self.rec_p[k] = rw / rw.sum()
         self.backgrounds = self.records.get("camvid", [])
+        self.backdrops = records.get("camvid", [])  # even when camvid's own set weight is 0
+        if cfg.p_bgswap > 0 and not self.backdrops:
+            raise ValueError("p_bgswap needs CamVid frames as backdrops; none are loaded")
         self.cutouts = person_cutouts([r for k in ("celebamask", "pennfudan") for r in self.records.get(k, [])])
 
     def draw(self, rng: np.random.Generator) -> Record:
@@ -70,7 +76,10 @@ class Sampler:
             bg = self.backgrounds[int(rng.integers(len(self.backgrounds)))]
             return synth_scene(bg, self.cutouts, rng)
         k = self.names[int(rng.choice(len(self.names), p=self.set_p))]
-        return self.records[k][int(rng.choice(len(self.records[k]), p=self.rec_p[k]))]
+        rec = self.records[k][int(rng.choice(len(self.records[k]), p=self.rec_p[k]))]
+        if k == "celebamask" and self.cfg.p_bgswap > 0 and rng.random() < self.cfg.p_bgswap:
+            rec = swap_background(rec, self.backdrops[int(rng.integers(len(self.backdrops)))], rng)
+        return rec
 
     def batch(self, rng: np.random.Generator, batch_size: int, hw: tuple[int, int], mean, std,
               compact: bool = False) -> dict:
