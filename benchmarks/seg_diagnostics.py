@@ -4,6 +4,11 @@ test-time augmentation would change.
 * ``parts``: on the CelebAMask validation faces, the skin (ids 1, 2, 8, 9, 17) and teeth (id 10) errors broken down
   by the CelebAMask part each wrong pixel belongs to (misses on skin parts, false alarms on the others), with the
   fraction of that part's pixels; campipe's protocol (guided upsampling, threshold 0.5).
+* ``person-errors``: on CelebAMask photos (``--split``, default the training split, evenly spaced ``--limit``),
+  campipe's person mask (the refined person channel united with the kept instances, threshold 0.5, guided
+  upsampling) against every non-zero id: pooled IoU, the errors broken down by part (background called person,
+  missed cloth, hair, ...), the share of the background called person, the errors in the bottom fifth of the frame,
+  and the photos with the most background called person.
 * ``flip-tta``: ``campipe eval``'s figures for the weights, and for the same weights with the static channels'
   logits averaged over the photo and its mirror image (instances from the photo alone).
 * ``class-scores``: how much the person-query class scores (softmax p(person) of each of the N queries, last kept
@@ -50,7 +55,7 @@ test-time augmentation would change.
   outputs) does not see: pooled IoU per set and class at thresholds 0.05 ... 0.95 on ``--split`` photos (default
   the training split), and per class the best threshold for the mean over the sets labelling it.
 
-Usage: ``python benchmarks/seg_diagnostics.py parts|flip-tta|class-scores|instance-oracle|static-head|twilight|
+Usage: ``python benchmarks/seg_diagnostics.py parts|person-errors|flip-tta|class-scores|instance-oracle|static-head|twilight|
 photo-keys|exposure|upsample|thresholds [--weights CKPT] [--data ../shared/data] [--limit K] [--split train|val]
 [--ranges P-Q,...] [--grid R:EPS,...]``. Not a test; needs the shared data.
 """
@@ -93,6 +98,37 @@ def parts(model, data: Path, limit: int | None) -> None:
                 kind = "missed" if i in ids else "false "
                 print(f"  {PARTS[i]:11s} {kind} {int(err[i]):9d} px  ({err[i] / err.sum():5.1%} of the errors, "
                       f"{err[i] / tot[i]:5.1%} of the part)")
+
+
+def person_errors(model, data: Path, limit: int | None, split: str = "train") -> None:
+    cfg = model.cfg
+    stems = _spaced(list_stems(data, "celebamask", split), limit)
+    err, tot = np.zeros(len(PARTS)), np.zeros(len(PARTS))
+    tp = bottom = 0
+    worst = []
+    for stem in stems:
+        img, raw = read_pair(data, "celebamask", stem)
+        probs, inst, _ = predict(model, img, cfg.input_size, IMAGENET_MEAN, IMAGENET_STD,
+                                 tuple(cfg.semantic_classes), cfg.mask_stride)
+        pred = probs["person"] >= 0.5
+        if len(inst):
+            pred |= inst.max(0) >= 0.5
+        gt = raw > 0
+        tp += int((pred & gt).sum())
+        wrong = pred != gt
+        err += np.bincount(raw[wrong].ravel(), minlength=len(PARTS))[:len(PARTS)]
+        tot += np.bincount(raw.ravel(), minlength=len(PARTS))[:len(PARTS)]
+        bottom += int(wrong[int(0.8 * raw.shape[0]):].sum())
+        worst.append((float((pred & ~gt).sum() / max(1, (~gt).sum())), stem))
+    print(f"person on {len(stems)} CelebAMask {split} photos: pooled IoU {tp / (tp + err.sum()):.3f}; "
+          f"{err[0] / tot[0]:.1%} of the background called person; {bottom / err.sum():.1%} of the errors in the "
+          f"bottom fifth of the frame; errors by part:")
+    for i in np.argsort(-err):
+        if err[i]:
+            print(f"  {PARTS[i]:11s} {'false ' if i == 0 else 'missed'} {int(err[i]):9d} px  "
+                  f"({err[i] / err.sum():5.1%} of the errors, {err[i] / tot[i]:5.1%} of the part)")
+    worst.sort(reverse=True)
+    print("most background called person:", ", ".join(f"{s} {f:.0%}" for f, s in worst[:8]))
 
 
 def _net_input(model, img: np.ndarray):
@@ -527,7 +563,7 @@ def thresholds(model, data: Path, limit: int | None, split: str = "train") -> No
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("parts", "flip-tta", "class-scores", "instance-oracle", "static-head",
+    ap.add_argument("what", choices=("parts", "person-errors", "flip-tta", "class-scores", "instance-oracle", "static-head",
                                      "twilight", "photo-keys", "exposure", "upsample",
                                      "thresholds"))
     ap.add_argument("--weights", default=str(HERE.parent / "segmentation" / "weights" / "hyperdetr.pt"))
@@ -535,7 +571,8 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--split", default=None, choices=("train", "val"),
-                    help="exposure (default val) / upsample, thresholds (default train): photos of this split")
+                    help="exposure (default val) / person-errors, upsample, thresholds (default train): photos of "
+                         "this split")
     ap.add_argument("--grid", default=None, help=f"upsample: guided-filter R:EPS pairs (default {DEFAULT_GRID})")
     ap.add_argument("--ranges", default=None,
                     help="exposure: compare KEY_RANGE candidates, percentile pairs of the training photos' keys "
@@ -552,6 +589,9 @@ def main(argv=None) -> int:
         return 0
     if a.what == "upsample":
         upsample(model, a.data, a.limit, a.split or "train", a.grid)
+        return 0
+    if a.what == "person-errors":
+        person_errors(model, a.data, a.limit, a.split or "train")
         return 0
     if a.what == "thresholds":
         thresholds(model, a.data, a.limit, a.split or "train")
