@@ -59,8 +59,8 @@ test-time augmentation would change.
   outputs) does not see: pooled IoU per set and class at thresholds 0.05 ... 0.95 on ``--split`` photos (default
   the training split), and per class the best threshold for the mean over the sets labelling it.
 
-Usage: ``python benchmarks/seg_diagnostics.py parts|person-errors|flip-tta|class-scores|instance-oracle|static-head|twilight|
-photo-keys|exposure|upsample|thresholds [--weights CKPT] [--data ../shared/data] [--limit K] [--split train|val]
+Usage: ``python benchmarks/seg_diagnostics.py parts|person-errors|flip-tta|class-scores|instance-oracle|static-head|
+twilight|photo-keys|exposure|upsample|thresholds [--weights CKPT] [--data ../shared/data] [--limit K] [--split train|val]
 [--ranges P-Q,...] [--grid R:EPS,...]``. Not a test; needs the shared data.
 """
 from __future__ import annotations
@@ -77,6 +77,7 @@ from campipe.segmentation.checkpoint import IMAGENET_MEAN, IMAGENET_STD, load_ch
 from campipe.segmentation.postprocess import letterbox, normalize
 from campipe.segmentation.training.datasets import CAMVID_PED, CELEBA_SKIN_IDS, list_stems, read_pair
 from campipe.segmentation.training.evaluate import evaluate_model, predict
+from campipe.segmentation.training.skin import apply_skin_model, fit_skin_model
 
 HERE = Path(__file__).resolve().parent
 PARTS = ("background", "skin", "nose", "eyeglasses", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear", "mouth",
@@ -108,8 +109,6 @@ def parts(model, data: Path, limit: int | None) -> None:
 def person_errors(model, data: Path, limit: int | None, split: str = "train") -> None:
     cfg = model.cfg
     stems = _spaced(list_stems(data, "celebamask", split), limit)
-    from campipe.segmentation.training.skin import apply_skin_model, fit_skin_model
-
     err, tot = np.zeros(len(PARTS)), np.zeros(len(PARTS))
     tp = bottom = bare = 0
     worst = []
@@ -130,7 +129,7 @@ def person_errors(model, data: Path, limit: int | None, split: str = "train") ->
         skin = apply_skin_model(img, fit_skin_model(img, raw == 1), fp) == 1
         if skin.any():
             near = cv2.dilate(gt.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-            n, comp = cv2.connectedComponents(skin.astype(np.uint8), connectivity=8)
+            _, comp = cv2.connectedComponents(skin.astype(np.uint8), connectivity=8)
             touching = np.unique(comp[skin & near])
             bare += int(np.isin(comp, touching[touching > 0]).sum())
         worst.append((float((pred & ~gt).sum() / max(1, (~gt).sum())), stem))
@@ -578,8 +577,8 @@ def thresholds(model, data: Path, limit: int | None, split: str = "train") -> No
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("parts", "person-errors", "flip-tta", "class-scores", "instance-oracle", "static-head",
-                                     "twilight", "photo-keys", "exposure", "upsample",
+    ap.add_argument("what", choices=("parts", "person-errors", "flip-tta", "class-scores", "instance-oracle",
+                                     "static-head", "twilight", "photo-keys", "exposure", "upsample",
                                      "thresholds"))
     ap.add_argument("--weights", default=str(HERE.parent / "segmentation" / "weights" / "hyperdetr.pt"))
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")

@@ -14,11 +14,11 @@ Inputs/outputs: :class:`~.datasets.Record` (uint8 sRGB image + packed lab); the 
 ``set_name == "synth"`` and ``inst_known = True``.
 
 :func:`swap_background` is the single-portrait counterpart: a CelebAMask portrait keeps its framing, its person and
-all its part labels, and its background is replaced by a crop of a street photo (CamVid; its pedestrians become unknown), often
-defocused, darkened or recoloured like a studio or night backdrop, or by a plain gradient. The shipped model calls
-~22 % of the portraits' own background person (dark, defocused or hair-like textured backdrops, 86 % of its person
-errors on CelebAMask training photos), i.e. it leans on the framing more than on the content; the composites keep the
-framing and change what fills the background.
+all its part labels, and its background is replaced by a crop of a street photo (CamVid; its pedestrians become
+unknown), often defocused, darkened or recoloured like a studio or night backdrop, or by a plain gradient. Why: the
+shipped v6 model calls 19-23 % of the portraits' own background person (86-91 % of its CelebAMask person errors;
+``benchmarks/seg_diagnostics.py person-errors``), mostly dark, defocused or hair-textured backdrops. Tried in
+``segmentation/configs/hyperdetr_cpu17.toml`` (conv decoder only) without effect on those false alarms.
 
 Reference: G. Ghiasi et al., "Simple Copy-Paste is a Strong Data Augmentation Method for Instance Segmentation",
 CVPR 2021; D. Dwibedi et al., "Cut, Paste and Learn", ICCV 2017.
