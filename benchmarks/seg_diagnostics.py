@@ -50,9 +50,9 @@ test-time augmentation would change.
 * ``upsample``: how the masks are brought from the network's grid to the photo: on ``--split`` photos of every
   set (default the training split, where the choice is made), the network runs once per photo and its masks are then
   upsampled bilinearly, as campipe does (each class with its own window, ``postprocess.CLASS_GUIDE``) and
-  with the guided filter for a grid of window radii and regularisations (``--grid
-  R:EPS,...``; ``cR:EPS`` a colour guide), each class followed by its colour refinement as campipe runs it; pooled IoU at 0.5 per set and
-  class (person: the refined person channel united with the kept instances, upsampled the same way).
+  with the guided filter for a grid of window radii and regularisations (``--grid R:EPS,...``; ``cR:EPS`` a colour
+  guide), each class followed by its colour refinement as campipe runs it; pooled IoU at 0.5 per set and class
+  (person: the refined person channel united with the kept instances, upsampled the same way).
 
 * ``thresholds``: where the best threshold of each class lies *after* campipe's whole post-processing (guided
   upsampling with the class windows, colour refinements), which the calibration (fitted on the network's own
@@ -60,8 +60,8 @@ test-time augmentation would change.
   the training split), and per class the best threshold for the mean over the sets labelling it.
 
 Usage: ``python benchmarks/seg_diagnostics.py parts|person-errors|flip-tta|class-scores|instance-oracle|static-head|
-twilight|photo-keys|exposure|upsample|thresholds [--weights CKPT] [--data ../shared/data] [--limit K] [--split train|val]
-[--ranges P-Q,...] [--grid R:EPS,...]``. Not a test; needs the shared data.
+twilight|photo-keys|exposure|upsample|thresholds [--weights CKPT] [--data ../shared/data] [--limit K]
+[--split train|val] [--ranges P-Q,...] [--grid R:EPS,...]``. Not a test; needs the shared data.
 """
 from __future__ import annotations
 
