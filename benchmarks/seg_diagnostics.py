@@ -95,15 +95,24 @@ def parts(model, data: Path, limit: int | None) -> None:
                                   tuple(cfg.semantic_classes), cfg.mask_stride)
             pred, gt = probs[cls] >= 0.5, np.isin(raw, ids)
             tp += int((pred & gt).sum())
-            wrong = pred != gt
-            err += np.bincount(raw[wrong].ravel(), minlength=len(PARTS))[:len(PARTS)]
-            tot += np.bincount(raw.ravel(), minlength=len(PARTS))[:len(PARTS)]
+            _tally_parts(err, tot, raw, pred != gt)
         print(f"\n{cls}: pooled IoU {tp / (tp + err.sum()):.3f} on {len(stems)} faces; errors by part")
-        for i in np.argsort(-err):
-            if err[i]:
-                kind = "missed" if i in ids else "false "
-                print(f"  {PARTS[i]:11s} {kind} {int(err[i]):9d} px  ({err[i] / err.sum():5.1%} of the errors, "
-                      f"{err[i] / tot[i]:5.1%} of the part)")
+        _print_parts(err, tot, ids)
+
+
+def _tally_parts(err: np.ndarray, tot: np.ndarray, raw: np.ndarray, wrong: np.ndarray) -> None:
+    """Add one face's wrong pixels (bool) and all its pixels, counted by CelebAMask part, to ``err`` and ``tot``."""
+    err += np.bincount(raw[wrong].ravel(), minlength=len(PARTS))[:len(PARTS)]
+    tot += np.bincount(raw.ravel(), minlength=len(PARTS))[:len(PARTS)]
+
+
+def _print_parts(err: np.ndarray, tot: np.ndarray, ids) -> None:
+    """The per-part errors, largest first: misses on the parts in ``ids`` (the class), false alarms elsewhere."""
+    for i in np.argsort(-err):
+        if err[i]:
+            kind = "missed" if i in ids else "false "
+            print(f"  {PARTS[i]:11s} {kind} {int(err[i]):9d} px  ({err[i] / err.sum():5.1%} of the errors, "
+                  f"{err[i] / tot[i]:5.1%} of the part)")
 
 
 def person_errors(model, data: Path, limit: int | None, split: str = "train") -> None:
@@ -122,8 +131,7 @@ def person_errors(model, data: Path, limit: int | None, split: str = "train") ->
         gt = raw > 0
         tp += int((pred & gt).sum())
         wrong = pred != gt
-        err += np.bincount(raw[wrong].ravel(), minlength=len(PARTS))[:len(PARTS)]
-        tot += np.bincount(raw.ravel(), minlength=len(PARTS))[:len(PARTS)]
+        _tally_parts(err, tot, raw, wrong)
         bottom += int(wrong[int(0.8 * raw.shape[0]):].sum())
         fp = pred & ~gt
         skin = apply_skin_model(img, fit_skin_model(img, raw == 1), fp) == 1
@@ -132,15 +140,12 @@ def person_errors(model, data: Path, limit: int | None, split: str = "train") ->
             _, comp = cv2.connectedComponents(skin.astype(np.uint8), connectivity=8)
             touching = np.unique(comp[skin & near])
             bare += int(np.isin(comp, touching[touching > 0]).sum())
-        worst.append((float((pred & ~gt).sum() / max(1, (~gt).sum())), stem))
+        worst.append((float(fp.sum() / max(1, (~gt).sum())), stem))
     print(f"person on {len(stems)} CelebAMask {split} photos: pooled IoU {tp / (tp + err.sum()):.3f}; "
           f"{err[0] / tot[0]:.1%} of the background called person; {bottom / err.sum():.1%} of the errors in the "
           f"bottom fifth of the frame; {bare / err[0]:.1%} of the background called person is probably bare skin "
           f"(IoU {tp / (tp + err.sum() - bare):.3f} without it); errors by part:")
-    for i in np.argsort(-err):
-        if err[i]:
-            print(f"  {PARTS[i]:11s} {'false ' if i == 0 else 'missed'} {int(err[i]):9d} px  "
-                  f"({err[i] / err.sum():5.1%} of the errors, {err[i] / tot[i]:5.1%} of the part)")
+    _print_parts(err, tot, range(1, len(PARTS)))
     worst.sort(reverse=True)
     print("most background called person:", ", ".join(f"{s} {f:.0%}" for f, s in worst[:8]))
 

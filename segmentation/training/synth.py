@@ -51,6 +51,12 @@ def _harmonise(cut: np.ndarray, bg_mean_lab: np.ndarray, mask: np.ndarray, rng: 
     return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+def _feathered(front: np.ndarray, back: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """uint8 ``front`` over ``back`` where ``mask`` (bool), with a 1-pixel feathered (3x3 Gaussian) alpha edge."""
+    alpha = cv2.GaussianBlur(mask.astype(np.float32), (3, 3), 0)[..., None]
+    return (alpha * front + (1 - alpha) * back.astype(np.float32) + 0.5).astype(np.uint8)
+
+
 def synth_scene(background: Record, cutouts: list[tuple[Record, int]], rng: np.random.Generator,
                 n_people: int | None = None) -> Record:
     """One synthetic scene on ``background`` with ``n_people`` (default 1-4, uniform) pasted cutouts."""
@@ -98,9 +104,7 @@ def synth_scene(background: Record, cutouts: list[tuple[Record, int]], rng: np.r
             continue
         sy, sx = slice(cy0 - py, cy1 - py), slice(cx0 - px, cx1 - px)
         m = c_mask[sy, sx]
-        alpha = cv2.GaussianBlur(m.astype(np.float32), (3, 3), 0)[..., None]
-        region = img[cy0:cy1, cx0:cx1].astype(np.float32)
-        img[cy0:cy1, cx0:cx1] = (alpha * c_img[sy, sx] + (1 - alpha) * region + 0.5).astype(np.uint8)
+        img[cy0:cy1, cx0:cx1] = _feathered(c_img[sy, sx], img[cy0:cy1, cx0:cx1], m)
         dst = lab[cy0:cy1, cx0:cx1]
         src = c_lab[sy, sx]
         dst[..., 0] = np.where(m, src[..., 0], dst[..., 0])
@@ -162,8 +166,7 @@ def swap_background(portrait: Record, background: Record, rng: np.random.Generat
     person = ((lab[..., 0] >> PERSON) & 1).astype(bool)
     H, W = person.shape
     new, people = _backdrop(background, (H, W), rng)
-    alpha = cv2.GaussianBlur(person.astype(np.float32), (3, 3), 0)[..., None]
-    img = (alpha * portrait.image + (1 - alpha) * new + 0.5).astype(np.uint8)
+    img = _feathered(portrait.image, new, person)
     bg = ~person & (((lab[..., 1] >> VALID_BIT) & 1).astype(bool))
     known_bg = np.where(people, np.uint8((1 << INST_IGNORE_BIT) | (1 << VALID_BIT)),
                         np.uint8((ALL_KNOWN & ~(1 << SKY)) | (1 << VALID_BIT)))
