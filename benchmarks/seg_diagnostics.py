@@ -59,8 +59,14 @@ test-time augmentation would change.
   outputs) does not see: pooled IoU per set and class at thresholds 0.05 ... 0.95 on ``--split`` photos (default
   the training split), and per class the best threshold for the mean over the sets labelling it.
 
+* ``framing``: how the framing-aware person offset (``postprocess.PersonFraming``) was chosen: on ``--split``
+  photos (default the training split) of CelebAMask, Penn-Fudan and CamVid, the share of the frame whose person
+  channel is >= 0.5 (percentiles per set: the framings the rule tells apart), and the pooled person IoU (campipe's
+  person mask, as ``campipe eval`` scores it) without the offset, with a constant offset, and with ramps of several
+  positions, widths and heights (the network runs once per photo).
+
 Usage: ``python benchmarks/seg_diagnostics.py parts|person-errors|flip-tta|class-scores|instance-oracle|static-head|
-twilight|photo-keys|exposure|upsample|thresholds [--weights CKPT] [--data ../shared/data] [--limit K]
+twilight|photo-keys|exposure|upsample|thresholds|framing [--weights CKPT] [--data ../shared/data] [--limit K]
 [--split train|val] [--ranges P-Q,...] [--grid R:EPS,...]``. Not a test; needs the shared data.
 """
 from __future__ import annotations
@@ -580,17 +586,56 @@ def thresholds(model, data: Path, limit: int | None, split: str = "train") -> No
         print(f"  {c:8s} {curve[50]:.4f} -> {best / 100:.2f} ({curve[best]:.4f}, {curve[best] - curve[50]:+.4f})")
 
 
+def framing(model, data: Path, limit: int | None, split: str = "train") -> None:
+    from campipe.segmentation.postprocess import DEFAULT_PERSON_FRAMING, PersonFraming, decode_outputs
+    from campipe.segmentation.training.evaluate import EVAL_SPEC, network_outputs, postprocess_outputs
+
+    cfg = model.cfg
+    classes = tuple(cfg.semantic_classes)
+    variants: list[tuple[str, PersonFraming | None]] = [("none", None)]
+    variants += [(f"constant {d:g}", PersonFraming(0.0, 1e-6, d)) for d in (0.5, 1.0, 1.5)]
+    variants += [(f"ramp {lo:g}-{hi:g} x{d:g}", PersonFraming(lo, hi, d))
+                 for lo, hi in ((0.2, 0.4), (0.35, 0.55), (0.5, 0.7)) for d in (1.0, 1.5, 2.0)]
+    variants.append((f"campipe default ({DEFAULT_PERSON_FRAMING.low:g}-{DEFAULT_PERSON_FRAMING.high:g} "
+                     f"x{DEFAULT_PERSON_FRAMING.offset:g})", DEFAULT_PERSON_FRAMING))
+    counts: dict = {}
+    sets = ("celebamask", "pennfudan", "camvid")
+    for s in sets:
+        stems = _spaced(list_stems(data, s, split), limit)
+        areas = []
+        for stem in stems:
+            u8, lab = read_pair(data, s, stem)
+            out, box = network_outputs(model, u8, cfg.input_size, IMAGENET_MEAN, IMAGENET_STD)
+            ch = decode_outputs(out, box, classes, mask_stride=cfg.mask_stride, person_framing=None).semantic
+            areas.append(float((ch[classes.index("person")] >= 0.5).mean()))
+            gt, ok = _truth(EVAL_SPEC[s]["person"], lab)
+            for name, rule in variants:
+                probs, inst, _ = postprocess_outputs(out, box, u8, classes, cfg.mask_stride, person_framing=rule)
+                p = np.maximum(probs["person"], inst.max(0)) if len(inst) else probs["person"]
+                _tally(counts, (s, name), p >= 0.5, gt, ok)
+        print(f"  {s}: {len(stems)} {split} photos; share of the frame with person channel >= 0.5, percentiles "
+              f"0/5/25/50/75/95/100: " + " / ".join(f"{v:.2f}" for v in np.percentile(areas, PCTS_FRAMING)),
+              flush=True)
+    print(f"\n{'person offset':34s} " + " ".join(f"{s:>11s}" for s in sets) + "  mean(celebamask, pennfudan)")
+    for name, _ in variants:
+        v = [_pooled_iou(counts[(s, name)]) for s in sets]
+        print(f"{name:34s} " + " ".join(f"{x:11.4f}" for x in v) + f"  {(v[0] + v[1]) / 2:.4f}", flush=True)
+
+
+PCTS_FRAMING = (0, 5, 25, 50, 75, 95, 100)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("parts", "person-errors", "flip-tta", "class-scores", "instance-oracle",
                                      "static-head", "twilight", "photo-keys", "exposure", "upsample",
-                                     "thresholds"))
+                                     "thresholds", "framing"))
     ap.add_argument("--weights", default=str(HERE.parent / "segmentation" / "weights" / "hyperdetr.pt"))
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--split", default=None, choices=("train", "val"),
-                    help="exposure (default val) / person-errors, upsample, thresholds (default train): photos of "
+                    help="exposure (default val) / person-errors, upsample, thresholds, framing (default train): photos of "
                          "this split")
     ap.add_argument("--grid", default=None, help=f"upsample: guided-filter R:EPS pairs (default {DEFAULT_GRID})")
     ap.add_argument("--ranges", default=None,
@@ -614,6 +659,9 @@ def main(argv=None) -> int:
         return 0
     if a.what == "thresholds":
         thresholds(model, a.data, a.limit, a.split or "train")
+        return 0
+    if a.what == "framing":
+        framing(model, a.data, a.limit, a.split or "train")
         return 0
     if run is not None:
         run(model, a.data, a.limit)

@@ -112,6 +112,9 @@ def register(app: typer.Typer) -> None:
                                            "channel with the photo's colours (plain backgrounds around people)."),
         hair_refine: bool = typer.Option(True, "--hair-refine/--no-hair-refine", help="Refine the hair mask with the "
                                          "photo's colours."),
+        person_framing: bool = typer.Option(True, "--person-framing/--no-person-framing", help="A stricter person "
+                                            "threshold when the subject fills the frame (close-ups), as campipe does "
+                                            "by default."),
     ) -> None:
         """Write soft masks (sky, hair, skin, teeth, glasses, person, person_i) + segments.json per image."""
         from campipe.segmentation import NoWeightsError
@@ -129,7 +132,8 @@ def register(app: typer.Typer) -> None:
 
             seg = get_segmenter(weights, runtime=runtime, max_persons=max_persons, score_threshold=threshold,
                                 refine="guided" if refine else "bilinear", dedup_iou=dedup_iou, tta=tta,
-                                sky_refine=sky_refine, person_refine=person_refine, hair_refine=hair_refine)
+                                sky_refine=sky_refine, person_refine=person_refine, hair_refine=hair_refine,
+                                person_framing=person_framing)
         except NoWeightsError as e:
             typer.echo(f"campipe segment: {e}", err=True)
             raise typer.Exit(1)

@@ -83,6 +83,9 @@ def register(app: typer.Typer) -> None:
                                            "channel with the photo's colours, as campipe does by default."),
         hair_refine: bool = typer.Option(True, "--hair-refine/--no-hair-refine", help="Refine hair with the photo's "
                                          "colours, as campipe does by default."),
+        person_framing: bool = typer.Option(True, "--person-framing/--no-person-framing", help="A stricter person "
+                                            "threshold when the subject fills the frame (close-ups), as campipe does "
+                                            "by default."),
     ) -> None:
         """Per-class pooled IoU at 0.5 and person panoptic quality on the held-out split; table + JSON."""
         from campipe.segmentation import NoWeightsError, weights_path
@@ -131,7 +134,8 @@ def register(app: typer.Typer) -> None:
                 report = evaluate_checkpoints(ckpts, data_dir, sets or None, split, limit,
                                               derive_int8_from="weights" if int8_of_float else None, progress=cb,
                                               refine=refine, tta=tta, sky_refine=sky_refine,
-                                              person_refine=person_refine, hair_refine=hair_refine)
+                                              person_refine=person_refine, hair_refine=hair_refine,
+                                              person_framing=person_framing)
         except (FileNotFoundError, ValueError, OSError) as e:
             typer.echo(f"campipe eval: {e}", err=True)
             raise typer.Exit(1)

@@ -26,7 +26,8 @@ higher-scoring one by more than this mask IoU is a duplicate answer and dropped;
 True also runs the network on the mirrored render and averages the static channels, twice the network time; e.g.
 ``campipe process IMG --set segment.tta=true``), ``sky_refine`` (True: the sky mask is refined with the render's
 colours, :mod:`campipe.segmentation.sky_refine`), ``person_refine`` (True: the same for the person channel, before
-its union with the instances), ``hair_refine`` (True: the same for hair).
+its union with the instances), ``hair_refine`` (True: the same for hair), ``person_framing`` (True: a stricter
+person threshold when the subject fills the frame, :class:`campipe.segmentation.postprocess.PersonFraming`).
 
 References: Reinhard et al., "Photographic Tone Reproduction for Digital Images" (SIGGRAPH 2002) for the log-average
 key; He et al. guided filter (2010).
@@ -114,10 +115,11 @@ def _warn_no_weights(msg: str) -> None:
 @register_stage("segment", requires=("linear",), provides=("masks", "persons"),
                 params={"max_persons": 4, "score_threshold": 0.5, "max_side": 1024, "refine": True,
                         "runtime": "auto", "weights": "", "dedup_iou": 0.8, "tta": False, "sky_refine": True,
-                        "person_refine": True, "hair_refine": True})
+                        "person_refine": True, "hair_refine": True, "person_framing": True})
 def segment_stage(frame: Frame, max_persons: int, score_threshold: float, max_side: int, refine: bool,
                   runtime: str, weights: str, dedup_iou: float = 0.8, tta: bool = False,
-                  sky_refine: bool = True, person_refine: bool = True, hair_refine: bool = True) -> Frame:
+                  sky_refine: bool = True, person_refine: bool = True, hair_refine: bool = True,
+                  person_framing: bool = True) -> Frame:
     """Semantic masks (sky, person, hair, skin, teeth, glasses) and person instances from HyperDETR."""
     from campipe.segmentation import NoWeightsError, weights_path
 
@@ -135,7 +137,7 @@ def segment_stage(frame: Frame, max_persons: int, score_threshold: float, max_si
     seg = get_segmenter(wpath, runtime=runtime, max_persons=int(max_persons), score_threshold=float(score_threshold),
                         refine="guided" if refine else "bilinear", dedup_iou=float(dedup_iou), tta=bool(tta),
                         sky_refine=bool(sky_refine), person_refine=bool(person_refine),
-                        hair_refine=bool(hair_refine))
+                        hair_refine=bool(hair_refine), person_framing=bool(person_framing))
     small, gain = frame_render(frame, max_side)
     if refine:
         res = seg(small, guide=display_luma(frame.image, gain=gain))

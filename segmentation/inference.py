@@ -41,8 +41,8 @@ import numpy as np
 from campipe.frame import PersonInstance
 
 from . import weights_path
-from .postprocess import (DEFAULT_DEDUP_IOU, REFINE_MODES, decode_outputs, flip_canvas, guide_params, letterbox,
-                          merge_flip, normalize, upsample_classes, upsample_masks)
+from .postprocess import (DEFAULT_DEDUP_IOU, DEFAULT_PERSON_FRAMING, REFINE_MODES, decode_outputs, flip_canvas,
+                          guide_params, letterbox, merge_flip, normalize, upsample_classes, upsample_masks)
 
 MODEL_NAME = "HyperDETR"
 MASK_KEYS = ("sky", "person", "hair", "skin", "teeth", "glasses")
@@ -110,6 +110,8 @@ class Segmenter:
         person_refine: the same for the person channel, before its union with the instances
             (:func:`.sky_refine.refine_person`; default on).
         hair_refine: the same for hair (:func:`.sky_refine.refine_hair`; default on).
+        person_framing: a stricter person threshold when the subject fills the frame (close-ups), for the person
+            channel and the person instances (:class:`.postprocess.PersonFraming`; default on).
         tta: horizontal-flip test-time augmentation of the static channels (sky, person, hair, skin, teeth,
             glasses): twice the network time; on the validation split +0.01 IoU on most classes (MODEL_CARD.md).
     """
@@ -118,7 +120,7 @@ class Segmenter:
                  threads: int | None = None, max_persons: int = 4, score_threshold: float = 0.5,
                  refine: str = "guided", guide_radius: int | None = None, guide_eps: float | None = None,
                  dedup_iou: float = DEFAULT_DEDUP_IOU, tta: bool = False, sky_refine: bool = True,
-                 person_refine: bool = True, hair_refine: bool = True) -> None:
+                 person_refine: bool = True, hair_refine: bool = True, person_framing: bool = True) -> None:
         if not 0.0 <= dedup_iou <= 1.0:
             raise ValueError(f"dedup_iou must be in [0, 1], got {dedup_iou}")
         if refine not in REFINE_MODES:
@@ -141,6 +143,7 @@ class Segmenter:
         self.dedup_iou = float(dedup_iou)
         self.tta = bool(tta)
         self.sky_refine, self.person_refine, self.hair_refine = bool(sky_refine), bool(person_refine), bool(hair_refine)
+        self.person_framing = bool(person_framing)
         self.refine = refine
         self.guide_radius = None if guide_radius is None else int(guide_radius)
         self.guide_eps = None if guide_eps is None else float(guide_eps)
@@ -229,7 +232,7 @@ class Segmenter:
                 "num_queries": self.cfg.num_queries, "input_size": list(self.cfg.input_size),
                 "quantized": bool(self.meta.get("quantized", False)), "classes": list(self.classes),
                 "tta": self.tta, "sky_refine": self.sky_refine, "person_refine": self.person_refine,
-                "hair_refine": self.hair_refine, "upsampling": self.refine,
+                "hair_refine": self.hair_refine, "person_framing": self.person_framing, "upsampling": self.refine,
                 "guide_windows": {c: list(guide_params(c, self.guide_radius, self.guide_eps)) for c in self.classes}
                 if self.refine == "guided" else None}
 
@@ -281,7 +284,8 @@ class Segmenter:
         t = time.perf_counter()
         raw = decode_outputs(outputs, box, self.classes, mask_stride=self.cfg.mask_stride,
                              score_threshold=self.score_threshold, max_persons=self.max_persons,
-                             dedup_iou=self.dedup_iou)
+                             dedup_iou=self.dedup_iou,
+                             person_framing=DEFAULT_PERSON_FRAMING if self.person_framing else None)
         refiners = self._refiners(raw.classes)
         # at another output size the refined channels are upsampled on their own (below): not in the common stack
         apart = bool(refiners) and tuple(out_hw) != rgb.shape[:2]
@@ -343,7 +347,7 @@ def segment(image, *, weights=None, runtime: str = "auto", max_persons: int = 4,
             refine: str = "guided", keep_dec_layers: int | None = None, scene_only: bool = False,
             guide: np.ndarray | None = None, out_size: tuple[int, int] | None = None,
             dedup_iou: float = DEFAULT_DEDUP_IOU, tta: bool = False, sky_refine: bool = True,
-            person_refine: bool = True, hair_refine: bool = True) -> SegmentationResult:
+            person_refine: bool = True, hair_refine: bool = True, person_framing: bool = True) -> SegmentationResult:
     """Segment ``image`` (path, uint8/uint16 sRGB array or float32 display-referred array); see module docstring
     and :class:`Segmenter` for the options.
 
@@ -351,5 +355,6 @@ def segment(image, *, weights=None, runtime: str = "auto", max_persons: int = 4,
     """
     seg = get_segmenter(weights, runtime=runtime, max_persons=max_persons, score_threshold=score_threshold,
                         refine=refine, keep_dec_layers=keep_dec_layers, dedup_iou=dedup_iou, tta=tta,
-                        sky_refine=sky_refine, person_refine=person_refine, hair_refine=hair_refine)
+                        sky_refine=sky_refine, person_refine=person_refine, hair_refine=hair_refine,
+                        person_framing=person_framing)
     return seg(image, guide=guide, out_size=out_size, scene_only=scene_only)

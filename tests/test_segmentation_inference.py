@@ -289,8 +289,9 @@ def test_stage_passes_tta(ckpt, monkeypatch, linear_image):
 
     assert get_stage("segment").params["tta"] is False
     monkeypatch.setenv("CAMPIPE_WEIGHTS", str(ckpt))
+    # person_framing off: its offset reads the (flip-averaged) person channel and would move the instances too
     kw = dict(max_persons=4, score_threshold=0.0, max_side=32, refine=False, runtime="torch", weights="",
-              dedup_iou=1.0)
+              dedup_iou=1.0, person_framing=False)
     plain = st.segment_stage(Frame(linear_image.copy(), meta={"scene_referred": True}), **kw)
     flip = st.segment_stage(Frame(linear_image.copy(), meta={"scene_referred": True}), **kw, tta=True)
     assert plain.meta["segmentation"]["model"]["tta"] is False and flip.meta["segmentation"]["model"]["tta"] is True

@@ -120,7 +120,8 @@ def collect_histograms(model: torch.nn.Module, data_dir: str | Path, sets=None, 
             image, raw = read_pair(Path(data_dir), s, stem)
             probs, _, _ = predict(model, image, tuple(cfg.input_size), mean, std, tuple(cfg.semantic_classes),
                                   cfg.mask_stride, max_persons=0, sky_refine=False,
-                                  person_refine=False, hair_refine=False)  # the network's own outputs
+                                  person_refine=False, hair_refine=False,
+                                  person_framing=False)  # the network's own outputs
             for c, (pos_fn, ign_fn, filt) in EVAL_SPEC[s].items():
                 if filt is not None and not filt(raw):
                     continue

@@ -10,7 +10,9 @@ Protocol (the issue's validation targets):
   ``segment(..., tta=True)`` does (:func:`campipe.segmentation.postprocess.merge_flip`); the sky is refined with
   the photo's colours as campipe does by default (:mod:`campipe.segmentation.sky_refine`; ``sky_refine=False``
   gives the protocol of the reports before 2026-12-05), and so are the person channel and hair
-  (``person_refine=False``, ``hair_refine=False``: the protocol before 2026-12-05's fourth session);
+  (``person_refine=False``, ``hair_refine=False``: the protocol before 2026-12-05's fourth session); the person
+  channel and instances get campipe's framing-aware offset (:class:`campipe.segmentation.postprocess.PersonFraming`;
+  ``person_framing=False``: the protocol before 2026-12-06's ninth session);
 * **pooled IoU** per class: a pixel is predicted positive where the probability is >= 0.5; intersections and unions
   are summed over all images of the split before dividing (pooled, not a mean of per-image IoUs). Pixels a set does
   not label are ignored (CamVid "unlabelled"; bicyclists for person);
@@ -38,8 +40,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..postprocess import (CLASS_GUIDE, REFINE_MODES, decode_outputs, flip_canvas, letterbox, merge_flip, normalize,
-                           upsample_classes)
+from ..postprocess import (CLASS_GUIDE, DEFAULT_PERSON_FRAMING, REFINE_MODES, Letterbox, PersonFraming,
+                           decode_outputs, flip_canvas, letterbox, merge_flip, normalize, upsample_classes)
 from ..inference import gray_guide
 from ..sky_refine import refiners
 from .datasets import CAMVID_BICYCLIST, CAMVID_UNLABELLED, CELEBA_SKIN_IDS, list_stems, read_pair
@@ -157,15 +159,27 @@ def panoptic_segments(inst_probs: np.ndarray, scores: np.ndarray, thr: float = 0
 def predict(model: torch.nn.Module, image: np.ndarray, input_size: tuple[int, int], mean, std,
             classes: tuple[str, ...], mask_stride: int, score_threshold: float = 0.5, max_persons: int = 4,
             refine: str = "guided", tta: bool = False, sky_refine: bool = True, person_refine: bool = True,
-            hair_refine: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+            hair_refine: bool = True, person_framing: bool = True
+            ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """uint8 sRGB (H, W, 3) -> (class -> prob float32 (H, W), instance probs (M, H, W), scores (M,)).
 
     ``refine``: "guided" (campipe's default upsampling, guided by the photo) or "bilinear"; ``tta``: flip test-time
     augmentation of the static channels; ``sky_refine`` / ``person_refine`` / ``hair_refine``: the sky / the person
-    channel / hair refined with the photo's colours (campipe's defaults).
+    channel / hair refined with the photo's colours (campipe's defaults); ``person_framing``: the framing-aware person
+    offset (:class:`..postprocess.PersonFraming`, campipe's default).
     """
     if refine not in REFINE_MODES:
         raise ValueError(f"refine must be one of {REFINE_MODES}, got {refine!r}")
+    out_np, box = network_outputs(model, image, input_size, mean, std, tta)
+    return postprocess_outputs(out_np, box, image, classes, mask_stride, score_threshold, max_persons, refine,
+                               sky_refine, person_refine, hair_refine,
+                               DEFAULT_PERSON_FRAMING if person_framing else None)
+
+
+@torch.no_grad()
+def network_outputs(model: torch.nn.Module, image: np.ndarray, input_size: tuple[int, int], mean, std,
+                    tta: bool = False) -> tuple[dict[str, np.ndarray], Letterbox]:
+    """The first half of :func:`predict`: uint8 sRGB (H, W, 3) letterboxed and run -> (float32 outputs, letterbox)."""
     img = image.astype(np.float32) / 255.0
     canvas, box = letterbox(img, tuple(input_size), tuple(mean))
     x = normalize(canvas, mean, std)
@@ -177,8 +191,19 @@ def predict(model: torch.nn.Module, image: np.ndarray, input_size: tuple[int, in
     out_np = run(x)
     if tta:
         out_np = merge_flip(out_np, run(flip_canvas(x)))
+    return out_np, box
+
+
+def postprocess_outputs(out_np: dict[str, np.ndarray], box: Letterbox, image: np.ndarray, classes: tuple[str, ...],
+                        mask_stride: int, score_threshold: float = 0.5, max_persons: int = 4,
+                        refine: str = "guided", sky_refine: bool = True, person_refine: bool = True,
+                        hair_refine: bool = True, person_framing: PersonFraming | None = DEFAULT_PERSON_FRAMING
+                        ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """The second half of :func:`predict` (same return value): decode, upsample to the photo, colour refinements;
+    ``person_framing`` is the rule itself here (or ``None``)."""
     raw = decode_outputs(out_np, box, classes, mask_stride=mask_stride, score_threshold=score_threshold,
-                         max_persons=max_persons)
+                         max_persons=max_persons, person_framing=person_framing)
+    img = image.astype(np.float32) / 255.0
     H, W = image.shape[:2]
     guide = gray_guide(img) if refine == "guided" else None
     names = list(classes) + ["person"] * len(raw.instances)  # each class with its own window, as campipe runs it
@@ -195,7 +220,7 @@ def evaluate_model(model: torch.nn.Module, data_dir: str | Path, sets=None, spli
                    limit: int | None = None, input_size=None, mean=None, std=None, threshold: float = 0.5,
                    progress: Callable[[str, int, int], None] | None = None, refine: str = "guided",
                    tta: bool = False, sky_refine: bool = True, person_refine: bool = True,
-                   hair_refine: bool = True) -> dict[str, dict[str, Any]]:
+                   hair_refine: bool = True, person_framing: bool = True) -> dict[str, dict[str, Any]]:
     """Evaluate ``model`` (float32, eval mode) on ``split`` of every set in ``sets``.
 
     Returns ``{set: {"iou_<class>": float, "n_images": int, "pq"/"sq"/"rq": float (instance sets),
@@ -223,7 +248,8 @@ def evaluate_model(model: torch.nn.Module, data_dir: str | Path, sets=None, spli
             image, raw = read_pair(Path(data_dir), s, stem)
             probs, inst, scores = predict(model, image, input_size, mean, std, tuple(cfg.semantic_classes),
                                           cfg.mask_stride, refine=refine, tta=tta, sky_refine=sky_refine,
-                                          person_refine=person_refine, hair_refine=hair_refine)
+                                          person_refine=person_refine, hair_refine=hair_refine,
+                                          person_framing=person_framing)
             if "person" in probs:
                 probs["person_channel"] = probs["person"]
                 if len(inst):
@@ -264,7 +290,8 @@ def quantized_pruned_copy(model: torch.nn.Module, keep_dec_layers: int = 2) -> t
 def evaluate_checkpoints(weights: dict[str, str | Path], data_dir: str | Path, sets=None, split: str = "val",
                          limit: int | None = None, derive_int8_from: str | None = None,
                          progress=None, refine: str = "guided", tta: bool = False, sky_refine: bool = True,
-                         person_refine: bool = True, hair_refine: bool = True) -> dict[str, Any]:
+                         person_refine: bool = True, hair_refine: bool = True, person_framing: bool = True
+                         ) -> dict[str, Any]:
     """Evaluate several checkpoints (label -> path). With ``derive_int8_from=label``, also evaluate that float
     checkpoint quantised + pruned to 2 layers in memory (label ``<label>-int8-l2``)."""
     from ..checkpoint import load_checkpoint
@@ -272,6 +299,7 @@ def evaluate_checkpoints(weights: dict[str, str | Path], data_dir: str | Path, s
     torch.set_num_threads(min(2, torch.get_num_threads()))
     out: dict[str, Any] = {"split": split, "limit": limit, "refine": refine, "tta": tta, "sky_refine": sky_refine,
                            "person_refine": person_refine, "hair_refine": hair_refine,
+                           "person_framing": (vars(DEFAULT_PERSON_FRAMING) if person_framing else None),
                            "guide_windows": {c: list(w) for c, w in CLASS_GUIDE.items()} if refine == "guided" else None,
                            "models": {}, "results": {}}
     items = list(weights.items())
@@ -292,7 +320,7 @@ def evaluate_checkpoints(weights: dict[str, str | Path], data_dir: str | Path, s
             out["results"][lab] = evaluate_model(m, data_dir, sets, split, limit, mean=norm["mean"],
                                                  std=norm["std"], progress=progress, refine=refine, tta=tta,
                                                  sky_refine=sky_refine, person_refine=person_refine,
-                                                 hair_refine=hair_refine)
+                                                 hair_refine=hair_refine, person_framing=person_framing)
     return out
 
 
