@@ -63,7 +63,9 @@ test-time augmentation would change.
   photos (default the training split) of CelebAMask, Penn-Fudan and CamVid, the share of the frame whose person
   channel is >= 0.5 (percentiles per set: the framings the rule tells apart), and the pooled person IoU (campipe's
   person mask, as ``campipe eval`` scores it) without the offset, with a constant offset, and with ramps of several
-  positions, widths and heights (the network runs once per photo).
+  positions, widths and heights (the network runs once per photo). ``pennfudan-crops`` are half-length framings cut
+  from the same Penn-Fudan photos (per person at least 120 px tall, a 3:4 crop from above the head to 60 % down the
+  body), the framing between the labelled sets' close-ups and full bodies.
 
 Usage: ``python benchmarks/seg_diagnostics.py parts|person-errors|flip-tta|class-scores|instance-oracle|static-head|
 twilight|photo-keys|exposure|upsample|thresholds|framing [--weights CKPT] [--data ../shared/data] [--limit K]
@@ -599,27 +601,51 @@ def framing(model, data: Path, limit: int | None, split: str = "train") -> None:
     variants.append((f"campipe default ({DEFAULT_PERSON_FRAMING.low:g}-{DEFAULT_PERSON_FRAMING.high:g} "
                      f"x{DEFAULT_PERSON_FRAMING.offset:g})", DEFAULT_PERSON_FRAMING))
     counts: dict = {}
-    sets = ("celebamask", "pennfudan", "camvid")
+    sets = ("celebamask", "pennfudan", "camvid", "pennfudan-crops")
     for s in sets:
-        stems = _spaced(list_stems(data, s, split), limit)
+        stems = _spaced(list_stems(data, s.split("-")[0], split), limit)
         areas = []
-        for stem in stems:
-            u8, lab = read_pair(data, s, stem)
+        pairs = ((u8, lab) for stem in stems for u8, lab in
+                 (_half_length_crops(*read_pair(data, "pennfudan", stem)) if s == "pennfudan-crops"
+                  else [read_pair(data, s, stem)]))
+        n = 0
+        for u8, lab in pairs:
+            n += 1
             out, box = network_outputs(model, u8, cfg.input_size, IMAGENET_MEAN, IMAGENET_STD)
             ch = decode_outputs(out, box, classes, mask_stride=cfg.mask_stride, person_framing=None).semantic
             areas.append(float((ch[classes.index("person")] >= 0.5).mean()))
-            gt, ok = _truth(EVAL_SPEC[s]["person"], lab)
+            gt, ok = _truth(EVAL_SPEC[s.split("-")[0]]["person"], lab)
             for name, rule in variants:
                 probs, inst, _ = postprocess_outputs(out, box, u8, classes, cfg.mask_stride, person_framing=rule)
                 p = np.maximum(probs["person"], inst.max(0)) if len(inst) else probs["person"]
                 _tally(counts, (s, name), p >= 0.5, gt, ok)
-        print(f"  {s}: {len(stems)} {split} photos; share of the frame with person channel >= 0.5, percentiles "
+        print(f"  {s}: {n} {split} photos; share of the frame with person channel >= 0.5, percentiles "
               f"0/5/25/50/75/95/100: " + " / ".join(f"{v:.2f}" for v in np.percentile(areas, PCTS_FRAMING)),
               flush=True)
-    print(f"\n{'person offset':34s} " + " ".join(f"{s:>11s}" for s in sets) + "  mean(celebamask, pennfudan)")
+    print(f"\n{'person offset':34s} " + " ".join(f"{s:>15s}" for s in sets) + "  mean(celebamask, pennfudan)")
     for name, _ in variants:
         v = [_pooled_iou(counts[(s, name)]) for s in sets]
-        print(f"{name:34s} " + " ".join(f"{x:11.4f}" for x in v) + f"  {(v[0] + v[1]) / 2:.4f}", flush=True)
+        print(f"{name:34s} " + " ".join(f"{x:15.4f}" for x in v) + f"  {(v[0] + v[1]) / 2:.4f}", flush=True)
+
+
+def _half_length_crops(u8: np.ndarray, lab: np.ndarray, min_height: int = 120):
+    """Half-length framings cut from a Penn-Fudan photo: per labelled person at least ``min_height`` px tall, a 3:4
+    (w:h) crop from a little above the head to 60 % down the body, centred on the person; every labelled person in
+    it keeps its label. Returns a list of (uint8 crop, label crop)."""
+    out = []
+    H, W = lab.shape
+    for i in np.unique(lab[lab > 0]):
+        ys, xs = np.nonzero(lab == i)
+        h = int(ys.max() - ys.min() + 1)
+        if h < min_height:
+            continue
+        top = max(0, int(ys.min() - 0.1 * h))
+        bot = min(H, int(ys.min() + 0.6 * h))
+        cw = int(round(0.75 * (bot - top)))
+        left = int(np.clip(round(xs.mean() - cw / 2), 0, max(0, W - cw)))
+        window = (slice(top, bot), slice(left, left + cw))
+        out.append((np.ascontiguousarray(u8[window]), np.ascontiguousarray(lab[window])))
+    return out
 
 
 PCTS_FRAMING = (0, 5, 25, 50, 75, 95, 100)
@@ -635,8 +661,8 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--split", default=None, choices=("train", "val"),
-                    help="exposure (default val) / person-errors, upsample, thresholds, framing (default train): photos of "
-                         "this split")
+                    help="exposure (default val) / person-errors, upsample, thresholds, framing (default train): "
+                         "photos of this split")
     ap.add_argument("--grid", default=None, help=f"upsample: guided-filter R:EPS pairs (default {DEFAULT_GRID})")
     ap.add_argument("--ranges", default=None,
                     help="exposure: compare KEY_RANGE candidates, percentile pairs of the training photos' keys "
