@@ -33,7 +33,7 @@ References: A. Kirillov et al., "Panoptic Segmentation", CVPR 2019; the data set
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -299,7 +299,7 @@ def evaluate_checkpoints(weights: dict[str, str | Path], data_dir: str | Path, s
     torch.set_num_threads(min(2, torch.get_num_threads()))
     out: dict[str, Any] = {"split": split, "limit": limit, "refine": refine, "tta": tta, "sky_refine": sky_refine,
                            "person_refine": person_refine, "hair_refine": hair_refine,
-                           "person_framing": (vars(DEFAULT_PERSON_FRAMING) if person_framing else None),
+                           "person_framing": asdict(DEFAULT_PERSON_FRAMING) if person_framing else None,
                            "guide_windows": {c: list(w) for c, w in CLASS_GUIDE.items()} if refine == "guided" else None,
                            "models": {}, "results": {}}
     items = list(weights.items())
