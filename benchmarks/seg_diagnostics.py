@@ -397,6 +397,7 @@ def _key(img: np.ndarray) -> float:
 
 
 PCTS = (5, 15, 25, 50, 75, 85, 95)
+PCTS_FRAMING = (0, 5, 25, 50, 75, 95, 100)
 
 
 def training_keys(data: Path, limit: int | None = None) -> dict[str, list[float]]:
@@ -613,7 +614,7 @@ def framing(model, data: Path, limit: int | None, split: str = "train") -> None:
             n += 1
             out, box = network_outputs(model, u8, cfg.input_size, IMAGENET_MEAN, IMAGENET_STD)
             ch = decode_outputs(out, box, classes, mask_stride=cfg.mask_stride, person_framing=None).semantic
-            areas.append(float((ch[classes.index("person")] >= 0.5).mean()))
+            areas.append(PersonFraming.share(ch[classes.index("person")]))
             gt, ok = _truth(EVAL_SPEC[s.split("-")[0]]["person"], lab)
             for name, rule in variants:
                 probs, inst, _ = postprocess_outputs(out, box, u8, classes, cfg.mask_stride, person_framing=rule)
@@ -646,9 +647,6 @@ def _half_length_crops(u8: np.ndarray, lab: np.ndarray, min_height: int = 120):
         window = (slice(top, bot), slice(left, left + cw))
         out.append((np.ascontiguousarray(u8[window]), np.ascontiguousarray(lab[window])))
     return out
-
-
-PCTS_FRAMING = (0, 5, 25, 50, 75, 95, 100)
 
 
 def main(argv=None) -> int:

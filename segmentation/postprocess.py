@@ -133,9 +133,14 @@ class PersonFraming:
         if not 0.0 <= self.low < self.high <= 1.0:
             raise ValueError(f"need 0 <= low < high <= 1, got low={self.low}, high={self.high}")
 
+    @staticmethod
+    def share(person_prob: np.ndarray) -> float:
+        """The framing measure ``a``: fraction of the person channel probability (h, w) that is >= 0.5."""
+        return float(np.count_nonzero(person_prob >= 0.5)) / max(int(person_prob.size), 1)
+
     def __call__(self, person_prob: np.ndarray) -> float:
         """Logit offset (>= 0) for one photo's person channel probability (h, w) in [0, 1]."""
-        a = float(np.count_nonzero(person_prob >= 0.5)) / max(int(person_prob.size), 1)
+        a = self.share(person_prob)
         return float(self.offset) * min(max((a - self.low) / (self.high - self.low), 0.0), 1.0)
 
 
