@@ -43,6 +43,11 @@ class HyperDETRConfig:
             (3x3 conv of the decoder's stride-2 features and the mask features to ``sem_head_hidden`` channels, ReLU,
             1x1 conv to the classes) whose last conv starts at zero, so weights of a 1x1-head model load into it
             with identical outputs and training starts from them.
+        sky_head_hidden: 0 = no sky branch; > 0 adds :class:`..model.SkyBranch`: a residual refinement of the sky
+            logit alone from the decoder's stride-2 features, the mask features and the sky logit itself (fixed input
+            normalisation, 3x3 conv, ReLU, dilated 3x3 conv, ReLU, 1x1 conv to one channel, the last conv starting at
+            zero), so every other output is exactly the model's without it. Needs ``"sky"`` among
+            ``semantic_classes``. Fitted on a frozen model by :mod:`.training.fit_sky_branch`.
     """
 
     width_mult: float = 1.5
@@ -62,6 +67,7 @@ class HyperDETRConfig:
     decoder_dims: tuple[int, int, int, int] = (96, 64, 48, 32)
     mask_coords: bool = False
     sem_head_hidden: int = 0
+    sky_head_hidden: int = 0
 
     def __post_init__(self) -> None:
         self.input_size = tuple(int(v) for v in self.input_size)  # type: ignore[assignment]
@@ -79,6 +85,10 @@ class HyperDETRConfig:
             raise ValueError(f"keep_dec_layers must be in 1..{self.dec_layers}, got {self.keep_dec_layers}")
         if self.sem_head_hidden < 0:
             raise ValueError(f"sem_head_hidden must be >= 0, got {self.sem_head_hidden}")
+        if self.sky_head_hidden < 0:
+            raise ValueError(f"sky_head_hidden must be >= 0, got {self.sky_head_hidden}")
+        if self.sky_head_hidden and "sky" not in self.semantic_classes:
+            raise ValueError(f"sky_head_hidden needs a 'sky' class, got {self.semantic_classes}")
         if len(self.decoder_dims) != 4:
             raise ValueError("decoder_dims needs 4 values (strides 16, 8, 4, 2)")
 

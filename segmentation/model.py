@@ -7,7 +7,8 @@ Data flow for an input x (B, 3, H, W), float32 RGB normalised with the checkpoin
 3. convolutional decoder (U-Net: upsample x2, add 1x1-projected skip, residual depthwise-separable block) from P down
    to the output resolution (H/s, W/s), ending in the 16-channel mask-feature map F and the static semantic logits
    (one 1x1 conv on F, plus with ``cfg.sem_head_hidden`` a residual 3x3 branch over F and the stride-2 decoder
-   features); it never depends on the transformer, so ``scene_only`` outputs are identical;
+   features, and with ``cfg.sky_head_hidden`` a residual branch on the sky logit alone, :class:`SkyBranch`); it
+   never depends on the transformer, so ``scene_only`` outputs are identical;
    optionally in row bands with a halo (``tiling.set_tiling(model, bands)``) to cap peak memory;
 4. transformer (skipped with ``scene_only=True``): encoder over P's tokens, decoder with N learned queries;
 5. HyperDETR head per kept decoder layer: class logits + dynamic 1x1 conv of F (see :mod:`.hyperdetr_head`).
@@ -82,6 +83,34 @@ class FullResStage(nn.Module):
         return F.relu(x + self.image_skip(image))
 
 
+class SkyBranch(nn.Module):
+    """Residual refinement of the sky logit at the mask resolution (``cfg.sky_head_hidden``).
+
+    ``forward(feats)``: (B, cin, h, w) float32 — the decoder's stride-2 features, the mask features and the sky logit,
+    concatenated (at ``mask_stride == 1``: the mask features and the sky logit) — -> (B, 1, h, w) float32, added to the
+    sky logit. Inputs are normalised by fixed per-channel ``in_mean`` / ``in_std`` buffers (set when it is fitted),
+    then 3x3 conv, ReLU, 3x3 conv with dilation 2, ReLU, 1x1 conv. The last conv starts at zero, so a model with a
+    fresh branch gives exactly the outputs of the model without it. Receptive field: 7 x 7 cells (3 px at stride 2
+    on either side), well inside the tiled decoder's halo (:mod:`.tiling`).
+
+    Why: CamVid labels the sky seen through bare tree crowns pixel by pixel; the 1x1 read-out of v6 calls whole
+    crowns "not sky" (MODEL_CARD.md, tenth session).
+    """
+
+    def __init__(self, cin: int, hidden: int) -> None:
+        super().__init__()
+        self.register_buffer("in_mean", torch.zeros(cin))
+        self.register_buffer("in_std", torch.ones(cin))
+        self.body = nn.Sequential(nn.Conv2d(cin, hidden, 3, 1, 1), nn.ReLU(),
+                                  nn.Conv2d(hidden, hidden, 3, 1, 2, dilation=2), nn.ReLU(),
+                                  nn.Conv2d(hidden, 1, 1))
+        nn.init.zeros_(self.body[4].weight)
+        nn.init.zeros_(self.body[4].bias)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.body((feats - self.in_mean[:, None, None]) / self.in_std[:, None, None])
+
+
 class ConvDecoder(nn.Module):
     """U-Net-like decoder from the stride-32 projection to the output resolution.
 
@@ -111,6 +140,11 @@ class ConvDecoder(nn.Module):
                                             nn.Conv2d(cfg.sem_head_hidden, len(cfg.semantic_classes), 1))
             nn.init.zeros_(self.sem_branch[2].weight)  # starts as the 1x1 head alone (see HyperDETRConfig)
             nn.init.zeros_(self.sem_branch[2].bias)
+        self.sky_branch = None
+        self.sky_index = list(cfg.semantic_classes).index("sky") if cfg.sky_head_hidden else -1
+        if cfg.sky_head_hidden:
+            cin = cfg.mask_dim + 1 + (d2 if cfg.mask_stride == 2 else 0)
+            self.sky_branch = SkyBranch(cin, cfg.sky_head_hidden)
 
     def forward(self, p32: torch.Tensor, feats: dict[str, torch.Tensor], image: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +156,21 @@ class ConvDecoder(nn.Module):
         sem = self.sem_head(x)
         if self.sem_branch is not None:
             sem = sem + self.sem_branch(x if self.mask_stride == 1 else torch.cat([d2, x], 1))
+        if self.sky_branch is not None:
+            sem = self.refine_sky(sem, d2, x)
         return x, sem
+
+    def sky_branch_input(self, sem: torch.Tensor, d2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(B, cin, h, w): the features :class:`SkyBranch` reads (stride-2 features, mask features, sky logit)."""
+        k = self.sky_index
+        parts = [x, sem[:, k:k + 1]] if self.mask_stride == 1 else [d2, x, sem[:, k:k + 1]]
+        return torch.cat(parts, 1)
+
+    def refine_sky(self, sem: torch.Tensor, d2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``sem`` with the sky channel plus the sky branch's residual; every other channel untouched."""
+        k = self.sky_index
+        sky = sem[:, k:k + 1] + self.sky_branch(self.sky_branch_input(sem, d2, x))
+        return torch.cat([sem[:, :k], sky, sem[:, k + 1:]], 1)
 
 
 class HyperDETR(nn.Module):

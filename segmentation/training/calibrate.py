@@ -156,13 +156,19 @@ def fit_offsets(hists: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 @torch.no_grad()
 def apply_offsets(model: torch.nn.Module, offsets: dict[str, float]) -> torch.nn.Module:
-    """Add ``offsets[class]`` to that class's bias in ``model.decoder.sem_head`` (in place); returns the model."""
+    """Add ``offsets[class]`` to that class's bias in ``model.decoder.sem_head`` (in place); returns the model.
+    With a sky branch (``model.sky_head_hidden``), which reads the sky logit, the sky's offset goes to the branch's
+    last bias instead, so the sky logit moves by exactly the offset and the branch's input stays as it was fitted."""
     classes = list(model.cfg.semantic_classes)
     bias = model.decoder.sem_head.bias
+    sky_branch = getattr(model.decoder, "sky_branch", None)
     for c, off in offsets.items():
         if c not in classes:
             raise KeyError(f"unknown class {c!r} (model classes: {classes})")
-        bias[classes.index(c)] += float(off)
+        if c == "sky" and sky_branch is not None:
+            sky_branch.body[4].bias[0] += float(off)
+        else:
+            bias[classes.index(c)] += float(off)
     return model
 
 

@@ -302,9 +302,14 @@ def init_weights(model: torch.nn.Module, mcfg: HyperDETRConfig, path: Path) -> N
     if src.sem_head_hidden and src.sem_head_hidden != mcfg.sem_head_hidden:
         raise ValueError(f"init_from {path}: model.sem_head_hidden is {src.sem_head_hidden} there, "
                          f"{mcfg.sem_head_hidden} here")
+    if src.sky_head_hidden and src.sky_head_hidden != mcfg.sky_head_hidden:
+        raise ValueError(f"init_from {path}: model.sky_head_hidden is {src.sky_head_hidden} there, "
+                         f"{mcfg.sky_head_hidden} here")
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if mcfg.sem_head_hidden and not src.sem_head_hidden:  # a 1x1-head model: the new branch keeps its zero start
         missing = [k for k in missing if not k.startswith("decoder.sem_branch.")]
+    if mcfg.sky_head_hidden and not src.sky_head_hidden:  # likewise a new sky branch
+        missing = [k for k in missing if not k.startswith("decoder.sky_branch.")]
     if missing or unexpected:
         raise ValueError(f"init_from {path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 

@@ -1,0 +1,178 @@
+"""The residual sky branch (``model.sky_head_hidden``, :class:`campipe.segmentation.model.SkyBranch`): it starts as
+the model without it, writes the sky logit only, survives checkpoints, int8, tiling and ONNX, and its fitting code
+learns a sky the frozen logit misses (small generated data)."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from campipe.segmentation.checkpoint import load_checkpoint, save_checkpoint
+from campipe.segmentation.config import HyperDETRConfig
+from campipe.segmentation.model import build_model
+from test_segmentation_helpers import calibrated_model, tiny_config
+
+
+def _live(m: torch.nn.Module, seed: int = 11) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.decoder.sky_branch.body[4].parameters():
+            p.copy_(0.5 * torch.randn(p.shape, generator=g))
+    return m
+
+
+def _with_branch(plain: torch.nn.Module, hidden: int = 8) -> torch.nn.Module:
+    cfg = HyperDETRConfig.from_dict({**plain.cfg.to_dict(), "sky_head_hidden": hidden})
+    m = build_model(cfg).eval()
+    missing, unexpected = m.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("decoder.sky_branch.") for k in missing)
+    return m
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="sky_head_hidden"):
+        tiny_config(sky_head_hidden=-1)
+    with pytest.raises(ValueError, match="'sky' class"):
+        tiny_config(sky_head_hidden=4, semantic_classes=("person", "hair"))
+
+
+@pytest.mark.parametrize("mask_stride,sem_branch", [(1, 0), (2, 0), (2, 8)])
+def test_fresh_branch_is_the_identity_and_a_live_one_writes_only_the_sky(mask_stride, sem_branch):
+    plain = calibrated_model(tiny_config(mask_stride=mask_stride, sem_head_hidden=sem_branch))
+    m = _with_branch(plain)
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(5))
+    k = list(m.cfg.semantic_classes).index("sky")
+    with torch.no_grad():
+        a, b = plain(x), m(x)
+        assert torch.equal(a["sem_logits"], b["sem_logits"]) and torch.equal(a["pred_masks"], b["pred_masks"])
+        c = _live(m)(x)
+        only = m(x, scene_only=True)
+    others = [i for i in range(c["sem_logits"].shape[1]) if i != k]
+    assert torch.equal(c["sem_logits"][:, others], a["sem_logits"][:, others])
+    assert torch.equal(c["pred_masks"], a["pred_masks"]) and torch.equal(c["pred_logits"], a["pred_logits"])
+    assert float((c["sem_logits"][:, k] - a["sem_logits"][:, k]).abs().mean()) > 1e-3
+    assert torch.equal(only["sem_logits"], c["sem_logits"])
+
+
+def test_branch_input_is_the_documented_features():
+    m = _with_branch(calibrated_model(tiny_config(mask_stride=2)))
+    d = m.decoder
+    sem, d2, mf = torch.randn(1, 6, 8, 8), torch.randn(1, m.cfg.decoder_dims[3], 8, 8), torch.randn(1, 16, 8, 8)
+    f = d.sky_branch_input(sem, d2, mf)
+    assert f.shape[1] == d.sky_branch.in_mean.numel() == m.cfg.decoder_dims[3] + m.cfg.mask_dim + 1
+    assert torch.equal(f[:, -1], sem[:, d.sky_index]) and torch.equal(f[:, :d2.shape[1]], d2)
+
+
+def test_checkpoint_int8_and_tiling_carry_the_branch(tmp_path):
+    from campipe.segmentation.tiling import set_tiling
+
+    m = _live(_with_branch(calibrated_model(tiny_config(input_size=(256, 96), mask_stride=2, sem_head_hidden=8))))
+    with torch.no_grad():
+        m.decoder.sky_branch.in_mean.fill_(0.25)
+        m.decoder.sky_branch.in_std.fill_(2.0)
+    x = torch.randn(1, 3, 256, 96, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = m(x)
+    back, meta = load_checkpoint(save_checkpoint(tmp_path / "f.pt", m))
+    assert meta["config_obj"].sky_head_hidden == 8
+    assert torch.equal(back.decoder.sky_branch.in_std, m.decoder.sky_branch.in_std)
+    q, _ = load_checkpoint(save_checkpoint(tmp_path / "q.pt", m, quantize=True))
+    qb, fb = q.decoder.sky_branch, m.decoder.sky_branch
+    assert torch.equal(qb.in_mean, fb.in_mean) and torch.equal(qb.in_std, fb.in_std)  # 1-D: kept in float
+    for i in (0, 2, 4):  # int8 per output channel: within half a step of the float weights
+        w, wq = fb.body[i].weight, qb.body[i].weight
+        step = w.reshape(w.shape[0], -1).abs().amax(1) / 127
+        assert bool(((wq - w).abs().reshape(w.shape[0], -1).amax(1) <= step / 2 + 1e-7).all())
+    with torch.no_grad():
+        assert torch.equal(back(x)["sem_logits"], ref["sem_logits"])
+        tiled = set_tiling(back, 4)(x)
+    assert torch.allclose(tiled["sem_logits"], ref["sem_logits"], atol=1e-5)
+
+
+def test_init_weights_keeps_a_new_branch_at_zero_and_refuses_another_size(tmp_path):
+    from campipe.segmentation.training.train import init_weights
+
+    plain = calibrated_model(tiny_config(mask_stride=2))
+    src = save_checkpoint(tmp_path / "plain.pt", plain)
+    cfg = tiny_config(mask_stride=2, sky_head_hidden=8)
+    m = build_model(cfg).eval()
+    init_weights(m, cfg, src)
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(m(x)["sem_logits"], plain(x)["sem_logits"])
+    p = save_checkpoint(tmp_path / "b.pt", _live(m))
+    other = tiny_config(mask_stride=2, sky_head_hidden=4)
+    with pytest.raises(ValueError, match="sky_head_hidden"):
+        init_weights(build_model(other), other, p)
+
+
+def test_onnx_matches_eager_with_a_sky_branch(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from campipe.segmentation.export import export_onnx
+    from campipe.segmentation.runtime import OrtRunner
+
+    m = _live(_with_branch(calibrated_model(tiny_config(keep_dec_layers=2, mask_stride=2, sem_head_hidden=8))))
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = m(x)
+    out = OrtRunner(export_onnx(m, tmp_path / "s.onnx"), threads=1)(x.numpy())
+    np.testing.assert_allclose(out["sem_logits"], ref["sem_logits"].numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(out["pred_masks"], ref["pred_masks"].numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_fit_learns_a_sky_the_frozen_logit_misses():
+    """Generated cached inputs: the sky is where feature channel 0 is high, the frozen sky logit says "no sky"
+    everywhere. The fit must find it (pooled IoU at the feature resolution from 0 to > 0.9) and leave the
+    normalisation set from the data."""
+    from campipe.segmentation.training.fit_sky_branch import fit, pooled_iou
+
+    m = _with_branch(calibrated_model(tiny_config(mask_stride=2)))
+    cin = m.decoder.sky_branch.in_mean.numel()
+    rng = np.random.default_rng(0)
+    pool = []
+    for _ in range(12):
+        f = rng.normal(0, 1, (cin, 24, 24)).astype(np.float32)
+        sky = np.zeros((24, 24), bool)
+        sky[: rng.integers(6, 18)] = True  # a sky band at the top, rows of varying height
+        f[0] = np.where(sky, 2.0, -2.0) + 0.3 * f[0]
+        f[-1] = -4.0  # the frozen model's sky logit: "no sky"
+        pool.append((torch.from_numpy(f).half(), sky.astype(np.float32), np.ones((24, 24), bool)))
+    train, held = pool[:8], pool[8:]
+    assert pooled_iou(held, lambda x: x[:, -1:]) == 0.0
+    losses = fit(m, train, train, steps=150, batch=8, patch=16, log=lambda s: None)
+    assert losses[-1] < losses[0]
+    br = m.decoder.sky_branch
+    assert float(br.in_mean[0]) != 0.0 and float(br.in_std[1]) != 1.0
+    assert pooled_iou(held, lambda x: x[:, -1:] + br(x)) > 0.9
+
+
+def test_calibration_offset_moves_the_final_sky_logit_exactly():
+    """The branch reads the sky logit, so the calibration's sky offset goes after it (its last bias)."""
+    from campipe.segmentation.training.calibrate import apply_offsets
+
+    m = _live(_with_branch(calibrated_model(tiny_config(mask_stride=2))))
+    names = list(m.cfg.semantic_classes)
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = m(x, scene_only=True)["sem_logits"]
+        apply_offsets(m, {"sky": 1.5, "hair": -0.5})
+        out = m(x, scene_only=True)["sem_logits"]
+    s, h = names.index("sky"), names.index("hair")
+    assert torch.allclose(out[:, s], ref[:, s] + 1.5, atol=1e-5)
+    assert torch.allclose(out[:, h], ref[:, h] - 0.5, atol=1e-5)
+
+
+def test_row_exchanges_refuse_the_sky_row_of_a_branch_model():
+    from campipe.segmentation.training.merge_heads import merge_heads
+    from campipe.segmentation.training.refit_rows import current_rows
+
+    plain = calibrated_model(tiny_config(mask_stride=2, sem_head_hidden=8))
+    a = _with_branch(plain)
+    b = copy.deepcopy(a)
+    with pytest.raises(ValueError, match="sky branch"):
+        merge_heads(a, b, ["sky"])
+    merge_heads(a, b, ["hair"])  # other rows still exchange
+    with pytest.raises(ValueError, match="sky branch"):
+        current_rows(a, ["sky", "hair"])
