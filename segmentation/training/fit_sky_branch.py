@@ -1,7 +1,7 @@
 """Fit the residual sky branch (:class:`campipe.segmentation.model.SkyBranch`) on a frozen model.
 
 ``python -m campipe.segmentation.training.fit_sky_branch --float FLOAT.pt --data ../shared/data --out OUT.pt
-[--hidden 16] [--steps 2000] [--neg-limit 250] [--holdout 25]``
+[--hidden 16] [--steps 2000] [--neg-limit 250] [--holdout 25] [--camvid-share P]``
 
 Everything but the branch is frozen, and the branch writes the sky logit only, so every other output of ``OUT.pt``
 equals ``FLOAT.pt``'s bit for bit. The frozen model's inputs to the branch (the decoder's stride-2 features, the mask
@@ -12,7 +12,7 @@ the sky only teaches "not sky" where it knows it: the people of CelebAMask, Figa
 
 * photos: CamVid's training split minus ``--holdout`` % (``refit_rows.is_holdout``, the photos the shipping rule
   scores the branch on), and ``--neg-limit`` evenly spaced training photos each of CelebAMask, Figaro1k and
-  Penn-Fudan; every photo is drawn with the same probability;
+  Penn-Fudan; every photo is drawn with the same probability, or CamVid's with ``--camvid-share`` in all;
 * the branch's fixed input normalisation (``in_mean`` / ``in_std``) is the mean over the CamVid photos of each
   channel's per-photo mean and standard deviation;
 * ``--steps`` AdamW steps (lr 2e-3 one-cycle, weight decay 1e-4) on ``--batch`` random ``--patch`` x ``--patch``
@@ -90,8 +90,11 @@ def pooled_iou(samples, fn) -> float:
     return inter / max(union, 1)
 
 
-def fit(model, pool, fit_cv, steps: int, batch: int, patch: int, seed: int = 0, log=print) -> list[float]:
-    """Train ``model.decoder.sky_branch`` on ``pool`` (cached samples); returns the loss every 100 steps."""
+def fit(model, pool, fit_cv, steps: int, batch: int, patch: int, seed: int = 0, log=print,
+        camvid_share: float | None = None) -> list[float]:
+    """Train ``model.decoder.sky_branch`` on ``pool`` (cached samples, the CamVid ones ``fit_cv`` first); returns the
+    loss every 100 steps. ``camvid_share``: the probability of drawing a CamVid photo (default: every photo of the
+    pool equally likely)."""
     import torch
     from torch.nn import functional as F
 
@@ -99,7 +102,15 @@ def fit(model, pool, fit_cv, steps: int, batch: int, patch: int, seed: int = 0, 
     with torch.no_grad():
         br.in_mean.copy_(torch.stack([f.float().mean((1, 2)) for f, _, _ in fit_cv]).mean(0))
         br.in_std.copy_(torch.stack([f.float().std((1, 2)) for f, _, _ in fit_cv]).mean(0) + 1e-3)
-    pool = [p for p in pool if min(p[1].shape) >= patch]
+    is_cv = [i < len(fit_cv) for i in range(len(pool))]
+    keep = [i for i, p in enumerate(pool) if min(p[1].shape) >= patch]
+    pool, is_cv = [pool[i] for i in keep], np.array([is_cv[i] for i in keep])
+    prob = None
+    if camvid_share is not None:
+        if not 0 < camvid_share <= 1 or (camvid_share < 1 and is_cv.all()):
+            raise ValueError(f"camvid_share must be in (0, 1] with other photos in the pool, got {camvid_share}")
+        prob = np.where(is_cv, camvid_share / is_cv.sum(), (1 - camvid_share) / max(1, (~is_cv).sum()))
+        prob = prob / prob.sum()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     params = list(br.body.parameters())
@@ -109,7 +120,7 @@ def fit(model, pool, fit_cv, steps: int, batch: int, patch: int, seed: int = 0, 
     br.train()
     for it in range(steps):
         xb, yb, kb = [], [], []
-        for j in rng.integers(0, len(pool), batch):
+        for j in (rng.integers(0, len(pool), batch) if camvid_share is None else rng.choice(len(pool), batch, p=prob)):
             f, y, k = pool[j]
             h, w = y.shape
             a, b = rng.integers(0, h - patch + 1), rng.integers(0, w - patch + 1)
@@ -147,6 +158,8 @@ def main(argv=None) -> int:
     ap.add_argument("--neg-limit", type=int, default=250)
     ap.add_argument("--holdout", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--camvid-share", type=float, default=None,
+                    help="probability of drawing a CamVid photo (default: all photos equally likely)")
     a = ap.parse_args(argv)
 
     import torch
@@ -188,7 +201,8 @@ def main(argv=None) -> int:
             pool += c
             counts[s] = len(c)
     print(f"cached {counts} in {time.time() - t0:.0f} s", flush=True)
-    losses = fit(model, pool, fit_cv, a.steps, a.batch, a.patch, a.seed, log=lambda m: print(m, flush=True))
+    losses = fit(model, pool, fit_cv, a.steps, a.batch, a.patch, a.seed, log=lambda m: print(m, flush=True),
+                 camvid_share=a.camvid_share)
     br = model.decoder.sky_branch
     own = pooled_iou(hold, lambda x: x[:, -1:])
     new = pooled_iou(hold, lambda x: x[:, -1:] + br(x))
@@ -197,6 +211,7 @@ def main(argv=None) -> int:
     extra = dict(meta.get("extra") or {})
     extra["sky_branch"] = {"from": str(a.float_ckpt), "hidden": a.hidden, "steps": a.steps, "batch": a.batch,
                            "patch": a.patch, "neg_limit": a.neg_limit, "holdout": a.holdout, "seed": a.seed,
+                           "camvid_share": a.camvid_share,
                            "photos": counts, "losses": losses,
                            "holdout_sky_iou_feature_res": {"frozen": own, "branch": new}}
     save_checkpoint(a.out, model, model.cfg, mean=mean, std=std, metrics=meta.get("metrics"), extra=extra)
