@@ -124,7 +124,7 @@ def test_refine_hair_is_the_colour_fusion_with_its_own_parameters():
     np.testing.assert_array_equal(refine_hair(prob, rgb), refine_by_colour(prob, rgb, weight=HAIR_WEIGHT,
                                                                            bins=HAIR_BINS, sure=SURE_HAIR,
                                                                            sure_not=SURE_NOT_HAIR))
-    assert HAIR_WEIGHT < 0.75  # gentler than sky and person (module docstring)
+    assert HAIR_WEIGHT < PERSON_WEIGHT  # gentler than person (module docstring)
 
 
 def test_refine_person_is_the_colour_fusion_with_its_own_parameters():

@@ -297,7 +297,10 @@ def evaluate_checkpoints(weights: dict[str, str | Path], data_dir: str | Path, s
     from ..checkpoint import load_checkpoint
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    from ..sky_refine import DEFAULT_WEIGHT as SKY_REFINE_WEIGHT
+
     out: dict[str, Any] = {"split": split, "limit": limit, "refine": refine, "tta": tta, "sky_refine": sky_refine,
+                           "sky_refine_weight": SKY_REFINE_WEIGHT if sky_refine else None,
                            "person_refine": person_refine, "hair_refine": hair_refine,
                            "person_framing": asdict(DEFAULT_PERSON_FRAMING) if person_framing else None,
                            "guide_windows": {c: list(w) for c, w in CLASS_GUIDE.items()} if refine == "guided" else None,
