@@ -86,8 +86,8 @@ class FullResStage(nn.Module):
 class SkyBranch(nn.Module):
     """Residual refinement of the sky logit at the mask resolution (``cfg.sky_head_hidden``).
 
-    ``forward(feats)``: (B, cin, h, w) float32 — the decoder's stride-2 features, the mask features and the sky logit,
-    concatenated (at ``mask_stride == 1``: the mask features and the sky logit) — -> (B, 1, h, w) float32, added to the
+    ``forward(feats)``: (B, cin, h, w) float32 (the decoder's stride-2 features, the mask features and the sky logit,
+    concatenated (at ``mask_stride == 1``: the mask features and the sky logit)) -> (B, 1, h, w) float32, added to the
     sky logit. Inputs are normalised by fixed per-channel ``in_mean`` / ``in_std`` buffers (set when it is fitted),
     then 3x3 conv, ReLU, 3x3 conv with dilation 2, ReLU, 1x1 conv. The last conv starts at zero, so a model with a
     fresh branch gives exactly the outputs of the model without it. Receptive field: 7 x 7 cells (3 px at stride 2

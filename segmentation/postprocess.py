@@ -117,7 +117,8 @@ class PersonFraming:
     ``a >= high``: ``p' = sigmoid(logit(p) - offset * clip((a - low) / (high - low), 0, 1))``.
 
     Chosen on the TRAINING split (``python benchmarks/seg_diagnostics.py framing --limit 120``: 120 CelebAMask, 99
-    Penn-Fudan and 120 CamVid training photos, plus 222 half-length crops of those Penn-Fudan people, v6 weights,
+    Penn-Fudan and 120 CamVid training photos, plus 222 half-length crops of those Penn-Fudan people, v6 weights, whose
+    person outputs v7's are bit for bit (v7 adds a sky branch only),
     campipe's whole person post-processing; pooled person IoU): with offset 1.5, CelebAMask 0.912 -> 0.923 while
     Penn-Fudan (subjects cover 3-35 % of the frame) and CamVid stay exactly as they were. On the labelled photos any
     ramp between 0.35 and 0.7 scores within 0.0001 (no photo lies between the framings: CelebAMask faces cover
