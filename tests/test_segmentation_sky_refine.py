@@ -154,8 +154,8 @@ def test_sky_branch_raises_camvid_sky_iou(shared_data, tmp_path):
 # ------------------------------------------------------------------------------------------------ person ---
 
 def test_refine_hair_is_the_colour_fusion_with_its_own_parameters():
-    from campipe.segmentation.sky_refine import (HAIR_BINS, HAIR_WEIGHT, SURE_HAIR, SURE_NOT_HAIR, refine_by_colour,
-                                                 refine_hair)
+    from campipe.segmentation.sky_refine import (HAIR_BINS, HAIR_WEIGHT, PERSON_WEIGHT, SURE_HAIR, SURE_NOT_HAIR,
+                                                 refine_by_colour, refine_hair)
 
     prob, rgb = _scene()
     np.testing.assert_array_equal(refine_hair(prob, rgb), refine_by_colour(prob, rgb, weight=HAIR_WEIGHT,
