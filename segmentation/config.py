@@ -48,6 +48,8 @@ class HyperDETRConfig:
             normalisation, 3x3 conv, ReLU, dilated 3x3 conv, ReLU, 1x1 conv to one channel, the last conv starting at
             zero), so every other output is exactly the model's without it. Needs ``"sky"`` among
             ``semantic_classes``. Fitted on a frozen model by :mod:`.training.fit_sky_branch`.
+        sky_head_stride: 1 = the sky branch runs at the mask resolution; 2 = on its inputs average-pooled 2 x 2, its
+            output upsampled bilinearly (a quarter of the cost).
     """
 
     width_mult: float = 1.5
@@ -68,6 +70,7 @@ class HyperDETRConfig:
     mask_coords: bool = False
     sem_head_hidden: int = 0
     sky_head_hidden: int = 0
+    sky_head_stride: int = 1
 
     def __post_init__(self) -> None:
         self.input_size = tuple(int(v) for v in self.input_size)  # type: ignore[assignment]
@@ -87,6 +90,8 @@ class HyperDETRConfig:
             raise ValueError(f"sem_head_hidden must be >= 0, got {self.sem_head_hidden}")
         if self.sky_head_hidden < 0:
             raise ValueError(f"sky_head_hidden must be >= 0, got {self.sky_head_hidden}")
+        if self.sky_head_stride not in (1, 2):
+            raise ValueError(f"sky_head_stride must be 1 or 2, got {self.sky_head_stride}")
         if self.sky_head_hidden and "sky" not in self.semantic_classes:
             raise ValueError(f"sky_head_hidden needs a 'sky' class, got {self.semantic_classes}")
         if len(self.decoder_dims) != 4:

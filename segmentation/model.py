@@ -89,7 +89,8 @@ class SkyBranch(nn.Module):
     ``forward(feats)``: (B, cin, h, w) float32 (the decoder's stride-2 features, the mask features and the sky logit,
     concatenated (at ``mask_stride == 1``: the mask features and the sky logit)) -> (B, 1, h, w) float32, added to the
     sky logit. Inputs are normalised by fixed per-channel ``in_mean`` / ``in_std`` buffers (set when it is fitted),
-    then 3x3 conv, ReLU, 3x3 conv with dilation 2, ReLU, 1x1 conv. The last conv starts at zero, so a model with a
+    then (with ``stride`` 2: average-pooled 2 x 2) 3x3 conv, ReLU, 3x3 conv with dilation 2, ReLU, 1x1 conv (with
+    ``stride`` 2: upsampled bilinearly back). The last conv starts at zero, so a model with a
     fresh branch gives exactly the outputs of the model without it. Receptive field: 7 x 7 cells (3 px at stride 2
     on either side), well inside the tiled decoder's halo (:mod:`.tiling`).
 
@@ -97,8 +98,9 @@ class SkyBranch(nn.Module):
     crowns "not sky" (MODEL_CARD.md, tenth session).
     """
 
-    def __init__(self, cin: int, hidden: int) -> None:
+    def __init__(self, cin: int, hidden: int, stride: int = 1) -> None:
         super().__init__()
+        self.stride = stride
         self.register_buffer("in_mean", torch.zeros(cin))
         self.register_buffer("in_std", torch.ones(cin))
         self.body = nn.Sequential(nn.Conv2d(cin, hidden, 3, 1, 1), nn.ReLU(),
@@ -108,7 +110,11 @@ class SkyBranch(nn.Module):
         nn.init.zeros_(self.body[4].bias)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.body((feats - self.in_mean[:, None, None]) / self.in_std[:, None, None])
+        x = (feats - self.in_mean[:, None, None]) / self.in_std[:, None, None]
+        if self.stride == 1:
+            return self.body(x)
+        y = self.body(F.avg_pool2d(x, self.stride))
+        return F.interpolate(y, size=feats.shape[-2:], mode="bilinear", align_corners=False)
 
 
 class ConvDecoder(nn.Module):
@@ -144,7 +150,7 @@ class ConvDecoder(nn.Module):
         self.sky_index = list(cfg.semantic_classes).index("sky") if cfg.sky_head_hidden else -1
         if cfg.sky_head_hidden:
             cin = cfg.mask_dim + 1 + (d2 if cfg.mask_stride == 2 else 0)
-            self.sky_branch = SkyBranch(cin, cfg.sky_head_hidden)
+            self.sky_branch = SkyBranch(cin, cfg.sky_head_hidden, cfg.sky_head_stride)
 
     def forward(self, p32: torch.Tensor, feats: dict[str, torch.Tensor], image: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:

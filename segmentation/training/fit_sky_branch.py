@@ -1,7 +1,7 @@
 """Fit the residual sky branch (:class:`campipe.segmentation.model.SkyBranch`) on a frozen model.
 
 ``python -m campipe.segmentation.training.fit_sky_branch --float FLOAT.pt --data ../shared/data --out OUT.pt
-[--hidden 16] [--steps 2000] [--neg-limit 250] [--holdout 25] [--camvid-share P]``
+[--hidden 16] [--stride 1|2] [--steps 2000] [--neg-limit 250] [--holdout 25] [--camvid-share P]``
 
 Everything but the branch is frozen, and the branch writes the sky logit only, so every other output of ``OUT.pt``
 equals ``FLOAT.pt``'s bit for bit. The frozen model's inputs to the branch (the decoder's stride-2 features, the mask
@@ -124,6 +124,7 @@ def fit(model, pool, fit_cv, steps: int, batch: int, patch: int, seed: int = 0, 
             f, y, k = pool[j]
             h, w = y.shape
             a, b = rng.integers(0, h - patch + 1), rng.integers(0, w - patch + 1)
+            a, b = a - a % br.stride, b - b % br.stride  # the pooling grid of the whole image
             ff, yy, kk = f[:, a:a + patch, b:b + patch], y[a:a + patch, b:b + patch], k[a:a + patch, b:b + patch]
             if rng.random() < 0.5:
                 ff, yy, kk = ff.flip(-1), yy[:, ::-1], kk[:, ::-1]
@@ -152,6 +153,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=Path("../shared/data"), type=Path)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--hidden", type=int, default=16)
+    ap.add_argument("--stride", type=int, default=1, choices=(1, 2), help="model.sky_head_stride")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--patch", type=int, default=96)
@@ -176,7 +178,7 @@ def main(argv=None) -> int:
     base, meta = load_checkpoint(a.float_ckpt)
     if base.cfg.sky_head_hidden:
         raise SystemExit(f"{a.float_ckpt} already has a sky branch")
-    cfg = HyperDETRConfig.from_dict({**base.cfg.to_dict(), "sky_head_hidden": a.hidden})
+    cfg = HyperDETRConfig.from_dict({**base.cfg.to_dict(), "sky_head_hidden": a.hidden, "sky_head_stride": a.stride})
     model = build_model(cfg).eval()
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
     if unexpected or any(not k.startswith("decoder.sky_branch.") for k in missing):
@@ -209,7 +211,8 @@ def main(argv=None) -> int:
     print(f"held-out CamVid training photos ({len(hold)}), sky IoU at the feature resolution: "
           f"frozen model {own:.4f}, with the branch {new:.4f}")
     extra = dict(meta.get("extra") or {})
-    extra["sky_branch"] = {"from": str(a.float_ckpt), "hidden": a.hidden, "steps": a.steps, "batch": a.batch,
+    extra["sky_branch"] = {"from": str(a.float_ckpt), "hidden": a.hidden, "stride": a.stride, "steps": a.steps,
+                           "batch": a.batch,
                            "patch": a.patch, "neg_limit": a.neg_limit, "holdout": a.holdout, "seed": a.seed,
                            "camvid_share": a.camvid_share,
                            "photos": counts, "losses": losses,
