@@ -91,8 +91,9 @@ class SkyBranch(nn.Module):
     sky logit. Inputs are normalised by fixed per-channel ``in_mean`` / ``in_std`` buffers (set when it is fitted),
     then (with ``stride`` 2: average-pooled 2 x 2) 3x3 conv, ReLU, 3x3 conv with dilation 2, ReLU, 1x1 conv (with
     ``stride`` 2: upsampled bilinearly back). The last conv starts at zero, so a model with a
-    fresh branch gives exactly the outputs of the model without it. Receptive field: 7 x 7 cells (3 px at stride 2
-    on either side), well inside the tiled decoder's halo (:mod:`.tiling`).
+    fresh branch gives exactly the outputs of the model without it. Receptive field: 7 x 7 cells of its grid (3 on
+    either side; with ``stride`` 2 about 8 mask cells on either side), well inside the tiled decoder's halo
+    (:mod:`.tiling`: 2 stride-32 cells = 32 cells at mask stride 2).
 
     Why: CamVid labels the sky seen through bare tree crowns pixel by pixel; the 1x1 read-out of v6 calls whole
     crowns "not sky" (MODEL_CARD.md, tenth session).

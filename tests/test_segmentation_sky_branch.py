@@ -23,8 +23,8 @@ def _live(m: torch.nn.Module, seed: int = 11) -> torch.nn.Module:
     return m
 
 
-def _with_branch(plain: torch.nn.Module, hidden: int = 8) -> torch.nn.Module:
-    cfg = HyperDETRConfig.from_dict({**plain.cfg.to_dict(), "sky_head_hidden": hidden})
+def _with_branch(plain: torch.nn.Module, hidden: int = 8, stride: int = 1) -> torch.nn.Module:
+    cfg = HyperDETRConfig.from_dict({**plain.cfg.to_dict(), "sky_head_hidden": hidden, "sky_head_stride": stride})
     m = build_model(cfg).eval()
     missing, unexpected = m.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("decoder.sky_branch.") for k in missing)
@@ -34,14 +34,16 @@ def _with_branch(plain: torch.nn.Module, hidden: int = 8) -> torch.nn.Module:
 def test_config_validation():
     with pytest.raises(ValueError, match="sky_head_hidden"):
         tiny_config(sky_head_hidden=-1)
+    with pytest.raises(ValueError, match="sky_head_stride"):
+        tiny_config(sky_head_hidden=4, sky_head_stride=4)
     with pytest.raises(ValueError, match="'sky' class"):
         tiny_config(sky_head_hidden=4, semantic_classes=("person", "hair"))
 
 
-@pytest.mark.parametrize("mask_stride,sem_branch", [(1, 0), (2, 0), (2, 8)])
-def test_fresh_branch_is_the_identity_and_a_live_one_writes_only_the_sky(mask_stride, sem_branch):
+@pytest.mark.parametrize("mask_stride,sem_branch,stride", [(1, 0, 1), (2, 0, 1), (2, 8, 1), (2, 8, 2)])
+def test_fresh_branch_is_the_identity_and_a_live_one_writes_only_the_sky(mask_stride, sem_branch, stride):
     plain = calibrated_model(tiny_config(mask_stride=mask_stride, sem_head_hidden=sem_branch))
-    m = _with_branch(plain)
+    m = _with_branch(plain, stride=stride)
     x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(5))
     k = list(m.cfg.semantic_classes).index("sky")
     with torch.no_grad():
@@ -65,10 +67,12 @@ def test_branch_input_is_the_documented_features():
     assert torch.equal(f[:, -1], sem[:, d.sky_index]) and torch.equal(f[:, :d2.shape[1]], d2)
 
 
-def test_checkpoint_int8_and_tiling_carry_the_branch(tmp_path):
+@pytest.mark.parametrize("stride", [1, 2])
+def test_checkpoint_int8_and_tiling_carry_the_branch(tmp_path, stride):
     from campipe.segmentation.tiling import set_tiling
 
-    m = _live(_with_branch(calibrated_model(tiny_config(input_size=(256, 96), mask_stride=2, sem_head_hidden=8))))
+    m = _live(_with_branch(calibrated_model(tiny_config(input_size=(256, 96), mask_stride=2, sem_head_hidden=8)),
+                           stride=stride))
     with torch.no_grad():
         m.decoder.sky_branch.in_mean.fill_(0.25)
         m.decoder.sky_branch.in_std.fill_(2.0)
@@ -76,7 +80,7 @@ def test_checkpoint_int8_and_tiling_carry_the_branch(tmp_path):
     with torch.no_grad():
         ref = m(x)
     back, meta = load_checkpoint(save_checkpoint(tmp_path / "f.pt", m))
-    assert meta["config_obj"].sky_head_hidden == 8
+    assert meta["config_obj"].sky_head_hidden == 8 and meta["config_obj"].sky_head_stride == stride
     assert torch.equal(back.decoder.sky_branch.in_std, m.decoder.sky_branch.in_std)
     q, _ = load_checkpoint(save_checkpoint(tmp_path / "q.pt", m, quantize=True))
     qb, fb = q.decoder.sky_branch, m.decoder.sky_branch
@@ -108,12 +112,14 @@ def test_init_weights_keeps_a_new_branch_at_zero_and_refuses_another_size(tmp_pa
         init_weights(build_model(other), other, p)
 
 
-def test_onnx_matches_eager_with_a_sky_branch(tmp_path):
+@pytest.mark.parametrize("stride", [1, 2])
+def test_onnx_matches_eager_with_a_sky_branch(tmp_path, stride):
     pytest.importorskip("onnxruntime")
     from campipe.segmentation.export import export_onnx
     from campipe.segmentation.runtime import OrtRunner
 
-    m = _live(_with_branch(calibrated_model(tiny_config(keep_dec_layers=2, mask_stride=2, sem_head_hidden=8))))
+    m = _live(_with_branch(calibrated_model(tiny_config(keep_dec_layers=2, mask_stride=2, sem_head_hidden=8)),
+                           stride=stride))
     x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         ref = m(x)
