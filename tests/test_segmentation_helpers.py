@@ -52,3 +52,19 @@ class SoftRampModel(torch.nn.Module):
     def forward(self, x, scene_only=False):
         ramp = torch.linspace(-3, 3, 16).view(1, 1, 1, 16).expand(x.shape[0], 6, 16, 16)
         return {"sem_logits": ramp.clone()}
+
+
+def assert_onnx_matches_eager(model, path: Path, seed: int = 3) -> None:
+    """Export ``model`` to ``path``, run it in ONNX Runtime on a seeded (1, 3, 64, 96) input and check the static
+    logits and instance masks against eager PyTorch (atol/rtol 1e-4)."""
+    import numpy as np
+
+    from campipe.segmentation.export import export_onnx
+    from campipe.segmentation.runtime import OrtRunner
+
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        ref = model(x)
+    out = OrtRunner(export_onnx(model, path), threads=1)(x.numpy())
+    np.testing.assert_allclose(out["sem_logits"], ref["sem_logits"].numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(out["pred_masks"], ref["pred_masks"].numpy(), atol=1e-4, rtol=1e-4)

@@ -12,7 +12,7 @@ import torch
 from campipe.segmentation.checkpoint import load_checkpoint, save_checkpoint
 from campipe.segmentation.config import HyperDETRConfig
 from campipe.segmentation.model import build_model
-from test_segmentation_helpers import calibrated_model, tiny_config
+from test_segmentation_helpers import assert_onnx_matches_eager, calibrated_model, tiny_config
 
 
 def _live(m: torch.nn.Module, seed: int = 11) -> torch.nn.Module:
@@ -115,17 +115,9 @@ def test_init_weights_keeps_a_new_branch_at_zero_and_refuses_another_size(tmp_pa
 @pytest.mark.parametrize("stride", [1, 2])
 def test_onnx_matches_eager_with_a_sky_branch(tmp_path, stride):
     pytest.importorskip("onnxruntime")
-    from campipe.segmentation.export import export_onnx
-    from campipe.segmentation.runtime import OrtRunner
-
     m = _live(_with_branch(calibrated_model(tiny_config(keep_dec_layers=2, mask_stride=2, sem_head_hidden=8)),
                            stride=stride))
-    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        ref = m(x)
-    out = OrtRunner(export_onnx(m, tmp_path / "s.onnx"), threads=1)(x.numpy())
-    np.testing.assert_allclose(out["sem_logits"], ref["sem_logits"].numpy(), atol=1e-4, rtol=1e-4)
-    np.testing.assert_allclose(out["pred_masks"], ref["pred_masks"].numpy(), atol=1e-4, rtol=1e-4)
+    assert_onnx_matches_eager(m, tmp_path / "s.onnx")
 
 
 def test_fit_learns_a_sky_the_frozen_logit_misses():
