@@ -110,6 +110,9 @@ def test_init_weights_keeps_a_new_branch_at_zero_and_refuses_another_size(tmp_pa
     other = tiny_config(mask_stride=2, sky_head_hidden=4)
     with pytest.raises(ValueError, match="sky_head_hidden"):
         init_weights(build_model(other), other, p)
+    strided = tiny_config(mask_stride=2, sky_head_hidden=8, sky_head_stride=2)
+    with pytest.raises(ValueError, match="sky_head_stride"):
+        init_weights(build_model(strided), strided, p)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
