@@ -604,7 +604,8 @@ def framing(model, data: Path, limit: int | None, split: str = "train") -> None:
     counts: dict = {}
     sets = ("celebamask", "pennfudan", "camvid", "pennfudan-crops")
     for s in sets:
-        stems = _spaced(list_stems(data, s.split("-")[0], split), limit)
+        base = s.split("-")[0]  # "pennfudan-crops": crops of the Penn-Fudan photos
+        stems = _spaced(list_stems(data, base, split), limit)
         areas = []
         pairs = ((u8, lab) for stem in stems for u8, lab in
                  (_half_length_crops(*read_pair(data, "pennfudan", stem)) if s == "pennfudan-crops"
@@ -615,7 +616,7 @@ def framing(model, data: Path, limit: int | None, split: str = "train") -> None:
             out, box = network_outputs(model, u8, cfg.input_size, IMAGENET_MEAN, IMAGENET_STD)
             ch = decode_outputs(out, box, classes, mask_stride=cfg.mask_stride, person_framing=None).semantic
             areas.append(PersonFraming.share(ch[classes.index("person")]))
-            gt, ok = _truth(EVAL_SPEC[s.split("-")[0]]["person"], lab)
+            gt, ok = _truth(EVAL_SPEC[base]["person"], lab)
             for name, rule in variants:
                 probs, inst, _ = postprocess_outputs(out, box, u8, classes, cfg.mask_stride, person_framing=rule)
                 p = np.maximum(probs["person"], inst.max(0)) if len(inst) else probs["person"]

@@ -107,8 +107,13 @@ class SkyBranch(nn.Module):
         self.body = nn.Sequential(nn.Conv2d(cin, hidden, 3, 1, 1), nn.ReLU(),
                                   nn.Conv2d(hidden, hidden, 3, 1, 2, dilation=2), nn.ReLU(),
                                   nn.Conv2d(hidden, 1, 1))
-        nn.init.zeros_(self.body[4].weight)
-        nn.init.zeros_(self.body[4].bias)
+        nn.init.zeros_(self.last.weight)
+        nn.init.zeros_(self.last.bias)
+
+    @property
+    def last(self) -> nn.Conv2d:
+        """The last (1x1) conv: its bias shifts the sky logit by exactly its value."""
+        return self.body[4]
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         x = (feats - self.in_mean[:, None, None]) / self.in_std[:, None, None]
@@ -164,7 +169,7 @@ class ConvDecoder(nn.Module):
         if self.sem_branch is not None:
             sem = sem + self.sem_branch(x if self.mask_stride == 1 else torch.cat([d2, x], 1))
         if self.sky_branch is not None:
-            sem = self.refine_sky(sem, d2, x)
+            sem = self.add_sky_branch(sem, d2, x)
         return x, sem
 
     def sky_branch_input(self, sem: torch.Tensor, d2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -173,7 +178,7 @@ class ConvDecoder(nn.Module):
         parts = [x, sem[:, k:k + 1]] if self.mask_stride == 1 else [d2, x, sem[:, k:k + 1]]
         return torch.cat(parts, 1)
 
-    def refine_sky(self, sem: torch.Tensor, d2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def add_sky_branch(self, sem: torch.Tensor, d2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``sem`` with the sky channel plus the sky branch's residual; every other channel untouched."""
         k = self.sky_index
         sky = sem[:, k:k + 1] + self.sky_branch(self.sky_branch_input(sem, d2, x))

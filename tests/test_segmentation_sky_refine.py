@@ -133,8 +133,8 @@ def test_sky_branch_raises_camvid_sky_iou(shared_data, tmp_path):
     model, meta = load_checkpoint(DEFAULT_WEIGHTS)
     assert model.decoder.sky_branch is not None
     with torch.no_grad():
-        model.decoder.sky_branch.body[4].weight.zero_()
-        model.decoder.sky_branch.body[4].bias.zero_()
+        model.decoder.sky_branch.last.weight.zero_()
+        model.decoder.sky_branch.last.bias.zero_()
     plain = save_checkpoint(tmp_path / "no_branch.pt", model, mean=meta["normalization"]["mean"],
                             std=meta["normalization"]["std"])
     runs = {"branch": (Segmenter(DEFAULT_WEIGHTS, runtime="torch", sky_refine=False), 0.15),

@@ -166,7 +166,7 @@ def apply_offsets(model: torch.nn.Module, offsets: dict[str, float]) -> torch.nn
         if c not in classes:
             raise KeyError(f"unknown class {c!r} (model classes: {classes})")
         if c == "sky" and sky_branch is not None:
-            sky_branch.body[4].bias[0] += float(off)
+            sky_branch.last.bias[0] += float(off)
         else:
             bias[classes.index(c)] += float(off)
     return model

@@ -43,7 +43,7 @@ import torch
 from ..postprocess import (CLASS_GUIDE, DEFAULT_PERSON_FRAMING, REFINE_MODES, Letterbox, PersonFraming,
                            decode_outputs, flip_canvas, letterbox, merge_flip, normalize, upsample_classes)
 from ..inference import gray_guide
-from ..sky_refine import refiners
+from ..sky_refine import DEFAULT_WEIGHT as SKY_REFINE_WEIGHT, refiners
 from .datasets import CAMVID_BICYCLIST, CAMVID_UNLABELLED, CELEBA_SKIN_IDS, list_stems, read_pair
 
 # set -> class -> (positive(raw), ignore(raw) or None, image filter(raw) or None)
@@ -297,8 +297,6 @@ def evaluate_checkpoints(weights: dict[str, str | Path], data_dir: str | Path, s
     from ..checkpoint import load_checkpoint
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    from ..sky_refine import DEFAULT_WEIGHT as SKY_REFINE_WEIGHT
-
     out: dict[str, Any] = {"split": split, "limit": limit, "refine": refine, "tta": tta, "sky_refine": sky_refine,
                            "sky_refine_weight": SKY_REFINE_WEIGHT if sky_refine else None,
                            "person_refine": person_refine, "hair_refine": hair_refine,

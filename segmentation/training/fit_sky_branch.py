@@ -80,14 +80,13 @@ def pooled_iou(samples, fn) -> float:
     """Pooled IoU at logit 0 of ``fn(input (1, cin, h, w)) -> logit (1, 1, h, w)`` over known cells."""
     import torch
 
-    inter = union = 0
+    from .evaluate import IoUAccumulator
+
+    acc = IoUAccumulator()
     with torch.inference_mode():
         for f, y, k in samples:
-            p = fn(f[None].float())[0, 0].numpy() > 0
-            g = y >= 0.5
-            inter += int((p & g & k).sum())
-            union += int(((p | g) & k).sum())
-    return inter / max(union, 1)
+            acc.update(fn(f[None].float())[0, 0].numpy() > 0, y >= 0.5, ~k)
+    return acc.iou if acc.union > 0 else 0.0
 
 
 def fit(model, pool, fit_cv, steps: int, batch: int, patch: int, seed: int = 0, log=print,
@@ -120,6 +119,7 @@ def fit(model, pool, fit_cv, steps: int, batch: int, patch: int, seed: int = 0, 
     br.train()
     for it in range(steps):
         xb, yb, kb = [], [], []
+        # uniform draws keep rng.integers: the random stream the first fits (c0, c2) were made with
         for j in (rng.integers(0, len(pool), batch) if camvid_share is None else rng.choice(len(pool), batch, p=prob)):
             f, y, k = pool[j]
             h, w = y.shape
