@@ -5,8 +5,9 @@ the weights file's sha256:
 
 * ``onnx/hyperdetr-<sha16>-d<layers>-<variant>.onnx``: a graph exported by :mod:`.export` (variant
   :data:`FP32_VARIANT` or :data:`FP32_SCENE_VARIANT`: static batch-1 graphs; older caches' ``fp32`` graphs, with a
-  dynamic batch axis, and ``fp32-b1`` graphs, whose hyper-head was a MatMul, are deleted when the current graph
-  for the same weights is exported);
+  dynamic batch axis, ``fp32-b1`` graphs, whose hyper-head was a MatMul, and ``fp32-b1-g2`` / ``fp32-scene-b1``
+  graphs, whose branch convs read a concatenation, are deleted when the current graph for the same weights is
+  exported);
 * ``onnx/hyperdetr-<sha16>.meta.json``: what inference needs besides the graph (decoder depth, model config, class
   list, input normalisation, quantized flag), written next to the first export. With both present,
   :class:`campipe.segmentation.inference.Segmenter` runs ONNX Runtime without importing PyTorch (about 1.3 s of a
@@ -24,10 +25,12 @@ from typing import Any
 
 META_VERSION = 1
 #: Cache variants of the fp32 graphs (batch 1, all shapes static; "g2": the hyper-head exported as a Conv with
-#: computed kernels, see hyperdetr_head.py; the scene-only graph has no hyper-head).
-FP32_VARIANT, FP32_SCENE_VARIANT = "fp32-b1-g2", "fp32-scene-b1"
-#: Variants earlier campipe versions wrote in place of FP32_VARIANT; removed once the current one is exported.
-STALE_FP32_VARIANTS = ("fp32", "fp32-b1")
+#: computed kernels, see hyperdetr_head.py; "c3": the semantic and sky branches' first convs run on channel groups,
+#: model.conv_of_concat, same outputs but faster; the scene-only graph has no hyper-head).
+FP32_VARIANT, FP32_SCENE_VARIANT = "fp32-b1-g2-c3", "fp32-scene-b1-c3"
+#: Variants earlier campipe versions wrote in place of FP32_VARIANT / FP32_SCENE_VARIANT; removed once the
+#: current full graph is exported.
+STALE_FP32_VARIANTS = ("fp32", "fp32-b1", "fp32-b1-g2", "fp32-scene-b1")
 
 
 def cache_dir() -> Path:

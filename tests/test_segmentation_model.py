@@ -314,3 +314,25 @@ def test_panoptic_baseline_shapes():
         out = m(torch.randn(2, 3, 64, 96))
     assert out["pred_logits"].shape == (2, 3, 2) and out["pred_masks"].shape == (2, 3, 64, 96)
     assert torch.isfinite(out["pred_masks"]).all()
+
+
+def test_conv_of_concat_exact_values_and_channel_check():
+    """Sum of per-part convs = conv of the concatenation, with the normalisation folded (tiny exact case), and a
+    channel-count mismatch is refused."""
+    from campipe.segmentation.model import conv_of_concat
+
+    conv = torch.nn.Conv2d(3, 1, 3, 1, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.arange(27, dtype=torch.float32).view(1, 3, 3, 3) / 10)
+        conv.bias.fill_(0.5)
+    a, b = torch.ones(1, 2, 3, 3), torch.full((1, 1, 3, 3), 2.0)
+    shift, scale = torch.tensor([1.0, 0.0, 1.0]), torch.tensor([1.0, 2.0, 4.0])
+    with torch.no_grad():
+        got = conv_of_concat(conv, [a, b], shift, scale)
+        ref = conv((torch.cat([a, b], 1) - shift.view(1, 3, 1, 1)) / scale.view(1, 3, 1, 1))
+    # centre pixel by hand: channel 0 is (1-1)/1 = 0, channel 1 is 1/2, channel 2 is (2-1)/4 = 1/4
+    w = conv.weight.detach()[0]
+    assert abs(float(got[0, 0, 1, 1]) - float(0.5 + 0.5 * w[1].sum() + 0.25 * w[2].sum())) < 1e-5
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="2 channels"):
+        conv_of_concat(conv, [a])

@@ -67,6 +67,29 @@ def test_branch_input_is_the_documented_features():
     assert torch.equal(f[:, -1], sem[:, d.sky_index]) and torch.equal(f[:, :d2.shape[1]], d2)
 
 
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_branch_on_channel_groups_equals_the_documented_formula(stride):
+    """The branch never concatenates or normalises a copy (:func:`conv_of_concat`); it must equal the formula of
+    its docstring: normalise the concatenated input, pool, conv stack, upsample (borders included)."""
+    m = _live(_with_branch(calibrated_model(tiny_config(mask_stride=2)), stride=stride), seed=3)
+    br, g = m.decoder.sky_branch, torch.Generator().manual_seed(8)
+    with torch.no_grad():
+        br.in_mean.copy_(torch.randn(br.in_mean.shape, generator=g))
+        br.in_std.copy_(0.5 + torch.rand(br.in_std.shape, generator=g))
+    n2, nm = m.cfg.decoder_dims[3], m.cfg.mask_dim
+    parts = [torch.randn(1, c, 12, 18, generator=g) for c in (n2, nm, 1)]
+    feats = torch.cat(parts, 1)
+    with torch.no_grad():
+        x = (feats - br.in_mean[:, None, None]) / br.in_std[:, None, None]
+        ref = br.body(torch.nn.functional.avg_pool2d(x, stride) if stride > 1 else x)
+        if stride > 1:
+            ref = torch.nn.functional.interpolate(ref, size=(12, 18), mode="bilinear", align_corners=False)
+        a, b = br(parts), br(feats)
+    assert float(ref.abs().max()) > 0.1
+    torch.testing.assert_close(a, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b, ref, atol=1e-5, rtol=1e-5)
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_checkpoint_int8_and_tiling_carry_the_branch(tmp_path, stride):
     from campipe.segmentation.tiling import set_tiling
