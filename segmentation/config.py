@@ -50,6 +50,9 @@ class HyperDETRConfig:
             ``semantic_classes``. Fitted on a frozen model by :mod:`.training.fit_sky_branch`.
         sky_head_stride: 1 = the sky branch runs at the mask resolution; 2 = on its inputs average-pooled 2 x 2, its
             output upsampled bilinearly (a quarter of the cost).
+        sky_head_classes: the classes the sky branch refines, ``"sky"`` first (default: the sky alone). With more,
+            the branch also reads each one's logit and writes a residual to each (one output channel per class; the
+            cost hardly changes); every class not listed stays exactly the model's without the branch.
     """
 
     width_mult: float = 1.5
@@ -71,6 +74,7 @@ class HyperDETRConfig:
     sem_head_hidden: int = 0
     sky_head_hidden: int = 0
     sky_head_stride: int = 1
+    sky_head_classes: tuple[str, ...] = ("sky",)
 
     def __post_init__(self) -> None:
         self.input_size = tuple(int(v) for v in self.input_size)  # type: ignore[assignment]
@@ -92,8 +96,14 @@ class HyperDETRConfig:
             raise ValueError(f"sky_head_hidden must be >= 0, got {self.sky_head_hidden}")
         if self.sky_head_stride not in (1, 2):
             raise ValueError(f"sky_head_stride must be 1 or 2, got {self.sky_head_stride}")
+        self.sky_head_classes = tuple(self.sky_head_classes)
         if self.sky_head_hidden and "sky" not in self.semantic_classes:
             raise ValueError(f"sky_head_hidden needs a 'sky' class, got {self.semantic_classes}")
+        bad = [c for c in self.sky_head_classes if c not in self.semantic_classes]
+        if self.sky_head_hidden and (not self.sky_head_classes or self.sky_head_classes[0] != "sky" or bad
+                                     or len(set(self.sky_head_classes)) != len(self.sky_head_classes)):
+            raise ValueError(f"sky_head_classes must start with 'sky' and list distinct semantic classes, got "
+                             f"{self.sky_head_classes}")
         if len(self.decoder_dims) != 4:
             raise ValueError("decoder_dims needs 4 values (strides 16, 8, 4, 2)")
 

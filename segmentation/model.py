@@ -110,11 +110,12 @@ class FullResStage(nn.Module):
 
 
 class SkyBranch(nn.Module):
-    """Residual refinement of the sky logit at the mask resolution (``cfg.sky_head_hidden``).
+    """Residual refinement of the sky logit (and of ``cfg.sky_head_classes``' others) at the mask resolution
+    (``cfg.sky_head_hidden``).
 
-    ``forward(feats)``: (B, cin, h, w) float32 (the decoder's stride-2 features, the mask features and the sky logit,
-    concatenated (at ``mask_stride == 1``: the mask features and the sky logit)) -> (B, 1, h, w) float32, added to the
-    sky logit. Inputs are normalised by fixed per-channel ``in_mean`` / ``in_std`` buffers (set when it is fitted),
+    ``forward(feats)``: (B, cin, h, w) float32 (the decoder's stride-2 features, the mask features and the logits of
+    the refined classes, concatenated (at ``mask_stride == 1``: without the stride-2 features); or the list of those
+    channel groups) -> (B, n_classes, h, w) float32, added to those logits. Inputs are normalised by fixed per-channel ``in_mean`` / ``in_std`` buffers (set when it is fitted),
     then (with ``stride`` 2: average-pooled 2 x 2) 3x3 conv, ReLU, 3x3 conv with dilation 2, ReLU, 1x1 conv (with
     ``stride`` 2: upsampled bilinearly back). The last conv starts at zero, so a model with a
     fresh branch gives exactly the outputs of the model without it. Receptive field: 7 x 7 cells of its grid (3 on
@@ -122,23 +123,24 @@ class SkyBranch(nn.Module):
     (:mod:`.tiling`: 2 stride-32 cells = 32 cells at mask stride 2).
 
     Why: CamVid labels the sky seen through bare tree crowns pixel by pixel; the 1x1 read-out of v6 calls whole
-    crowns "not sky" (MODEL_CARD.md, tenth session).
+    crowns "not sky" (MODEL_CARD.md, tenth session). A branch of the same shape fitted on v7's frozen features gains
+    ~0.04 face skin on held-out CelebAMask training faces (eleventh session), hence ``sky_head_classes``.
     """
 
-    def __init__(self, cin: int, hidden: int, stride: int = 1) -> None:
+    def __init__(self, cin: int, hidden: int, stride: int = 1, n_out: int = 1) -> None:
         super().__init__()
         self.stride = stride
         self.register_buffer("in_mean", torch.zeros(cin))
         self.register_buffer("in_std", torch.ones(cin))
         self.body = nn.Sequential(nn.Conv2d(cin, hidden, 3, 1, 1), nn.ReLU(),
                                   nn.Conv2d(hidden, hidden, 3, 1, 2, dilation=2), nn.ReLU(),
-                                  nn.Conv2d(hidden, 1, 1))
+                                  nn.Conv2d(hidden, n_out, 1))
         nn.init.zeros_(self.last.weight)
         nn.init.zeros_(self.last.bias)
 
     @property
     def last(self) -> nn.Conv2d:
-        """The last (1x1) conv: its bias shifts the sky logit by exactly its value."""
+        """The last (1x1) conv: its bias ``[j]`` shifts the logit of the j-th refined class by exactly its value."""
         return self.body[4]
 
     def forward(self, feats: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
@@ -184,10 +186,14 @@ class ConvDecoder(nn.Module):
             nn.init.zeros_(self.sem_branch[2].weight)  # starts as the 1x1 head alone (see HyperDETRConfig)
             nn.init.zeros_(self.sem_branch[2].bias)
         self.sky_branch = None
-        self.sky_index = list(cfg.semantic_classes).index("sky") if cfg.sky_head_hidden else -1
+        #: channels of ``sem`` the sky branch reads and writes, in ``cfg.sky_head_classes`` order (sky first)
+        self.branch_indices = [list(cfg.semantic_classes).index(c) for c in cfg.sky_head_classes] \
+            if cfg.sky_head_hidden else []
+        self.sky_index = self.branch_indices[0] if self.branch_indices else -1
         if cfg.sky_head_hidden:
-            cin = cfg.mask_dim + 1 + (d2 if cfg.mask_stride == 2 else 0)
-            self.sky_branch = SkyBranch(cin, cfg.sky_head_hidden, cfg.sky_head_stride)
+            n = len(self.branch_indices)
+            cin = cfg.mask_dim + n + (d2 if cfg.mask_stride == 2 else 0)
+            self.sky_branch = SkyBranch(cin, cfg.sky_head_hidden, cfg.sky_head_stride, n)
 
     def forward(self, p32: torch.Tensor, feats: dict[str, torch.Tensor], image: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,19 +211,37 @@ class ConvDecoder(nn.Module):
         return x, sem
 
     def sky_branch_parts(self, sem: torch.Tensor, d2: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
-        """The channel groups :class:`SkyBranch` reads, in order: stride-2 features, mask features, sky logit."""
-        k = self.sky_index
-        return [x, sem[:, k:k + 1]] if self.mask_stride == 1 else [d2, x, sem[:, k:k + 1]]
+        """The channel groups :class:`SkyBranch` reads, in order: stride-2 features, mask features, the logit of
+        each refined class (sky first)."""
+        logits = [sem[:, k:k + 1] for k in self.branch_indices]
+        return [x, *logits] if self.mask_stride == 1 else [d2, x, *logits]
 
     def sky_branch_input(self, sem: torch.Tensor, d2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(B, cin, h, w): :meth:`sky_branch_parts` concatenated (what the branch's fit caches)."""
         return torch.cat(self.sky_branch_parts(sem, d2, x), 1)
 
     def add_sky_branch(self, sem: torch.Tensor, d2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``sem`` with the sky channel plus the sky branch's residual; every other channel untouched."""
-        k = self.sky_index
-        sky = sem[:, k:k + 1] + self.sky_branch(self.sky_branch_parts(sem, d2, x))
-        return torch.cat([sem[:, :k], sky, sem[:, k + 1:]], 1)
+        """``sem`` with the branch's residuals added to the refined classes; every other channel untouched."""
+        r = self.sky_branch(self.sky_branch_parts(sem, d2, x))
+        out, start = [], 0
+        for k, j in sorted((k, j) for j, k in enumerate(self.branch_indices)):
+            if k > start:
+                out.append(sem[:, start:k])  # untouched channels, sliced as one run
+            out.append(sem[:, k:k + 1] + r[:, j:j + 1])
+            start = k + 1
+        if start < sem.shape[1]:
+            out.append(sem[:, start:])
+        return torch.cat(out, 1)
+
+
+def check_rows_free_of_branch(models, classes, action: str) -> None:
+    """Raise ValueError if any of ``models``' sky branch reads the logit of one of ``classes``: a row exchanged or
+    refitted under a fitted branch would change that branch's input (``action``: what the caller does to rows)."""
+    read = {c for m in models if m.decoder.sky_branch is not None for c in m.cfg.sky_head_classes}
+    hit = [c for c in classes if c in read]
+    if hit:
+        raise ValueError(f"the sky branch (model.sky_head_hidden, sky_head_classes) reads the logits of {hit}: "
+                         f"{action} those rows before fitting the branch")
 
 
 class HyperDETR(nn.Module):

@@ -1,27 +1,37 @@
 """Fit the residual sky branch (:class:`campipe.segmentation.model.SkyBranch`) on a frozen model.
 
 ``python -m campipe.segmentation.training.fit_sky_branch --float FLOAT.pt --data ../shared/data --out OUT.pt
-[--hidden 16] [--stride 1|2] [--steps 2000] [--neg-limit 250] [--holdout 25] [--camvid-share P]``
+[--classes sky[,skin...]] [--hidden 16] [--stride 1|2] [--steps 2000] [--neg-limit 250] [--holdout 25]
+[--share SET=P ...] [--camvid-share P]``
 
-Everything but the branch is frozen, and the branch writes the sky logit only, so every other output of ``OUT.pt``
-equals ``FLOAT.pt``'s bit for bit. The frozen model's inputs to the branch (the decoder's stride-2 features, the mask
-features and the sky logit, :meth:`~campipe.segmentation.model.ConvDecoder.sky_branch_input`) are computed once per
-training photo (letterboxed as campipe runs the network, cropped to the photo) and cached as float16, with the sky
-label and its known mask area-resampled to the same grid (:func:`.datasets.map_labels`, so a set that does not label
-the sky only teaches "not sky" where it knows it: the people of CelebAMask, Figaro1k and Penn-Fudan).
+Everything but the branch is frozen, and the branch writes the logits of ``--classes`` only (``model.
+sky_head_classes``, sky first), so every other output of ``OUT.pt`` equals ``FLOAT.pt``'s bit for bit. The frozen
+model's inputs to the branch (the decoder's stride-2 features, the mask features and the refined classes' logits,
+:meth:`~campipe.segmentation.model.ConvDecoder.sky_branch_input`) are computed once per training photo (letterboxed
+as campipe runs the network, cropped to the photo) and cached as float16, with each class's label and known mask
+area-resampled to the same grid (:func:`.datasets.map_labels`, so a set that does not label a class only teaches
+"not that class" where it knows it, e.g. the people of CelebAMask, Figaro1k and Penn-Fudan are "not sky", CamVid's
+street "not skin").
 
-* photos: CamVid's training split minus ``--holdout`` % (``refit_rows.is_holdout``, the photos the shipping rule
-  scores the branch on), and ``--neg-limit`` evenly spaced training photos each of CelebAMask, Figaro1k and
-  Penn-Fudan; every photo is drawn with the same probability, or CamVid's with ``--camvid-share`` in all;
-* the branch's fixed input normalisation (``in_mean`` / ``in_std``) is the mean over the CamVid photos of each
+* photos: the *scored* sets of the classes (those that ``evaluate.EVAL_SPEC`` scores them on: CamVid for sky,
+  CelebAMask for skin) contribute their training split minus ``--holdout`` % (``refit_rows.is_holdout``, the photos
+  the shipping rule scores the branch on); every other set of CelebAMask, Figaro1k and Penn-Fudan contributes
+  ``--neg-limit`` evenly spaced training photos. Every photo is drawn with the same probability, or the photos of
+  each ``--share SET=P`` set with P in all (``--camvid-share P`` = ``--share camvid=P``), the rest sharing 1 - sum P;
+* the branch's fixed input normalisation (``in_mean`` / ``in_std``) is the mean over the scored sets' photos of each
   channel's per-photo mean and standard deviation;
 * ``--steps`` AdamW steps (lr 2e-3 one-cycle, weight decay 1e-4) on ``--batch`` random ``--patch`` x ``--patch``
-  crops of the cached grids (mirrored half the time), BCE with the soft labels over the known cells; seed 0;
-* printed at the end: pooled sky IoU at 0.5 on the held-out CamVid photos at the feature resolution, the frozen
-  model's and the branch's (information; the shipping rule uses campipe's whole protocol, MODEL_CARD.md).
+  crops of the cached grids (mirrored half the time), BCE with the soft labels over the known cells, every refined
+  class weighing the same per known cell; seed 0;
+* printed at the end: per class, pooled IoU at 0.5 on the held-out photos of its scored sets at the feature
+  resolution, the frozen model's and the branch's (information; the shipping rule uses campipe's whole protocol,
+  MODEL_CARD.md).
+
+With ``--classes sky`` (the default) this is exactly the fit that made recipe v7's branch (same photos, order,
+normalisation and random stream).
 
 ``OUT.pt`` is a float checkpoint (``extra["sky_branch"]`` records the arguments, photo counts and the held-out
-figures); ``ship.py`` makes the int8 file from it. The cache takes ~2 GB of memory.
+figures); ``ship.py`` makes the int8 file from it. The cache takes ~2 GB of memory per class-set of ~500 photos.
 """
 from __future__ import annotations
 
@@ -41,13 +51,15 @@ def _grid(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 
 def cache_inputs(model, data: Path, set_name: str, stems: list[str], mean, std):
-    """[(branch input float16 (cin, h, w), sky label float32 (h, w), known bool (h, w))] for ``stems``."""
+    """[(branch input float16 (cin, h, w), labels float32 (n, h, w), known bool (n, h, w))] for ``stems``, one label
+    plane per class of ``model.cfg.sky_head_classes``."""
     import torch
 
     from ..postprocess import letterbox, normalize
-    from .datasets import SKY, map_labels, read_pair, unpack
+    from .datasets import CLASSES, map_labels, read_pair, unpack
 
     dec, s = model.decoder, model.cfg.mask_stride
+    idx = [CLASSES.index(c) for c in model.cfg.sky_head_classes]
     grab: dict = {}
     hooks = [dec.up2.register_forward_hook(lambda m, i, o: grab.__setitem__("d2", o)),
              (dec.out_proj if s == 2 else dec.up1).register_forward_hook(lambda m, i, o: grab.__setitem__("mf", o))]
@@ -63,7 +75,8 @@ def cache_inputs(model, data: Path, set_name: str, stems: list[str], mean, std):
                 f = f[:, t // s:(t + ch) // s, left // s:(left + cw) // s]
                 u = unpack(map_labels(set_name, raw, img if set_name == "pennfudan" else None)[0])
                 hw = tuple(f.shape[1:])
-                out.append((f.half(), _grid(u["sem"][SKY], hw), _grid(u["known"][SKY], hw) >= 0.5))
+                out.append((f.half(), np.stack([_grid(u["sem"][i], hw) for i in idx]),
+                            np.stack([_grid(u["known"][i], hw) >= 0.5 for i in idx])))
     finally:
         for h in hooks:
             h.remove()
@@ -76,8 +89,9 @@ def _spaced(stems: list[str], limit: int | None) -> list[str]:
     return [stems[i] for i in np.linspace(0, len(stems) - 1, limit).astype(int)]
 
 
-def pooled_iou(samples, fn) -> float:
-    """Pooled IoU at logit 0 of ``fn(input (1, cin, h, w)) -> logit (1, 1, h, w)`` over known cells."""
+def pooled_iou(samples, fn, j: int = 0) -> float:
+    """Pooled IoU at logit 0 of refined class ``j`` for ``fn(input (1, cin, h, w)) -> logits (1, n, h, w)`` over
+    its known cells."""
     import torch
 
     from .evaluate import IoUAccumulator
@@ -85,31 +99,45 @@ def pooled_iou(samples, fn) -> float:
     acc = IoUAccumulator()
     with torch.inference_mode():
         for f, y, k in samples:
-            acc.update(fn(f[None].float())[0, 0].numpy() > 0, y >= 0.5, ~k)
+            acc.update(fn(f[None].float())[0, j].numpy() > 0, y[j] >= 0.5, ~k[j])
     return acc.iou if acc.union > 0 else 0.0
 
 
-def fit(model, pool, fit_cv, steps: int, batch: int, patch: int, seed: int = 0, log=print,
-        camvid_share: float | None = None) -> list[float]:
-    """Train ``model.decoder.sky_branch`` on ``pool`` (cached samples, the CamVid ones ``fit_cv`` first); returns the
-    loss every 100 steps. ``camvid_share``: the probability of drawing a CamVid photo (default: every photo of the
-    pool equally likely)."""
+def fit(model, pool, norm_pool, steps: int, batch: int, patch: int, seed: int = 0, log=print,
+        groups: list[str] | None = None, shares: dict[str, float] | None = None) -> list[float]:
+    """Train ``model.decoder.sky_branch`` on ``pool`` (cached samples); returns the loss every 100 steps.
+
+    ``norm_pool``: the samples the input normalisation is measured on. ``groups``: each sample's set name;
+    ``shares``: the probability of drawing a photo of each named set (default: every photo of the pool equally
+    likely; the photos of sets without a share split what the shares leave)."""
     import torch
     from torch.nn import functional as F
 
     br = model.decoder.sky_branch
+    n_cls = br.last.out_channels
     with torch.no_grad():
-        br.in_mean.copy_(torch.stack([f.float().mean((1, 2)) for f, _, _ in fit_cv]).mean(0))
-        br.in_std.copy_(torch.stack([f.float().std((1, 2)) for f, _, _ in fit_cv]).mean(0) + 1e-3)
-    is_cv = [i < len(fit_cv) for i in range(len(pool))]
-    keep = [i for i, p in enumerate(pool) if min(p[1].shape) >= patch]
-    pool, is_cv = [pool[i] for i in keep], np.array([is_cv[i] for i in keep])
+        br.in_mean.copy_(torch.stack([f.float().mean((1, 2)) for f, _, _ in norm_pool]).mean(0))
+        br.in_std.copy_(torch.stack([f.float().std((1, 2)) for f, _, _ in norm_pool]).mean(0) + 1e-3)
+    keep = [i for i, p in enumerate(pool) if min(p[1].shape[-2:]) >= patch]
     prob = None
-    if camvid_share is not None:
-        if not 0 < camvid_share <= 1 or (camvid_share < 1 and is_cv.all()):
-            raise ValueError(f"camvid_share must be in (0, 1] with other photos in the pool, got {camvid_share}")
-        prob = np.where(is_cv, camvid_share / is_cv.sum(), (1 - camvid_share) / max(1, (~is_cv).sum()))
+    if shares:
+        if groups is None or len(groups) != len(pool):
+            raise ValueError("shares need the set name of every pool sample (groups)")
+        g = np.array([groups[i] for i in keep])
+        named = np.isin(g, list(shares))
+        total = sum(shares.values())
+        if any(not 0 < p <= 1 for p in shares.values()) or total > 1 + 1e-9 or (total < 1 and named.all()):
+            raise ValueError(f"shares must be in (0, 1], sum to <= 1, and leave photos for what they do not "
+                             f"cover (< 1); got {shares}")
+        prob = np.zeros(len(keep))
+        for name, p in shares.items():
+            sel = g == name
+            if not sel.any():
+                raise ValueError(f"a share for {name!r}, but no photo of that set in the pool")
+            prob = np.where(sel, p / sel.sum(), prob)
+        prob = np.where(named, prob, (1 - total) / max(1, (~named).sum()))
         prob = prob / prob.sum()
+    pool = [pool[i] for i in keep]
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     params = list(br.body.parameters())
@@ -120,20 +148,20 @@ def fit(model, pool, fit_cv, steps: int, batch: int, patch: int, seed: int = 0, 
     for it in range(steps):
         xb, yb, kb = [], [], []
         # uniform draws keep rng.integers: the random stream the first fits (c0, c2) were made with
-        for j in (rng.integers(0, len(pool), batch) if camvid_share is None else rng.choice(len(pool), batch, p=prob)):
+        for j in (rng.integers(0, len(pool), batch) if prob is None else rng.choice(len(pool), batch, p=prob)):
             f, y, k = pool[j]
-            h, w = y.shape
+            h, w = y.shape[-2:]
             a, b = rng.integers(0, h - patch + 1), rng.integers(0, w - patch + 1)
             a, b = a - a % br.stride, b - b % br.stride  # the pooling grid of the whole image
-            ff, yy, kk = f[:, a:a + patch, b:b + patch], y[a:a + patch, b:b + patch], k[a:a + patch, b:b + patch]
+            ff, yy, kk = f[:, a:a + patch, b:b + patch], y[:, a:a + patch, b:b + patch], k[:, a:a + patch, b:b + patch]
             if rng.random() < 0.5:
-                ff, yy, kk = ff.flip(-1), yy[:, ::-1], kk[:, ::-1]
+                ff, yy, kk = ff.flip(-1), yy[..., ::-1], kk[..., ::-1]
             xb.append(ff)
             yb.append(torch.from_numpy(np.ascontiguousarray(yy)))
             kb.append(torch.from_numpy(np.ascontiguousarray(kk)))
         x = torch.stack(xb).float()
-        y, k = torch.stack(yb)[:, None], torch.stack(kb)[:, None].float()
-        logit = x[:, -1:] + br(x)  # the branch input's last channel is the frozen sky logit
+        y, k = torch.stack(yb), torch.stack(kb).float()
+        logit = x[:, -n_cls:] + br(x)  # the branch input's last channels are the frozen logits it refines
         loss = (F.binary_cross_entropy_with_logits(logit, y, reduction="none") * k).sum() / k.sum().clamp(min=1)
         opt.zero_grad()
         loss.backward()
@@ -160,8 +188,11 @@ def main(argv=None) -> int:
     ap.add_argument("--neg-limit", type=int, default=250)
     ap.add_argument("--holdout", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--camvid-share", type=float, default=None,
-                    help="probability of drawing a CamVid photo (default: all photos equally likely)")
+    ap.add_argument("--classes", default="sky", help="comma-separated classes the branch refines, sky first "
+                    "(model.sky_head_classes)")
+    ap.add_argument("--share", action="append", default=[], metavar="SET=P",
+                    help="probability of drawing a photo of SET (repeatable; default: all photos equally likely)")
+    ap.add_argument("--camvid-share", type=float, default=None, help="the same as --share camvid=P")
     a = ap.parse_args(argv)
 
     import torch
@@ -170,15 +201,34 @@ def main(argv=None) -> int:
     from ..config import HyperDETRConfig
     from ..model import build_model
     from .datasets import list_stems
+    from .evaluate import EVAL_SPEC
     from .refit_rows import is_holdout
 
-    if not (a.data / "camvid").is_dir():
-        raise SystemExit(f"no CamVid under {a.data} (the shared data directory)")
+    classes = tuple(c.strip() for c in a.classes.split(",") if c.strip())
+    shares = {}
+    for item in a.share + ([f"camvid={a.camvid_share}"] if a.camvid_share is not None else []):
+        name, _, val = item.partition("=")
+        try:
+            shares[name.strip()] = float(val)
+        except ValueError:
+            raise SystemExit(f"--share takes SET=P (e.g. camvid=0.4), got {item!r}") from None
+    scored = {c: [s for s in EVAL_SPEC if c in EVAL_SPEC[s]] for c in classes}
+    sets = list(dict.fromkeys(["camvid", *NEG_SETS, *(s for v in scored.values() for s in v)]))
+    missing_sets = sorted({s for v in scored.values() for s in v if not (a.data / s).is_dir()})
+    if missing_sets:
+        raise SystemExit(f"no {', '.join(missing_sets)} under {a.data} (the shared data directory)")
+    unknown = sorted(set(shares) - set(sets))
+    if unknown:
+        raise SystemExit(f"--share for {unknown}: the fit's sets are {sets}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     base, meta = load_checkpoint(a.float_ckpt)
     if base.cfg.sky_head_hidden:
         raise SystemExit(f"{a.float_ckpt} already has a sky branch")
-    cfg = HyperDETRConfig.from_dict({**base.cfg.to_dict(), "sky_head_hidden": a.hidden, "sky_head_stride": a.stride})
+    try:
+        cfg = HyperDETRConfig.from_dict({**base.cfg.to_dict(), "sky_head_hidden": a.hidden,
+                                         "sky_head_stride": a.stride, "sky_head_classes": classes})
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     model = build_model(cfg).eval()
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
     if unexpected or any(not k.startswith("decoder.sky_branch.") for k in missing):
@@ -190,33 +240,39 @@ def main(argv=None) -> int:
     mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
 
     t0 = time.time()
-    cv_stems = list_stems(a.data, "camvid", "train")
-    fit_stems = [s for s in cv_stems if not is_holdout(s, a.holdout, "camvid")]
-    hold_stems = [s for s in cv_stems if is_holdout(s, a.holdout, "camvid")]
-    fit_cv = cache_inputs(model, a.data, "camvid", fit_stems, mean, std)
-    hold = cache_inputs(model, a.data, "camvid", hold_stems, mean, std)
-    pool = list(fit_cv)
-    counts = {"camvid": len(fit_cv), "camvid_holdout": len(hold)}
-    for s in NEG_SETS:
-        if (a.data / s).is_dir():
-            c = cache_inputs(model, a.data, s, _spaced(list_stems(a.data, s, "train"), a.neg_limit), mean, std)
-            pool += c
-            counts[s] = len(c)
+    pool, groups, norm_pool, hold, counts = [], [], [], {}, {}
+    for s in sets:
+        if not (a.data / s).is_dir():
+            continue
+        stems = list_stems(a.data, s, "train")
+        if any(s in v for v in scored.values()):  # scored: all training photos but the held-out ones
+            c = cache_inputs(model, a.data, s, [t for t in stems if not is_holdout(t, a.holdout, s)], mean, std)
+            hold[s] = cache_inputs(model, a.data, s, [t for t in stems if is_holdout(t, a.holdout, s)], mean, std)
+            norm_pool += c
+            counts[f"{s}_holdout"] = len(hold[s])
+        else:
+            c = cache_inputs(model, a.data, s, _spaced(stems, a.neg_limit), mean, std)
+        pool += c
+        groups += [s] * len(c)
+        counts[s] = len(c)
     print(f"cached {counts} in {time.time() - t0:.0f} s", flush=True)
-    losses = fit(model, pool, fit_cv, a.steps, a.batch, a.patch, a.seed, log=lambda m: print(m, flush=True),
-                 camvid_share=a.camvid_share)
+    losses = fit(model, pool, norm_pool, a.steps, a.batch, a.patch, a.seed, log=lambda m: print(m, flush=True),
+                 groups=groups, shares=shares or None)
     br = model.decoder.sky_branch
-    own = pooled_iou(hold, lambda x: x[:, -1:])
-    new = pooled_iou(hold, lambda x: x[:, -1:] + br(x))
-    print(f"held-out CamVid training photos ({len(hold)}), sky IoU at the feature resolution: "
-          f"frozen model {own:.4f}, with the branch {new:.4f}")
+    n = len(classes)
+    held_iou = {}
+    for j, c in enumerate(classes):
+        samples = [x for s in scored[c] for x in hold.get(s, [])]
+        own = pooled_iou(samples, lambda x: x[:, -n:], j)
+        new = pooled_iou(samples, lambda x: x[:, -n:] + br(x), j)
+        held_iou[c] = {"frozen": own, "branch": new}
+        print(f"held-out training photos of {'/'.join(scored[c])} ({len(samples)}), {c} IoU at the feature "
+              f"resolution: frozen model {own:.4f}, with the branch {new:.4f}")
     extra = dict(meta.get("extra") or {})
-    extra["sky_branch"] = {"from": str(a.float_ckpt), "hidden": a.hidden, "stride": a.stride, "steps": a.steps,
-                           "batch": a.batch,
-                           "patch": a.patch, "neg_limit": a.neg_limit, "holdout": a.holdout, "seed": a.seed,
-                           "camvid_share": a.camvid_share,
-                           "photos": counts, "losses": losses,
-                           "holdout_sky_iou_feature_res": {"frozen": own, "branch": new}}
+    extra["sky_branch"] = {"from": str(a.float_ckpt), "classes": list(classes), "hidden": a.hidden,
+                           "stride": a.stride, "steps": a.steps, "batch": a.batch, "patch": a.patch,
+                           "neg_limit": a.neg_limit, "holdout": a.holdout, "seed": a.seed, "shares": shares,
+                           "photos": counts, "losses": losses, "holdout_iou_feature_res": held_iou}
     save_checkpoint(a.out, model, model.cfg, mean=mean, std=std, metrics=meta.get("metrics"), extra=extra)
     print(f"wrote {a.out} ({time.time() - t0:.0f} s)")
     return 0

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from ..model import check_rows_free_of_branch
+
 HEAD_PREFIXES = ("decoder.sem_head.", "decoder.sem_branch.")
 
 
@@ -47,9 +49,7 @@ def merge_heads(base: torch.nn.Module, other: torch.nn.Module, classes) -> torch
     unknown = [c for c in classes if c not in names]
     if unknown:
         raise ValueError(f"unknown classes {unknown} (model classes: {names})")
-    if "sky" in classes and (base.decoder.sky_branch is not None or other.decoder.sky_branch is not None):
-        raise ValueError("the sky branch (model.sky_head_hidden) reads the sky row's logit: merge the sky row "
-                         "before fitting the branch")
+    check_rows_free_of_branch((base, other), classes, "merge")
     sb, so = base.state_dict(), other.state_dict()
     for k, v in sb.items():
         if k.startswith(HEAD_PREFIXES):

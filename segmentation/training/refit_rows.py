@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..model import check_rows_free_of_branch
+
 
 def readout_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """(B, sem_head_hidden + mask_dim, h, w) float32: the inputs of the static channels' linear read-out."""
@@ -54,9 +56,7 @@ def readout_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def current_rows(model: torch.nn.Module, classes) -> tuple[torch.Tensor, torch.Tensor]:
     """(W (K, hidden + mask_dim), b (K,)) of ``classes`` as the model has them now."""
-    if "sky" in classes and model.decoder.sky_branch is not None:
-        raise ValueError("the sky branch (model.sky_head_hidden) reads the sky row's logit: refit the sky row "
-                         "before fitting the branch")
+    check_rows_free_of_branch((model,), classes, "refit")
     idx = [list(model.cfg.semantic_classes).index(c) for c in classes]
     last, lin = model.decoder.sem_branch[2], model.decoder.sem_head
     w = torch.cat([last.weight[idx, :, 0, 0], lin.weight[idx, :, 0, 0]], 1)

@@ -302,7 +302,7 @@ def init_weights(model: torch.nn.Module, mcfg: HyperDETRConfig, path: Path) -> N
     if src.sem_head_hidden and src.sem_head_hidden != mcfg.sem_head_hidden:
         raise ValueError(f"init_from {path}: model.sem_head_hidden is {src.sem_head_hidden} there, "
                          f"{mcfg.sem_head_hidden} here")
-    for k in ("sky_head_hidden", "sky_head_stride"):  # same shapes at another stride would load silently
+    for k in ("sky_head_hidden", "sky_head_stride", "sky_head_classes"):  # same shapes would load silently
         if src.sky_head_hidden and getattr(src, k) != getattr(mcfg, k):
             raise ValueError(f"init_from {path}: model.{k} is {getattr(src, k)} there, {getattr(mcfg, k)} here")
     missing, unexpected = model.load_state_dict(sd, strict=False)
