@@ -23,8 +23,9 @@ def _live(m: torch.nn.Module, seed: int = 11) -> torch.nn.Module:
     return m
 
 
-def _with_branch(plain: torch.nn.Module, hidden: int = 8, stride: int = 1) -> torch.nn.Module:
-    cfg = HyperDETRConfig.from_dict({**plain.cfg.to_dict(), "sky_head_hidden": hidden, "sky_head_stride": stride})
+def _with_branch(plain: torch.nn.Module, hidden: int = 8, stride: int = 1, classes=("sky",)) -> torch.nn.Module:
+    cfg = HyperDETRConfig.from_dict({**plain.cfg.to_dict(), "sky_head_hidden": hidden, "sky_head_stride": stride,
+                                     "sky_head_classes": classes})
     m = build_model(cfg).eval()
     missing, unexpected = m.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("decoder.sky_branch.") for k in missing)
@@ -38,23 +39,33 @@ def test_config_validation():
         tiny_config(sky_head_hidden=4, sky_head_stride=4)
     with pytest.raises(ValueError, match="'sky' class"):
         tiny_config(sky_head_hidden=4, semantic_classes=("person", "hair"))
+    for bad in [("skin", "sky"), ("sky", "sky"), ("sky", "fur"), ()]:
+        with pytest.raises(ValueError, match="sky_head_classes"):
+            tiny_config(sky_head_hidden=4, sky_head_classes=bad)
+    assert tiny_config(sky_head_hidden=4, sky_head_classes=["sky", "skin"]).sky_head_classes == ("sky", "skin")
+    tiny_config(semantic_classes=("person", "hair"))  # without a branch the default class list is not checked
 
 
-@pytest.mark.parametrize("mask_stride,sem_branch,stride", [(1, 0, 1), (2, 0, 1), (2, 8, 1), (2, 8, 2)])
-def test_fresh_branch_is_the_identity_and_a_live_one_writes_only_the_sky(mask_stride, sem_branch, stride):
+@pytest.mark.parametrize("mask_stride,sem_branch,stride,classes", [
+    (1, 0, 1, ("sky",)), (2, 0, 1, ("sky",)), (2, 8, 1, ("sky",)), (2, 8, 2, ("sky",)),
+    (2, 8, 2, ("sky", "skin")), (1, 0, 1, ("sky", "glasses", "person"))])
+def test_fresh_branch_is_the_identity_and_a_live_one_writes_only_its_classes(mask_stride, sem_branch, stride,
+                                                                            classes):
     plain = calibrated_model(tiny_config(mask_stride=mask_stride, sem_head_hidden=sem_branch))
-    m = _with_branch(plain, stride=stride)
+    m = _with_branch(plain, stride=stride, classes=classes)
     x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(5))
-    k = list(m.cfg.semantic_classes).index("sky")
+    ks = [list(m.cfg.semantic_classes).index(c) for c in classes]
+    assert m.decoder.sky_branch.last.out_channels == len(classes)
     with torch.no_grad():
         a, b = plain(x), m(x)
         assert torch.equal(a["sem_logits"], b["sem_logits"]) and torch.equal(a["pred_masks"], b["pred_masks"])
         c = _live(m)(x)
         only = m(x, scene_only=True)
-    others = [i for i in range(c["sem_logits"].shape[1]) if i != k]
+    others = [i for i in range(c["sem_logits"].shape[1]) if i not in ks]
     assert torch.equal(c["sem_logits"][:, others], a["sem_logits"][:, others])
     assert torch.equal(c["pred_masks"], a["pred_masks"]) and torch.equal(c["pred_logits"], a["pred_logits"])
-    assert float((c["sem_logits"][:, k] - a["sem_logits"][:, k]).abs().mean()) > 1e-3
+    for k in ks:
+        assert float((c["sem_logits"][:, k] - a["sem_logits"][:, k]).abs().mean()) > 1e-3
     assert torch.equal(only["sem_logits"], c["sem_logits"])
 
 
@@ -65,20 +76,25 @@ def test_branch_input_is_the_documented_features():
     f = d.sky_branch_input(sem, d2, mf)
     assert f.shape[1] == d.sky_branch.in_mean.numel() == m.cfg.decoder_dims[3] + m.cfg.mask_dim + 1
     assert torch.equal(f[:, -1], sem[:, d.sky_index]) and torch.equal(f[:, :d2.shape[1]], d2)
+    m2 = _with_branch(calibrated_model(tiny_config(mask_stride=2)), classes=("sky", "teeth"))
+    f2 = m2.decoder.sky_branch_input(sem, d2, mf)
+    names = list(m2.cfg.semantic_classes)
+    assert f2.shape[1] == m2.decoder.sky_branch.in_mean.numel() == f.shape[1] + 1
+    assert torch.equal(f2[:, -2], sem[:, names.index("sky")]) and torch.equal(f2[:, -1], sem[:, names.index("teeth")])
 
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_branch_on_channel_groups_equals_the_documented_formula(stride):
+@pytest.mark.parametrize("stride,classes", [(1, ("sky",)), (2, ("sky",)), (2, ("sky", "skin"))])
+def test_branch_on_channel_groups_equals_the_documented_formula(stride, classes):
     """The branch never concatenates or normalises a copy (:func:`conv_of_concat`); it must equal the formula of
     its docstring: normalise the concatenated input, pool, conv stack, upsample (borders included)."""
-    m = _live(_with_branch(calibrated_model(tiny_config(mask_stride=2)), stride=stride), seed=3)
+    m = _live(_with_branch(calibrated_model(tiny_config(mask_stride=2)), stride=stride, classes=classes), seed=3)
     br, g = m.decoder.sky_branch, torch.Generator().manual_seed(8)
     with torch.no_grad():
         br.in_mean.copy_(torch.randn(br.in_mean.shape, generator=g))
         br.in_std.copy_(0.5 + torch.rand(br.in_std.shape, generator=g))
     n2, nm = m.cfg.decoder_dims[3], m.cfg.mask_dim
-    parts = [torch.randn(1, c, 12, 18, generator=g) for c in (n2, nm, 1)]
+    parts = [torch.randn(1, c, 12, 18, generator=g) for c in (n2, nm, *[1] * len(classes))]
     feats = torch.cat(parts, 1)
     with torch.no_grad():
         x = (feats - br.in_mean[:, None, None]) / br.in_std[:, None, None]
@@ -136,13 +152,16 @@ def test_init_weights_keeps_a_new_branch_at_zero_and_refuses_another_size(tmp_pa
     strided = tiny_config(mask_stride=2, sky_head_hidden=8, sky_head_stride=2)
     with pytest.raises(ValueError, match="sky_head_stride"):
         init_weights(build_model(strided), strided, p)
+    more = tiny_config(mask_stride=2, sky_head_hidden=8, sky_head_classes=("sky", "skin"))
+    with pytest.raises(ValueError, match="sky_head_classes"):
+        init_weights(build_model(more), more, p)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_onnx_matches_eager_with_a_sky_branch(tmp_path, stride):
+@pytest.mark.parametrize("stride,classes", [(1, ("sky",)), (2, ("sky",)), (2, ("sky", "skin"))])
+def test_onnx_matches_eager_with_a_sky_branch(tmp_path, stride, classes):
     pytest.importorskip("onnxruntime")
     m = _live(_with_branch(calibrated_model(tiny_config(keep_dec_layers=2, mask_stride=2, sem_head_hidden=8)),
-                           stride=stride))
+                           stride=stride, classes=classes))
     assert_onnx_matches_eager(m, tmp_path / "s.onnx")
 
 
@@ -162,7 +181,7 @@ def test_fit_learns_a_sky_the_frozen_logit_misses():
         sky[: rng.integers(6, 18)] = True  # a sky band at the top, rows of varying height
         f[0] = np.where(sky, 2.0, -2.0) + 0.3 * f[0]
         f[-1] = -4.0  # the frozen model's sky logit: "no sky"
-        pool.append((torch.from_numpy(f).half(), sky.astype(np.float32), np.ones((24, 24), bool)))
+        pool.append((torch.from_numpy(f).half(), sky[None].astype(np.float32), np.ones((1, 24, 24), bool)))
     train, held = pool[:8], pool[8:]
     assert pooled_iou(held, lambda x: x[:, -1:]) == 0.0
     losses = fit(m, train, train, steps=150, batch=8, patch=16, log=lambda s: None)
@@ -200,3 +219,73 @@ def test_row_exchanges_refuse_the_sky_row_of_a_branch_model():
     merge_heads(a, b, ["hair"])  # other rows still exchange
     with pytest.raises(ValueError, match="sky branch"):
         current_rows(a, ["sky", "hair"])
+
+
+def test_fit_learns_two_classes_each_from_the_photos_that_know_it():
+    """Two refined classes (sky, skin), generated: the sky is where channel 0 is high and only the "street" photos
+    know it; the skin where channel 1 is high and only the "face" photos know it. Both frozen logits say "no". The
+    fit must learn both (held-out IoU > 0.9 each); unknown cells teach nothing, so the shares decide the draws."""
+    from campipe.segmentation.training.fit_sky_branch import fit, pooled_iou
+
+    m = _with_branch(calibrated_model(tiny_config(mask_stride=2)), classes=("sky", "skin"))
+    cin = m.decoder.sky_branch.in_mean.numel()
+    rng = np.random.default_rng(1)
+    pool, groups = [], []
+    for i in range(16):
+        f = rng.normal(0, 1, (cin, 24, 24)).astype(np.float32)
+        street = i % 2 == 0
+        y = np.zeros((2, 24, 24), np.float32)
+        y[0, : rng.integers(6, 18)] = 1.0
+        y[1, :, rng.integers(6, 18):] = 1.0
+        f[0] = np.where(y[0] > 0, 2.0, -2.0) + 0.3 * f[0]
+        f[1] = np.where(y[1] > 0, 2.0, -2.0) + 0.3 * f[1]
+        f[-2:] = -4.0  # frozen sky and skin logits
+        k = np.zeros((2, 24, 24), bool)
+        k[0 if street else 1] = True
+        pool.append((torch.from_numpy(f).half(), y, k))
+        groups.append("street" if street else "face")
+    train, held = pool[:12], pool[12:]
+    assert pooled_iou(held, lambda x: x[:, -2:], 0) == 0.0 and pooled_iou(held, lambda x: x[:, -2:], 1) == 0.0
+    fit(m, train, train, steps=400, batch=8, patch=16, log=lambda s: None, groups=groups[:12],
+        shares={"street": 0.5, "face": 0.5})
+    br = m.decoder.sky_branch
+    assert pooled_iou(held, lambda x: x[:, -2:] + br(x), 0) > 0.9
+    assert pooled_iou(held, lambda x: x[:, -2:] + br(x), 1) > 0.9
+    for bad in ({"street": 0.7, "face": 0.5}, {"street": 0.0}, {"tree": 0.5}):
+        with pytest.raises(ValueError):
+            fit(m, train, train, steps=1, batch=2, patch=16, log=lambda s: None, groups=groups[:12], shares=bad)
+    with pytest.raises(ValueError, match="groups"):
+        fit(m, train, train, steps=1, batch=2, patch=16, log=lambda s: None, shares={"street": 0.5})
+
+
+def test_calibration_offsets_and_row_guards_follow_the_refined_classes():
+    from campipe.segmentation.training.calibrate import apply_offsets
+    from campipe.segmentation.training.merge_heads import merge_heads
+    from campipe.segmentation.training.refit_rows import current_rows
+
+    plain = calibrated_model(tiny_config(mask_stride=2, sem_head_hidden=8))
+    m = _live(_with_branch(plain, classes=("sky", "skin")))
+    names = list(m.cfg.semantic_classes)
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = m(x, scene_only=True)["sem_logits"]
+        apply_offsets(m, {"skin": 0.75, "sky": -1.0, "hair": 0.25})
+        out = m(x, scene_only=True)["sem_logits"]
+    assert abs(float(m.decoder.sky_branch.last.bias[1]) - float(_live(_with_branch(plain, classes=("sky", "skin")))
+                                                                .decoder.sky_branch.last.bias[1]) - 0.75) < 1e-6
+    for c, off in (("skin", 0.75), ("sky", -1.0), ("hair", 0.25)):
+        i = names.index(c)
+        assert torch.allclose(out[:, i], ref[:, i] + off, atol=1e-5)
+    b = copy.deepcopy(m)
+    with pytest.raises(ValueError, match=r"\['skin'\]"):
+        merge_heads(m, b, ["skin", "hair"])
+    with pytest.raises(ValueError, match="sky branch"):
+        current_rows(m, ["teeth", "skin"])
+    merge_heads(m, b, ["hair", "teeth"])
+
+
+def test_fit_command_rejects_a_malformed_share(tmp_path):
+    from campipe.segmentation.training.fit_sky_branch import main
+
+    with pytest.raises(SystemExit, match="SET=P"):
+        main(["--float", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o.pt"), "--share", "camvid"])
