@@ -7,7 +7,8 @@ Data flow for an input x (B, 3, H, W), float32 RGB normalised with the checkpoin
 3. convolutional decoder (U-Net: upsample x2, add 1x1-projected skip, residual depthwise-separable block) from P down
    to the output resolution (H/s, W/s), ending in the 16-channel mask-feature map F and the static semantic logits
    (one 1x1 conv on F, plus with ``cfg.sem_head_hidden`` a residual 3x3 branch over F and the stride-2 decoder
-   features, and with ``cfg.sky_head_hidden`` a residual branch on the sky logit alone, :class:`SkyBranch`); it
+   features, and with ``cfg.sky_head_hidden`` a residual branch on the sky logit, and on the logits of
+   ``cfg.sky_head_classes``' other classes if any, :class:`SkyBranch`); it
    never depends on the transformer, so ``scene_only`` outputs are identical;
    optionally in row bands with a halo (``tiling.set_tiling(model, bands)``) to cap peak memory;
 4. transformer (skipped with ``scene_only=True``): encoder over P's tokens, decoder with N learned queries;
