@@ -224,7 +224,8 @@ def test_row_exchanges_refuse_the_sky_row_of_a_branch_model():
 def test_fit_learns_two_classes_each_from_the_photos_that_know_it():
     """Two refined classes (sky, skin), generated: the sky is where channel 0 is high and only the "street" photos
     know it; the skin where channel 1 is high and only the "face" photos know it. Both frozen logits say "no". The
-    fit must learn both (held-out IoU > 0.9 each); unknown cells teach nothing, so the shares decide the draws."""
+    fit must learn both (held-out IoU > 0.9 each) with the draws split by set shares, and refuse shares it cannot
+    honour."""
     from campipe.segmentation.training.fit_sky_branch import fit, pooled_iou
 
     m = _with_branch(calibrated_model(tiny_config(mask_stride=2)), classes=("sky", "skin"))
@@ -246,7 +247,7 @@ def test_fit_learns_two_classes_each_from_the_photos_that_know_it():
         groups.append("street" if street else "face")
     train, held = pool[:12], pool[12:]
     assert pooled_iou(held, lambda x: x[:, -2:], 0) == 0.0 and pooled_iou(held, lambda x: x[:, -2:], 1) == 0.0
-    fit(m, train, train, steps=400, batch=8, patch=16, log=lambda s: None, groups=groups[:12],
+    fit(m, train, train, steps=2000, batch=8, patch=16, log=lambda s: None, groups=groups[:12],
         shares={"street": 0.5, "face": 0.5})
     br = m.decoder.sky_branch
     assert pooled_iou(held, lambda x: x[:, -2:] + br(x), 0) > 0.9
@@ -267,12 +268,12 @@ def test_calibration_offsets_and_row_guards_follow_the_refined_classes():
     m = _live(_with_branch(plain, classes=("sky", "skin")))
     names = list(m.cfg.semantic_classes)
     x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(4))
+    bias = m.decoder.sky_branch.last.bias.detach().clone()
     with torch.no_grad():
         ref = m(x, scene_only=True)["sem_logits"]
         apply_offsets(m, {"skin": 0.75, "sky": -1.0, "hair": 0.25})
         out = m(x, scene_only=True)["sem_logits"]
-    assert abs(float(m.decoder.sky_branch.last.bias[1]) - float(_live(_with_branch(plain, classes=("sky", "skin")))
-                                                                .decoder.sky_branch.last.bias[1]) - 0.75) < 1e-6
+    torch.testing.assert_close(m.decoder.sky_branch.last.bias.detach(), bias + torch.tensor([-1.0, 0.75]))
     for c, off in (("skin", 0.75), ("sky", -1.0), ("hair", 0.25)):
         i = names.index(c)
         assert torch.allclose(out[:, i], ref[:, i] + off, atol=1e-5)
