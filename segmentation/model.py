@@ -116,16 +116,17 @@ class SkyBranch(nn.Module):
 
     ``forward(feats)``: (B, cin, h, w) float32 (the decoder's stride-2 features, the mask features and the logits of
     the refined classes, concatenated (at ``mask_stride == 1``: without the stride-2 features); or the list of those
-    channel groups) -> (B, n_classes, h, w) float32, added to those logits. Inputs are normalised by fixed per-channel ``in_mean`` / ``in_std`` buffers (set when it is fitted),
-    then (with ``stride`` 2: average-pooled 2 x 2) 3x3 conv, ReLU, 3x3 conv with dilation 2, ReLU, 1x1 conv (with
-    ``stride`` 2: upsampled bilinearly back). The last conv starts at zero, so a model with a
-    fresh branch gives exactly the outputs of the model without it. Receptive field: 7 x 7 cells of its grid (3 on
-    either side; with ``stride`` 2 about 8 mask cells on either side), well inside the tiled decoder's halo
-    (:mod:`.tiling`: 2 stride-32 cells = 32 cells at mask stride 2).
+    channel groups) -> (B, n_classes, h, w) float32, added to those logits. Inputs are normalised by fixed
+    per-channel ``in_mean`` / ``in_std`` buffers (set when it is fitted), then (with ``stride`` 2: average-pooled
+    2 x 2) 3x3 conv, ReLU, 3x3 conv with dilation 2, ReLU, 1x1 conv (with ``stride`` 2: upsampled bilinearly back).
+    The last conv starts at zero, so a model with a fresh branch gives exactly the outputs of the model without it.
+    Receptive field: 7 x 7 cells of its grid (3 on either side; with ``stride`` 2 about 8 mask cells on either side),
+    well inside the tiled decoder's halo (:mod:`.tiling`: 2 stride-32 cells = 32 cells at mask stride 2).
 
     Why: CamVid labels the sky seen through bare tree crowns pixel by pixel; the 1x1 read-out of v6 calls whole
     crowns "not sky" (MODEL_CARD.md, tenth session). A branch of the same shape fitted on v7's frozen features gains
-    ~0.04 face skin on held-out CelebAMask training faces (eleventh session), hence ``sky_head_classes``.
+    ~0.04 face skin on held-out CelebAMask training faces (eleventh session), hence ``sky_head_classes``; shared
+    with the sky, it moved the sky on other photos (asphalt called sky), so the shipped weights refine the sky alone.
     """
 
     def __init__(self, cin: int, hidden: int, stride: int = 1, n_out: int = 1) -> None:
