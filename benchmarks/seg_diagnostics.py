@@ -67,9 +67,18 @@ test-time augmentation would change.
   from the same Penn-Fudan photos (per person at least 120 px tall, a 3:4 crop from above the head to 60 % down the
   body), the framing between the labelled sets' close-ups and full bodies.
 
+* ``branch-rule``: the figures the shipping rules of the residual branch (``model.sky_head_classes``, MODEL_CARD.md,
+  tenth and eleventh sessions) compare, for ``--weights`` against ``--against`` (default: the shipped file), both
+  with campipe's whole protocol: per class of ``--classes`` (default ``sky``), the pooled IoU on the held-out 25 % of
+  the training photos of each set that scores it (``refit_rows.is_holdout``, kept out of the branch fits); the share
+  of the frame called that class on ``--limit`` (default 120) evenly spaced training photos of each set among
+  CamVid, CelebAMask, Figaro1k and Penn-Fudan that does not score it; and on the three raw samples, the largest
+  difference of every network output but those classes' logits.
+
 Usage: ``python benchmarks/seg_diagnostics.py parts|person-errors|flip-tta|class-scores|instance-oracle|static-head|
-twilight|photo-keys|exposure|upsample|thresholds|framing [--weights CKPT] [--data ../shared/data] [--limit K]
-[--split train|val] [--ranges P-Q,...] [--grid R:EPS,...]``. Not a test; needs the shared data.
+twilight|photo-keys|exposure|upsample|thresholds|framing|branch-rule [--weights CKPT] [--data ../shared/data]
+[--limit K] [--split train|val] [--ranges P-Q,...] [--grid R:EPS,...] [--against CKPT] [--classes C,...]``. Not a
+test; needs the shared data.
 """
 from __future__ import annotations
 
@@ -650,11 +659,78 @@ def _half_length_crops(u8: np.ndarray, lab: np.ndarray, min_height: int = 120):
     return out
 
 
+RULE_SETS = ("camvid", "celebamask", "figaro1k", "pennfudan")
+RAW_SAMPLES = ("astronaut_5d4_iso200.dng", "astronaut_d850_iso3200_tungsten.dng", "rocket_a7m3_iso800.dng")
+
+
+def branch_rule(model, data: Path, limit: int | None, against: str, classes: str, holdout: int = 25) -> dict:
+    """See the module docstring (``branch-rule``); prints and returns the figures."""
+    from campipe.decode import decode_file
+    from campipe.segment_stage import frame_render
+    from campipe.segmentation.training.evaluate import EVAL_SPEC, network_outputs
+    from campipe.segmentation.training.fit_sky_branch import _spaced as spaced_floor  # the rules' photos
+    from campipe.segmentation.training.refit_rows import is_holdout
+
+    base, _ = load_checkpoint(against)
+    models = {"against": base.eval(), "weights": model}
+    cls = [c.strip() for c in classes.split(",") if c.strip()]
+    names = list(model.cfg.semantic_classes)
+    if any(c not in names for c in cls) or list(base.cfg.semantic_classes) != names:
+        raise SystemExit(f"--classes must be among {names}, and both weights must have those classes")
+
+    def masks(m, img):
+        c = m.cfg
+        return predict(m, img, c.input_size, IMAGENET_MEAN, IMAGENET_STD, tuple(c.semantic_classes),
+                       c.mask_stride)[0]
+
+    res: dict = {}
+    for s in RULE_SETS:
+        scored = [c for c in cls if c in EVAL_SPEC.get(s, {})]
+        shares = [c for c in cls if c not in scored]
+        stems = list_stems(data, s, "train")
+        if scored:
+            counts: dict = {}
+            held = [t for t in stems if is_holdout(t, holdout, s)]
+            for t in held:
+                img, raw = read_pair(data, s, t)
+                p = {n: masks(m, img) for n, m in models.items()}
+                for c in scored:
+                    gt, ok = _truth(EVAL_SPEC[s][c], raw)
+                    for n in models:
+                        _tally(counts, (c, n), p[n][c] >= 0.5, gt, ok)
+            for c in scored:
+                res[f"held-out {s} {c} IoU ({len(held)} photos)"] = {n: round(_pooled_iou(counts[(c, n)]), 4)
+                                                                     for n in models}
+        if shares:
+            frac: dict = {(c, n): [] for c in shares for n in models}
+            picked = spaced_floor(stems, limit or 120)
+            for t in picked:
+                img, _ = read_pair(data, s, t)
+                for n, m in models.items():
+                    p = masks(m, img)
+                    for c in shares:
+                        frac[(c, n)].append(float((p[c] >= 0.5).mean()))
+            for c in shares:
+                res[f"{s} share of the frame called {c} ({len(picked)} photos, %)"] = {
+                    n: round(100 * float(np.mean(frac[(c, n)])), 3) for n in models}
+        for k in [k for k in res if k.startswith(("held-out " + s, s + " "))]:
+            print(k, res[k], flush=True)
+    keep = [i for i, c in enumerate(names) if c not in cls]
+    for name in RAW_SAMPLES:
+        rgb = frame_render(decode_file(HERE.parent / "samples" / name))[0]
+        u8 = np.clip(np.asarray(rgb) * 255 if np.asarray(rgb).dtype != np.uint8 else rgb, 0, 255).astype(np.uint8)
+        o = {n: network_outputs(m, u8, m.cfg.input_size, IMAGENET_MEAN, IMAGENET_STD)[0] for n, m in models.items()}
+        diff = max(float(np.abs(o["weights"][k] - o["against"][k]).max()) for k in ("pred_masks", "pred_logits"))
+        diff = max(diff, float(np.abs(o["weights"]["sem_logits"][:, keep] - o["against"]["sem_logits"][:, keep]).max()))
+        res[f"{name}: largest difference of the other outputs"] = diff
+        print(f"{name}: largest difference of the other outputs {diff:.3g}", flush=True)
+    return res
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("parts", "person-errors", "flip-tta", "class-scores", "instance-oracle",
                                      "static-head", "twilight", "photo-keys", "exposure", "upsample",
-                                     "thresholds", "framing"))
+                                     "thresholds", "framing", "branch-rule"))
     ap.add_argument("--weights", default=str(HERE.parent / "segmentation" / "weights" / "hyperdetr.pt"))
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--limit", type=int, default=None)
@@ -666,6 +742,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ranges", default=None,
                     help="exposure: compare KEY_RANGE candidates, percentile pairs of the training photos' keys "
                          "(e.g. 5-95,15-85,25-75) instead of the current range")
+    ap.add_argument("--against", default=str(HERE.parent / "segmentation" / "weights" / "hyperdetr.pt"),
+                    help="branch-rule: the weights to compare with (default: the shipped file)")
+    ap.add_argument("--classes", default="sky", help="branch-rule: the classes the branch refines")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     model, _ = load_checkpoint(a.weights)
@@ -687,6 +766,9 @@ def main(argv=None) -> int:
         return 0
     if a.what == "framing":
         framing(model, a.data, a.limit, a.split or "train")
+        return 0
+    if a.what == "branch-rule":
+        branch_rule(model, a.data, a.limit, a.against, a.classes)
         return 0
     if run is not None:
         run(model, a.data, a.limit)
