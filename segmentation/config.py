@@ -48,11 +48,16 @@ class HyperDETRConfig:
             normalisation, 3x3 conv, ReLU, dilated 3x3 conv, ReLU, 1x1 conv to one channel, the last conv starting at
             zero), so every other output is exactly the model's without it. Needs ``"sky"`` among
             ``semantic_classes``. Fitted on a frozen model by :mod:`.training.fit_sky_branch`.
-        sky_head_stride: 1 = the sky branch runs at the mask resolution; 2 = on its inputs average-pooled 2 x 2, its
-            output upsampled bilinearly (a quarter of the cost).
+        sky_head_stride: 1 = the sky branch runs at the mask resolution; 2 (4) = on its inputs average-pooled 2 x 2
+            (4 x 4), its output upsampled bilinearly (a quarter (a sixteenth) of the cost).
         sky_head_classes: the classes the sky branch refines, ``"sky"`` first (default: the sky alone). With more,
             the branch also reads each one's logit and writes a residual to each (one output channel per class; the
             cost hardly changes); every class not listed stays exactly the model's without the branch.
+        class_branches: further residual branches of the same shape, each ``(classes, hidden, stride)`` with stride
+            1, 2 or 4 (e.g. ``((("skin",), 32, 4),)``), each reading the same features and its own classes' logits
+            and writing to those only; classes may not appear in two branches (nor in the sky branch). Fitted on a
+            frozen model by ``fit_sky_branch --extra``. Why a separate branch: sharing the sky branch moved the sky
+            (MODEL_CARD.md, eleventh session).
     """
 
     width_mult: float = 1.5
@@ -75,6 +80,7 @@ class HyperDETRConfig:
     sky_head_hidden: int = 0
     sky_head_stride: int = 1
     sky_head_classes: tuple[str, ...] = ("sky",)
+    class_branches: tuple = ()
 
     def __post_init__(self) -> None:
         self.input_size = tuple(int(v) for v in self.input_size)  # type: ignore[assignment]
@@ -94,8 +100,8 @@ class HyperDETRConfig:
             raise ValueError(f"sem_head_hidden must be >= 0, got {self.sem_head_hidden}")
         if self.sky_head_hidden < 0:
             raise ValueError(f"sky_head_hidden must be >= 0, got {self.sky_head_hidden}")
-        if self.sky_head_stride not in (1, 2):
-            raise ValueError(f"sky_head_stride must be 1 or 2, got {self.sky_head_stride}")
+        if self.sky_head_stride not in (1, 2, 4):
+            raise ValueError(f"sky_head_stride must be 1, 2 or 4, got {self.sky_head_stride}")
         self.sky_head_classes = tuple(self.sky_head_classes)
         if self.sky_head_hidden and "sky" not in self.semantic_classes:
             raise ValueError(f"sky_head_hidden needs a 'sky' class, got {self.semantic_classes}")
@@ -104,6 +110,14 @@ class HyperDETRConfig:
                                      or len(set(self.sky_head_classes)) != len(self.sky_head_classes)):
             raise ValueError(f"sky_head_classes must start with 'sky' and list distinct semantic classes, got "
                              f"{self.sky_head_classes}")
+        self.class_branches = tuple((tuple(c), int(h), int(st)) for c, h, st in self.class_branches)
+        seen = list(self.sky_head_classes) if self.sky_head_hidden else []
+        for c, h, st in self.class_branches:
+            if not c or any(k not in self.semantic_classes or k in seen for k in c) or len(set(c)) != len(c) \
+                    or h <= 0 or st not in (1, 2, 4):
+                raise ValueError(f"class_branches entry {(c, h, st)}: classes must be distinct semantic classes not "
+                                 f"refined by another branch, hidden > 0, stride 1, 2 or 4")
+            seen += list(c)
         if len(self.decoder_dims) != 4:
             raise ValueError("decoder_dims needs 4 values (strides 16, 8, 4, 2)")
 
@@ -122,6 +136,8 @@ class HyperDETRConfig:
         d["input_size"] = list(self.input_size)
         d["semantic_classes"] = list(self.semantic_classes)
         d["decoder_dims"] = list(self.decoder_dims)
+        d["sky_head_classes"] = list(self.sky_head_classes)
+        d["class_branches"] = [[list(c), h, st] for c, h, st in self.class_branches]
         return d
 
     @classmethod

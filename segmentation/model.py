@@ -120,8 +120,9 @@ class SkyBranch(nn.Module):
     per-channel ``in_mean`` / ``in_std`` buffers (set when it is fitted), then (with ``stride`` 2: average-pooled
     2 x 2) 3x3 conv, ReLU, 3x3 conv with dilation 2, ReLU, 1x1 conv (with ``stride`` 2: upsampled bilinearly back).
     The last conv starts at zero, so a model with a fresh branch gives exactly the outputs of the model without it.
-    Receptive field: 7 x 7 cells of its grid (3 on either side; with ``stride`` 2 about 8 mask cells on either side),
-    well inside the tiled decoder's halo (:mod:`.tiling`: 2 stride-32 cells = 32 cells at mask stride 2).
+    Receptive field: 7 x 7 cells of its grid (3 on either side; with ``stride`` 2 about 8 mask cells on either side,
+    with ``stride`` 4 about 16), inside the tiled decoder's halo (:mod:`.tiling`: 2 stride-32 cells = 32 cells at
+    mask stride 2). Also the shape of ``cfg.class_branches``.
 
     Why: CamVid labels the sky seen through bare tree crowns pixel by pixel; the 1x1 read-out of v6 calls whole
     crowns "not sky" (MODEL_CARD.md, tenth session). A branch of the same shape fitted on v7's frozen features gains
@@ -192,10 +193,15 @@ class ConvDecoder(nn.Module):
         self.branch_indices = [list(cfg.semantic_classes).index(c) for c in cfg.sky_head_classes] \
             if cfg.sky_head_hidden else []
         self.sky_index = self.branch_indices[0] if self.branch_indices else -1
+        feat_c = cfg.mask_dim + (d2 if cfg.mask_stride == 2 else 0)
         if cfg.sky_head_hidden:
             n = len(self.branch_indices)
-            cin = cfg.mask_dim + n + (d2 if cfg.mask_stride == 2 else 0)
-            self.sky_branch = SkyBranch(cin, cfg.sky_head_hidden, cfg.sky_head_stride, n)
+            self.sky_branch = SkyBranch(feat_c + n, cfg.sky_head_hidden, cfg.sky_head_stride, n)
+        #: ``cfg.class_branches``: further branches, and the ``sem`` channels each reads and writes
+        self.class_branches = nn.ModuleList(SkyBranch(feat_c + len(c), h, st, len(c))
+                                            for c, h, st in cfg.class_branches)
+        self.class_branch_indices = [[list(cfg.semantic_classes).index(k) for k in c]
+                                     for c, _, _ in cfg.class_branches]
 
     def forward(self, p32: torch.Tensor, feats: dict[str, torch.Tensor], image: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,13 +216,19 @@ class ConvDecoder(nn.Module):
             sem = sem + self.sem_branch[2](self.sem_branch[1](h))
         if self.sky_branch is not None:
             sem = self.add_sky_branch(sem, d2, x)
+        for br, idx in zip(self.class_branches, self.class_branch_indices):
+            sem = _add_residual(sem, br(self.branch_parts(sem, d2, x, idx)), idx)
         return x, sem
 
-    def sky_branch_parts(self, sem: torch.Tensor, d2: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
-        """The channel groups :class:`SkyBranch` reads, in order: stride-2 features, mask features, the logit of
-        each refined class (sky first)."""
-        logits = [sem[:, k:k + 1] for k in self.branch_indices]
+    def branch_parts(self, sem: torch.Tensor, d2: torch.Tensor, x: torch.Tensor, indices) -> list[torch.Tensor]:
+        """The channel groups a residual branch reads, in order: stride-2 features (at mask stride 2), mask
+        features, the logit of each class it refines (``sem`` channels ``indices``)."""
+        logits = [sem[:, k:k + 1] for k in indices]
         return [x, *logits] if self.mask_stride == 1 else [d2, x, *logits]
+
+    def sky_branch_parts(self, sem: torch.Tensor, d2: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`branch_parts` of the sky branch (sky first)."""
+        return self.branch_parts(sem, d2, x, self.branch_indices)
 
     def sky_branch_input(self, sem: torch.Tensor, d2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(B, cin, h, w): :meth:`sky_branch_parts` concatenated (what the branch's fit caches)."""
@@ -224,25 +236,37 @@ class ConvDecoder(nn.Module):
 
     def add_sky_branch(self, sem: torch.Tensor, d2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``sem`` with the branch's residuals added to the refined classes; every other channel untouched."""
-        r = self.sky_branch(self.sky_branch_parts(sem, d2, x))
-        out, start = [], 0
-        for k, j in sorted((k, j) for j, k in enumerate(self.branch_indices)):
-            if k > start:
-                out.append(sem[:, start:k])  # untouched channels, sliced as one run
-            out.append(sem[:, k:k + 1] + r[:, j:j + 1])
-            start = k + 1
-        if start < sem.shape[1]:
-            out.append(sem[:, start:])
-        return torch.cat(out, 1)
+        return _add_residual(sem, self.sky_branch(self.sky_branch_parts(sem, d2, x)), self.branch_indices)
+
+
+def _add_residual(sem: torch.Tensor, r: torch.Tensor, indices) -> torch.Tensor:
+    """``sem`` with ``r[:, j]`` added to channel ``indices[j]``; the other channels are sliced through untouched."""
+    out, start = [], 0
+    for k, j in sorted((k, j) for j, k in enumerate(indices)):
+        if k > start:
+            out.append(sem[:, start:k])  # untouched channels, sliced as one run
+        out.append(sem[:, k:k + 1] + r[:, j:j + 1])
+        start = k + 1
+    if start < sem.shape[1]:
+        out.append(sem[:, start:])
+    return torch.cat(out, 1)
+
+
+def branches(model) -> list[tuple[nn.Module, list[str]]]:
+    """Every residual branch of ``model`` (the sky branch first) with the classes it refines."""
+    out = [(model.decoder.sky_branch, list(model.cfg.sky_head_classes))] if model.decoder.sky_branch is not None \
+        else []
+    return out + [(b, list(c)) for b, (c, _, _) in zip(model.decoder.class_branches, model.cfg.class_branches)]
 
 
 def check_rows_free_of_branch(models, classes, action: str) -> None:
     """Raise ValueError if any of ``models``' sky branch reads the logit of one of ``classes``: a row exchanged or
     refitted under a fitted branch would change that branch's input (``action``: what the caller does to rows)."""
-    read = {c for m in models if m.decoder.sky_branch is not None for c in m.cfg.sky_head_classes}
+    read = {c for m in models for _, cs in branches(m) for c in cs}
     hit = [c for c in classes if c in read]
     if hit:
-        raise ValueError(f"the sky branch (model.sky_head_hidden, sky_head_classes) reads the logits of {hit}: "
+        raise ValueError(f"a residual branch (the sky branch, model.sky_head_classes, or model.class_branches) "
+                         f"reads the logits of {hit}: "
                          f"{action} those rows before fitting the branch")
 
 

@@ -4,6 +4,7 @@ learns a sky the frozen logit misses (small generated data)."""
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -36,7 +37,7 @@ def test_config_validation():
     with pytest.raises(ValueError, match="sky_head_hidden"):
         tiny_config(sky_head_hidden=-1)
     with pytest.raises(ValueError, match="sky_head_stride"):
-        tiny_config(sky_head_hidden=4, sky_head_stride=4)
+        tiny_config(sky_head_hidden=4, sky_head_stride=3)
     with pytest.raises(ValueError, match="'sky' class"):
         tiny_config(sky_head_hidden=4, semantic_classes=("person", "hair"))
     for bad in [("skin", "sky"), ("sky", "sky"), ("sky", "fur"), ()]:
@@ -105,6 +106,7 @@ def test_branch_on_channel_groups_equals_the_documented_formula(stride, classes)
     assert float(ref.abs().max()) > 0.1
     torch.testing.assert_close(a, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(b, ref, atol=1e-5, rtol=1e-5)
+
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_checkpoint_int8_and_tiling_carry_the_branch(tmp_path, stride):
@@ -290,3 +292,124 @@ def test_fit_command_rejects_a_malformed_share(tmp_path):
 
     with pytest.raises(SystemExit, match="SET=P"):
         main(["--float", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o.pt"), "--share", "camvid"])
+
+
+
+def _with_class_branch(plain: torch.nn.Module, classes=("skin",), hidden: int = 8, stride: int = 4,
+                       seed: int | None = 11) -> torch.nn.Module:
+    """``plain`` plus a further residual branch (``model.class_branches``), live unless ``seed`` is None."""
+    d = plain.cfg.to_dict()
+    cfg = HyperDETRConfig.from_dict({**d, "class_branches": [*d["class_branches"], [list(classes), hidden, stride]]})
+    m = build_model(cfg).eval()
+    missing, unexpected = m.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("decoder.class_branches.") for k in missing)
+    if seed is not None:
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in m.decoder.class_branches[-1].last.parameters():
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+    return m
+
+
+def test_class_branches_config_validation_and_round_trip():
+    for bad in [[[["skin"], 0, 2]], [[["skin"], 8, 3]], [[["fur"], 8, 2]], [[[], 8, 2]],
+                [[["skin"], 8, 2], [["skin", "teeth"], 8, 2]]]:
+        with pytest.raises(ValueError, match="class_branches"):
+            tiny_config(class_branches=bad)
+    with pytest.raises(ValueError, match="class_branches"):  # the sky branch refines skin already
+        tiny_config(sky_head_hidden=4, sky_head_classes=("sky", "skin"), class_branches=[[["skin"], 8, 4]])
+    cfg = tiny_config(sky_head_hidden=4, class_branches=[[["skin"], 8, 4], [["teeth", "glasses"], 4, 1]])
+    assert cfg.class_branches == ((("skin",), 8, 4), (("teeth", "glasses"), 4, 1))
+    assert HyperDETRConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+@pytest.mark.parametrize("sky", [False, True])
+def test_class_branch_starts_as_the_identity_and_writes_only_its_classes(sky):
+    plain = calibrated_model(tiny_config(mask_stride=2, sem_head_hidden=8))
+    if sky:
+        plain = _live(_with_branch(plain, stride=2))
+    fresh = _with_class_branch(plain, ("skin", "teeth"), seed=None)
+    m = _with_class_branch(plain, ("skin", "teeth"))
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(6))
+    names = list(m.cfg.semantic_classes)
+    ks = [names.index("skin"), names.index("teeth")]
+    with torch.no_grad():
+        a, b, c = plain(x), fresh(x), m(x)
+    for k in a:
+        if torch.is_tensor(a[k]):
+            assert torch.equal(a[k], b[k]), k
+    others = [i for i in range(len(names)) if i not in ks]
+    assert torch.equal(c["sem_logits"][:, others], a["sem_logits"][:, others])
+    assert torch.equal(c["pred_masks"], a["pred_masks"])
+    for k in ks:
+        assert float((c["sem_logits"][:, k] - a["sem_logits"][:, k]).abs().mean()) > 1e-3
+
+
+def test_class_branch_survives_checkpoint_int8_tiling_onnx_and_calibration(tmp_path):
+    from campipe.segmentation.tiling import set_tiling
+    from campipe.segmentation.training.calibrate import apply_offsets
+    from campipe.segmentation.training.merge_heads import merge_heads
+    from campipe.segmentation.training.train import init_weights
+
+    plain = calibrated_model(tiny_config(keep_dec_layers=2, mask_stride=2, sem_head_hidden=8))
+    m = _with_class_branch(_live(_with_branch(plain, stride=2)), ("skin",), stride=4)
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = m(x)["sem_logits"]
+    back, meta = load_checkpoint(save_checkpoint(tmp_path / "f.pt", m))
+    assert meta["config_obj"].class_branches == ((("skin",), 8, 4),)
+    with torch.no_grad():
+        assert torch.equal(back(x)["sem_logits"], ref)
+        tiled = set_tiling(copy.deepcopy(back), 4)(x)["sem_logits"]
+    assert torch.allclose(tiled, ref, atol=1e-5)
+    q, _ = load_checkpoint(save_checkpoint(tmp_path / "q.pt", m, quantize=True))
+    for i in (0, 2, 4):  # int8 per output channel: within half a step of the float weights
+        w, wq = m.decoder.class_branches[0].body[i].weight, q.decoder.class_branches[0].body[i].weight
+        step = w.reshape(w.shape[0], -1).abs().amax(1) / 127
+        assert bool(((wq - w).abs().reshape(w.shape[0], -1).amax(1) <= step / 2 + 1e-7).all())
+    assert_onnx_matches_eager(m, tmp_path / "c.onnx")
+    k = list(m.cfg.semantic_classes).index("skin")
+    with torch.no_grad():
+        apply_offsets(back, {"skin": 0.5})
+        out = back(x)["sem_logits"]
+    assert torch.allclose(out[:, k], ref[:, k] + 0.5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\['skin'\]"):
+        merge_heads(m, copy.deepcopy(m), ["skin"])
+    other = tiny_config(keep_dec_layers=2, mask_stride=2, sem_head_hidden=8, sky_head_hidden=8, sky_head_stride=2,
+                        class_branches=[[["skin"], 8, 2]])
+    with pytest.raises(ValueError, match="class_branches"):
+        init_weights(build_model(other), other, tmp_path / "f.pt")
+    src = save_checkpoint(tmp_path / "sky_only.pt", _live(_with_branch(plain, stride=2)))
+    new = tiny_config(keep_dec_layers=2, mask_stride=2, sem_head_hidden=8, sky_head_hidden=8, sky_head_stride=2,
+                      class_branches=[[["skin"], 8, 4]])
+    fresh = build_model(new).eval()
+    init_weights(fresh, new, src)  # a new class branch keeps its zero start
+    assert float(fresh.decoder.class_branches[0].last.weight.detach().abs().sum()) == 0.0
+
+
+def test_fit_trains_a_class_branch_and_leaves_the_sky_branch():
+    """``fit(..., branch=)`` trains the given branch only (generated skin band, frozen logit "no skin")."""
+    from campipe.segmentation.training.fit_sky_branch import fit, pooled_iou
+
+    m = _with_class_branch(_live(_with_branch(calibrated_model(tiny_config(mask_stride=2)), stride=2)), ("skin",),
+                           stride=4, seed=None)
+    sky_before = copy.deepcopy(m.decoder.sky_branch.state_dict())
+    br = m.decoder.class_branches[0]
+    for p in m.parameters():
+        p.requires_grad_(False)
+    for p in br.body.parameters():
+        p.requires_grad_(True)
+    cin = br.in_mean.numel()
+    rng = np.random.default_rng(3)
+    pool = []
+    for _ in range(12):
+        f = rng.normal(0, 1, (cin, 32, 32)).astype(np.float32)
+        y = np.zeros((1, 32, 32), np.float32)
+        y[0, :, rng.integers(8, 24):] = 1.0
+        f[0] = np.where(y[0] > 0, 2.0, -2.0) + 0.3 * f[0]
+        f[-1] = -4.0
+        pool.append((torch.from_numpy(f).half(), y, np.ones((1, 32, 32), bool)))
+    fit(m, pool[:8], pool[:8], steps=300, batch=8, patch=16, log=lambda s: None, branch=br)
+    assert pooled_iou(pool[8:], lambda x: x[:, -1:] + br(x)) > 0.9
+    for k, v in m.decoder.sky_branch.state_dict().items():
+        assert torch.equal(v, sky_before[k]), k

@@ -157,18 +157,20 @@ def fit_offsets(hists: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 @torch.no_grad()
 def apply_offsets(model: torch.nn.Module, offsets: dict[str, float]) -> torch.nn.Module:
     """Add ``offsets[class]`` to that class's bias in ``model.decoder.sem_head`` (in place); returns the model.
-    With a sky branch (``model.sky_head_hidden``), which reads the logits of ``model.sky_head_classes``, the offset
-    of each of those goes to the branch's last bias instead, so the logit moves by exactly the offset and the
-    branch's input stays as it was fitted."""
+    With residual branches (the sky branch, ``model.sky_head_classes``; ``model.class_branches``), which read the
+    logits of the classes they refine, the offset of each of those goes to its branch's last bias instead, so the
+    logit moves by exactly the offset and the branch's input stays as it was fitted."""
+    from ..model import branches
+
     classes = list(model.cfg.semantic_classes)
     bias = model.decoder.sem_head.bias
-    sky_branch = getattr(model.decoder, "sky_branch", None)
-    refined = list(model.cfg.sky_head_classes) if sky_branch is not None else []
+    refined = {c: (br, j) for br, cs in branches(model) for j, c in enumerate(cs)}
     for c, off in offsets.items():
         if c not in classes:
             raise KeyError(f"unknown class {c!r} (model classes: {classes})")
         if c in refined:
-            sky_branch.last.bias[refined.index(c)] += float(off)
+            br, j = refined[c]
+            br.last.bias[j] += float(off)
         else:
             bias[classes.index(c)] += float(off)
     return model

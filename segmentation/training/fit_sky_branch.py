@@ -1,8 +1,11 @@
 """Fit the residual sky branch (:class:`campipe.segmentation.model.SkyBranch`) on a frozen model.
 
 ``python -m campipe.segmentation.training.fit_sky_branch --float FLOAT.pt --data ../shared/data --out OUT.pt
-[--classes sky[,skin...]] [--hidden 16] [--stride 1|2] [--steps 2000] [--neg-limit 250] [--holdout 25]
-[--share SET=P ...] [--camvid-share P]``
+[--classes sky[,skin...]] [--hidden 16] [--stride 1|2|4] [--steps 2000] [--neg-limit 250] [--holdout 25]
+[--share SET=P ...] [--camvid-share P] [--extra]``
+
+With ``--extra`` it fits a further branch for ``--classes`` (``model.class_branches``, any classes not refined yet,
+sky not needed) on a model that may already have its sky branch, which stays as it is; otherwise the sky branch.
 
 Everything but the branch is frozen, and the branch writes the logits of ``--classes`` only (``model.
 sky_head_classes``, sky first), so every other output of ``OUT.pt`` equals ``FLOAT.pt``'s bit for bit. The frozen
@@ -50,16 +53,19 @@ def _grid(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(a.astype(np.float32), (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
 
 
-def cache_inputs(model, data: Path, set_name: str, stems: list[str], mean, std):
+def cache_inputs(model, data: Path, set_name: str, stems: list[str], mean, std, classes=None):
     """[(branch input float16 (cin, h, w), labels float32 (n, h, w), known bool (n, h, w))] for ``stems``, one label
-    plane per class of ``model.cfg.sky_head_classes``."""
+    plane per class of ``classes`` (default ``model.cfg.sky_head_classes``), the input being what a branch refining
+    ``classes`` reads (:meth:`~campipe.segmentation.model.ConvDecoder.branch_parts`)."""
     import torch
 
     from ..postprocess import letterbox, normalize
     from .datasets import CLASSES, map_labels, read_pair, unpack
 
     dec, s = model.decoder, model.cfg.mask_stride
-    idx = [CLASSES.index(c) for c in model.cfg.sky_head_classes]
+    classes = list(classes or model.cfg.sky_head_classes)
+    idx = [CLASSES.index(c) for c in classes]
+    sem_idx = [list(model.cfg.semantic_classes).index(c) for c in classes]
     grab: dict = {}
     hooks = [dec.up2.register_forward_hook(lambda m, i, o: grab.__setitem__("d2", o)),
              (dec.out_proj if s == 2 else dec.up1).register_forward_hook(lambda m, i, o: grab.__setitem__("mf", o))]
@@ -71,7 +77,7 @@ def cache_inputs(model, data: Path, set_name: str, stems: list[str], mean, std):
                 canvas, box = letterbox(img.astype(np.float32) / 255.0, tuple(model.cfg.input_size), tuple(mean))
                 o = model(torch.from_numpy(normalize(canvas, mean, std)), scene_only=True)
                 (t, left), (ch, cw) = box.offset, box.content_hw
-                f = dec.sky_branch_input(o["sem_logits"], grab["d2"], grab["mf"])[0]
+                f = torch.cat(dec.branch_parts(o["sem_logits"], grab["d2"], grab["mf"], sem_idx), 1)[0]
                 f = f[:, t // s:(t + ch) // s, left // s:(left + cw) // s]
                 u = unpack(map_labels(set_name, raw, img if set_name == "pennfudan" else None)[0])
                 hw = tuple(f.shape[1:])
@@ -104,8 +110,9 @@ def pooled_iou(samples, fn, j: int = 0) -> float:
 
 
 def fit(model, pool, norm_pool, steps: int, batch: int, patch: int, seed: int = 0, log=print,
-        groups: list[str] | None = None, shares: dict[str, float] | None = None) -> list[float]:
-    """Train ``model.decoder.sky_branch`` on ``pool`` (cached samples); returns the loss every 100 steps.
+        groups: list[str] | None = None, shares: dict[str, float] | None = None, branch=None) -> list[float]:
+    """Train ``branch`` (default ``model.decoder.sky_branch``) on ``pool`` (cached samples); returns the loss every
+    100 steps.
 
     ``norm_pool``: the samples the input normalisation is measured on. ``groups``: each sample's set name;
     ``shares``: the probability of drawing a photo of each named set (default: every photo of the pool equally
@@ -113,7 +120,7 @@ def fit(model, pool, norm_pool, steps: int, batch: int, patch: int, seed: int = 
     import torch
     from torch.nn import functional as F
 
-    br = model.decoder.sky_branch
+    br = branch if branch is not None else model.decoder.sky_branch
     n_cls = br.last.out_channels
     with torch.no_grad():
         br.in_mean.copy_(torch.stack([f.float().mean((1, 2)) for f, _, _ in norm_pool]).mean(0))
@@ -181,7 +188,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=Path("../shared/data"), type=Path)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--hidden", type=int, default=16)
-    ap.add_argument("--stride", type=int, default=1, choices=(1, 2), help="model.sky_head_stride")
+    ap.add_argument("--stride", type=int, default=1, choices=(1, 2, 4), help="model.sky_head_stride")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--patch", type=int, default=96)
@@ -193,6 +200,9 @@ def main(argv=None) -> int:
     ap.add_argument("--share", action="append", default=[], metavar="SET=P",
                     help="probability of drawing a photo of SET (repeatable; default: all photos equally likely)")
     ap.add_argument("--camvid-share", type=float, default=None, help="the same as --share camvid=P")
+    ap.add_argument("--extra", action="store_true",
+                    help="fit a further branch for --classes (model.class_branches) on a model that may already "
+                         "have its sky branch, instead of the sky branch")
     a = ap.parse_args(argv)
 
     import torch
@@ -222,20 +232,23 @@ def main(argv=None) -> int:
         raise SystemExit(f"--share for {unknown}: the fit's sets are {sets}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     base, meta = load_checkpoint(a.float_ckpt)
-    if base.cfg.sky_head_hidden:
-        raise SystemExit(f"{a.float_ckpt} already has a sky branch")
+    if base.cfg.sky_head_hidden and not a.extra:
+        raise SystemExit(f"{a.float_ckpt} already has a sky branch (--extra fits a further one)")
+    new = ({"class_branches": [*base.cfg.to_dict()["class_branches"], [list(classes), a.hidden, a.stride]]} if a.extra
+           else {"sky_head_hidden": a.hidden, "sky_head_stride": a.stride, "sky_head_classes": classes})
     try:
-        cfg = HyperDETRConfig.from_dict({**base.cfg.to_dict(), "sky_head_hidden": a.hidden,
-                                         "sky_head_stride": a.stride, "sky_head_classes": classes})
+        cfg = HyperDETRConfig.from_dict({**base.cfg.to_dict(), **new})
     except ValueError as e:
         raise SystemExit(str(e)) from None
     model = build_model(cfg).eval()
+    prefix = f"decoder.class_branches.{len(cfg.class_branches) - 1}." if a.extra else "decoder.sky_branch."
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
-    if unexpected or any(not k.startswith("decoder.sky_branch.") for k in missing):
+    if unexpected or any(not k.startswith(prefix) for k in missing):
         raise SystemExit(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
+    br = model.decoder.class_branches[-1] if a.extra else model.decoder.sky_branch
     for p in model.parameters():
         p.requires_grad_(False)
-    for p in model.decoder.sky_branch.body.parameters():
+    for p in br.body.parameters():
         p.requires_grad_(True)
     mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
 
@@ -246,19 +259,20 @@ def main(argv=None) -> int:
             continue
         stems = list_stems(a.data, s, "train")
         if any(s in v for v in scored.values()):  # scored: all training photos but the held-out ones
-            c = cache_inputs(model, a.data, s, [t for t in stems if not is_holdout(t, a.holdout, s)], mean, std)
-            hold[s] = cache_inputs(model, a.data, s, [t for t in stems if is_holdout(t, a.holdout, s)], mean, std)
+            c = cache_inputs(model, a.data, s, [t for t in stems if not is_holdout(t, a.holdout, s)], mean, std,
+                             classes)
+            hold[s] = cache_inputs(model, a.data, s, [t for t in stems if is_holdout(t, a.holdout, s)], mean, std,
+                                   classes)
             norm_pool += c
             counts[f"{s}_holdout"] = len(hold[s])
         else:
-            c = cache_inputs(model, a.data, s, _spaced(stems, a.neg_limit), mean, std)
+            c = cache_inputs(model, a.data, s, _spaced(stems, a.neg_limit), mean, std, classes)
         pool += c
         groups += [s] * len(c)
         counts[s] = len(c)
     print(f"cached {counts} in {time.time() - t0:.0f} s", flush=True)
     losses = fit(model, pool, norm_pool, a.steps, a.batch, a.patch, a.seed, log=lambda m: print(m, flush=True),
-                 groups=groups, shares=shares or None)
-    br = model.decoder.sky_branch
+                 groups=groups, shares=shares or None, branch=br)
     n = len(classes)
     held_iou = {}
     for j, c in enumerate(classes):
@@ -269,7 +283,7 @@ def main(argv=None) -> int:
         print(f"held-out training photos of {'/'.join(scored[c])} ({len(samples)}), {c} IoU at the feature "
               f"resolution: frozen model {own:.4f}, with the branch {new:.4f}")
     extra = dict(meta.get("extra") or {})
-    extra["sky_branch"] = {"from": str(a.float_ckpt), "classes": list(classes), "hidden": a.hidden,
+    extra["class_branch:" + "+".join(classes) if a.extra else "sky_branch"] = {"from": str(a.float_ckpt), "classes": list(classes), "hidden": a.hidden,
                            "stride": a.stride, "steps": a.steps, "batch": a.batch, "patch": a.patch,
                            "neg_limit": a.neg_limit, "holdout": a.holdout, "seed": a.seed, "shares": shares,
                            "photos": counts, "losses": losses, "holdout_iou_feature_res": held_iou}

@@ -305,11 +305,16 @@ def init_weights(model: torch.nn.Module, mcfg: HyperDETRConfig, path: Path) -> N
     for k in ("sky_head_hidden", "sky_head_stride", "sky_head_classes"):  # same shapes would load silently
         if src.sky_head_hidden and getattr(src, k) != getattr(mcfg, k):
             raise ValueError(f"init_from {path}: model.{k} is {getattr(src, k)} there, {getattr(mcfg, k)} here")
+    if src.class_branches and src.class_branches != mcfg.class_branches:
+        raise ValueError(f"init_from {path}: model.class_branches is {src.class_branches} there, "
+                         f"{mcfg.class_branches} here")
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if mcfg.sem_head_hidden and not src.sem_head_hidden:  # a 1x1-head model: the new branch keeps its zero start
         missing = [k for k in missing if not k.startswith("decoder.sem_branch.")]
     if mcfg.sky_head_hidden and not src.sky_head_hidden:  # likewise a new sky branch
         missing = [k for k in missing if not k.startswith("decoder.sky_branch.")]
+    if mcfg.class_branches and not src.class_branches:  # and new class branches
+        missing = [k for k in missing if not k.startswith("decoder.class_branches.")]
     if missing or unexpected:
         raise ValueError(f"init_from {path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
