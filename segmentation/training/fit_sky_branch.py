@@ -234,10 +234,10 @@ def main(argv=None) -> int:
     base, meta = load_checkpoint(a.float_ckpt)
     if base.cfg.sky_head_hidden and not a.extra:
         raise SystemExit(f"{a.float_ckpt} already has a sky branch (--extra fits a further one)")
-    new = ({"class_branches": [*base.cfg.to_dict()["class_branches"], [list(classes), a.hidden, a.stride]]} if a.extra
-           else {"sky_head_hidden": a.hidden, "sky_head_stride": a.stride, "sky_head_classes": classes})
+    update = ({"class_branches": [*base.cfg.to_dict()["class_branches"], [list(classes), a.hidden, a.stride]]}
+              if a.extra else {"sky_head_hidden": a.hidden, "sky_head_stride": a.stride, "sky_head_classes": classes})
     try:
-        cfg = HyperDETRConfig.from_dict({**base.cfg.to_dict(), **new})
+        cfg = HyperDETRConfig.from_dict({**base.cfg.to_dict(), **update})
     except ValueError as e:
         raise SystemExit(str(e)) from None
     model = build_model(cfg).eval()
@@ -283,10 +283,11 @@ def main(argv=None) -> int:
         print(f"held-out training photos of {'/'.join(scored[c])} ({len(samples)}), {c} IoU at the feature "
               f"resolution: frozen model {own:.4f}, with the branch {new:.4f}")
     extra = dict(meta.get("extra") or {})
-    extra["class_branch:" + "+".join(classes) if a.extra else "sky_branch"] = {"from": str(a.float_ckpt), "classes": list(classes), "hidden": a.hidden,
-                           "stride": a.stride, "steps": a.steps, "batch": a.batch, "patch": a.patch,
-                           "neg_limit": a.neg_limit, "holdout": a.holdout, "seed": a.seed, "shares": shares,
-                           "photos": counts, "losses": losses, "holdout_iou_feature_res": held_iou}
+    key = "class_branch:" + "+".join(classes) if a.extra else "sky_branch"
+    extra[key] = {"from": str(a.float_ckpt), "classes": list(classes), "hidden": a.hidden, "stride": a.stride,
+                  "steps": a.steps, "batch": a.batch, "patch": a.patch, "neg_limit": a.neg_limit,
+                  "holdout": a.holdout, "seed": a.seed, "shares": shares, "photos": counts, "losses": losses,
+                  "holdout_iou_feature_res": held_iou}
     save_checkpoint(a.out, model, model.cfg, mean=mean, std=std, metrics=meta.get("metrics"), extra=extra)
     print(f"wrote {a.out} ({time.time() - t0:.0f} s)")
     return 0
