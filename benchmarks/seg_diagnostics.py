@@ -667,6 +667,7 @@ def branch_rule(model, data: Path, limit: int | None, against: str, classes: str
     """See the module docstring (``branch-rule``); prints and returns the figures."""
     from campipe.decode import decode_file
     from campipe.segment_stage import frame_render
+    from campipe.sidebyside import to_uint8
     from campipe.segmentation.training.evaluate import EVAL_SPEC, network_outputs
     from campipe.segmentation.training.fit_sky_branch import _spaced as spaced_floor  # the rules' photos
     from campipe.segmentation.training.refit_rows import is_holdout
@@ -717,8 +718,7 @@ def branch_rule(model, data: Path, limit: int | None, against: str, classes: str
             print(k, res[k], flush=True)
     keep = [i for i, c in enumerate(names) if c not in cls]
     for name in RAW_SAMPLES:
-        rgb = frame_render(decode_file(HERE.parent / "samples" / name))[0]
-        u8 = np.clip(np.asarray(rgb) * 255 if np.asarray(rgb).dtype != np.uint8 else rgb, 0, 255).astype(np.uint8)
+        u8 = to_uint8(frame_render(decode_file(HERE.parent / "samples" / name))[0])
         o = {n: network_outputs(m, u8, m.cfg.input_size, IMAGENET_MEAN, IMAGENET_STD)[0] for n, m in models.items()}
         diff = max(float(np.abs(o["weights"][k] - o["against"][k]).max()) for k in ("pred_masks", "pred_logits"))
         diff = max(diff, float(np.abs(o["weights"]["sem_logits"][:, keep] - o["against"]["sem_logits"][:, keep]).max()))

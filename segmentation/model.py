@@ -188,20 +188,16 @@ class ConvDecoder(nn.Module):
                                             nn.Conv2d(cfg.sem_head_hidden, len(cfg.semantic_classes), 1))
             nn.init.zeros_(self.sem_branch[2].weight)  # starts as the 1x1 head alone (see HyperDETRConfig)
             nn.init.zeros_(self.sem_branch[2].bias)
-        self.sky_branch = None
-        #: channels of ``sem`` the sky branch reads and writes, in ``cfg.sky_head_classes`` order (sky first)
-        self.branch_indices = [list(cfg.semantic_classes).index(c) for c in cfg.sky_head_classes] \
-            if cfg.sky_head_hidden else []
-        self.sky_index = self.branch_indices[0] if self.branch_indices else -1
+        # residual branches: the sky branch (its own attribute, the checkpoints' key) and ``cfg.class_branches``
         feat_c = cfg.mask_dim + (d2 if cfg.mask_stride == 2 else 0)
-        if cfg.sky_head_hidden:
-            n = len(self.branch_indices)
-            self.sky_branch = SkyBranch(feat_c + n, cfg.sky_head_hidden, cfg.sky_head_stride, n)
-        #: ``cfg.class_branches``: further branches, and the ``sem`` channels each reads and writes
-        self.class_branches = nn.ModuleList(SkyBranch(feat_c + len(c), h, st, len(c))
-                                            for c, h, st in cfg.class_branches)
-        self.class_branch_indices = [[list(cfg.semantic_classes).index(k) for k in c]
-                                     for c, _, _ in cfg.class_branches]
+        specs = ([(tuple(cfg.sky_head_classes), cfg.sky_head_hidden, cfg.sky_head_stride)] if cfg.sky_head_hidden
+                 else []) + list(cfg.class_branches)
+        mods = [SkyBranch(feat_c + len(c), h, st, len(c)) for c, h, st in specs]
+        self.sky_branch = mods.pop(0) if cfg.sky_head_hidden else None
+        self.class_branches = nn.ModuleList(mods)
+        #: per residual branch (the sky branch first), the channels of ``sem`` it reads and writes, in its classes'
+        #: order
+        self.branch_indices = [[list(cfg.semantic_classes).index(k) for k in c] for c, _, _ in specs]
 
     def forward(self, p32: torch.Tensor, feats: dict[str, torch.Tensor], image: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,11 +210,14 @@ class ConvDecoder(nn.Module):
         if self.sem_branch is not None:
             h = conv_of_concat(self.sem_branch[0], [x] if self.mask_stride == 1 else [d2, x])
             sem = sem + self.sem_branch[2](self.sem_branch[1](h))
-        if self.sky_branch is not None:
-            sem = self.add_sky_branch(sem, d2, x)
-        for br, idx in zip(self.class_branches, self.class_branch_indices):
+        for br, idx in zip(self.residual_branches, self.branch_indices):
             sem = _add_residual(sem, br(self.branch_parts(sem, d2, x, idx)), idx)
         return x, sem
+
+    @property
+    def residual_branches(self) -> list[nn.Module]:
+        """The residual branches, the sky branch first (same order as :attr:`branch_indices`)."""
+        return ([self.sky_branch] if self.sky_branch is not None else []) + list(self.class_branches)
 
     def branch_parts(self, sem: torch.Tensor, d2: torch.Tensor, x: torch.Tensor, indices) -> list[torch.Tensor]:
         """The channel groups a residual branch reads, in order: stride-2 features (at mask stride 2), mask
@@ -226,17 +225,9 @@ class ConvDecoder(nn.Module):
         logits = [sem[:, k:k + 1] for k in indices]
         return [x, *logits] if self.mask_stride == 1 else [d2, x, *logits]
 
-    def sky_branch_parts(self, sem: torch.Tensor, d2: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
-        """:meth:`branch_parts` of the sky branch (sky first)."""
-        return self.branch_parts(sem, d2, x, self.branch_indices)
-
     def sky_branch_input(self, sem: torch.Tensor, d2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """(B, cin, h, w): :meth:`sky_branch_parts` concatenated (what the branch's fit caches)."""
-        return torch.cat(self.sky_branch_parts(sem, d2, x), 1)
-
-    def add_sky_branch(self, sem: torch.Tensor, d2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``sem`` with the branch's residuals added to the refined classes; every other channel untouched."""
-        return _add_residual(sem, self.sky_branch(self.sky_branch_parts(sem, d2, x)), self.branch_indices)
+        """(B, cin, h, w): what the sky branch reads, :meth:`branch_parts` concatenated (what its fit caches)."""
+        return torch.cat(self.branch_parts(sem, d2, x, self.branch_indices[0]), 1)
 
 
 def _add_residual(sem: torch.Tensor, r: torch.Tensor, indices) -> torch.Tensor:
@@ -254,20 +245,20 @@ def _add_residual(sem: torch.Tensor, r: torch.Tensor, indices) -> torch.Tensor:
 
 def branches(model) -> list[tuple[nn.Module, list[str]]]:
     """Every residual branch of ``model`` (the sky branch first) with the classes it refines."""
-    out = [(model.decoder.sky_branch, list(model.cfg.sky_head_classes))] if model.decoder.sky_branch is not None \
-        else []
-    return out + [(b, list(c)) for b, (c, _, _) in zip(model.decoder.class_branches, model.cfg.class_branches)]
+    names = model.cfg.semantic_classes
+    dec = model.decoder
+    return [(b, [names[k] for k in idx]) for b, idx in zip(dec.residual_branches, dec.branch_indices)]
 
 
 def check_rows_free_of_branch(models, classes, action: str) -> None:
-    """Raise ValueError if any of ``models``' sky branch reads the logit of one of ``classes``: a row exchanged or
-    refitted under a fitted branch would change that branch's input (``action``: what the caller does to rows)."""
+    """Raise ValueError if a residual branch of any of ``models`` reads the logit of one of ``classes``: a row
+    exchanged or refitted under a fitted branch would change that branch's input (``action``: what the caller does
+    to rows)."""
     read = {c for m in models for _, cs in branches(m) for c in cs}
     hit = [c for c in classes if c in read]
     if hit:
         raise ValueError(f"a residual branch (the sky branch, model.sky_head_classes, or model.class_branches) "
-                         f"reads the logits of {hit}: "
-                         f"{action} those rows before fitting the branch")
+                         f"reads the logits of {hit}: {action} those rows before fitting the branch")
 
 
 class HyperDETR(nn.Module):

@@ -16,10 +16,11 @@ from campipe.segmentation.model import build_model
 from test_segmentation_helpers import assert_onnx_matches_eager, calibrated_model, tiny_config
 
 
-def _live(m: torch.nn.Module, seed: int = 11) -> torch.nn.Module:
+def _live(m: torch.nn.Module, seed: int = 11, branch: torch.nn.Module | None = None) -> torch.nn.Module:
+    """``m`` with random weights in the last conv of ``branch`` (default its sky branch), so the branch acts."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in m.decoder.sky_branch.last.parameters():
+        for p in (branch if branch is not None else m.decoder.sky_branch).last.parameters():
             p.copy_(0.5 * torch.randn(p.shape, generator=g))
     return m
 
@@ -76,7 +77,8 @@ def test_branch_input_is_the_documented_features():
     sem, d2, mf = torch.randn(1, 6, 8, 8), torch.randn(1, m.cfg.decoder_dims[3], 8, 8), torch.randn(1, 16, 8, 8)
     f = d.sky_branch_input(sem, d2, mf)
     assert f.shape[1] == d.sky_branch.in_mean.numel() == m.cfg.decoder_dims[3] + m.cfg.mask_dim + 1
-    assert torch.equal(f[:, -1], sem[:, d.sky_index]) and torch.equal(f[:, :d2.shape[1]], d2)
+    sky = list(m.cfg.semantic_classes).index("sky")
+    assert torch.equal(f[:, -1], sem[:, sky]) and torch.equal(f[:, :d2.shape[1]], d2)
     m2 = _with_branch(calibrated_model(tiny_config(mask_stride=2)), classes=("sky", "teeth"))
     f2 = m2.decoder.sky_branch_input(sem, d2, mf)
     names = list(m2.cfg.semantic_classes)
@@ -303,12 +305,7 @@ def _with_class_branch(plain: torch.nn.Module, classes=("skin",), hidden: int = 
     m = build_model(cfg).eval()
     missing, unexpected = m.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("decoder.class_branches.") for k in missing)
-    if seed is not None:
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for p in m.decoder.class_branches[-1].last.parameters():
-                p.copy_(0.5 * torch.randn(p.shape, generator=g))
-    return m
+    return m if seed is None else _live(m, seed, m.decoder.class_branches[-1])
 
 
 def test_class_branches_config_validation_and_round_trip():
