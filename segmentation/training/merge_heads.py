@@ -20,6 +20,13 @@ instance masks become the other model's hyper-network applied to the base's mask
 those features are alike, so measure the result (recipe v6 took v5's person path this way:
 ``--base CPU16_cal.pt --from V5.pt --query-path``). The other model may be an int8 file (dequantised on load).
 Provenance goes into ``extra["merged_query_path"]``.
+
+``--class-branches`` instead gives the base the further residual branches of ``--from`` (``model.class_branches``,
+e.g. a face-skin branch), unchanged: allowed when the two models are equal everywhere but their sky branches and
+neither sky branch refines a class those branches read (each branch reads the stride-2 features, the mask features
+and its own classes' logits), so every class branch sees exactly the input it was fitted on and writes exactly what
+it wrote in ``--from``; the sky stays the base's. Recipe v8 put v7's skin branch beside a cheaper sky branch this
+way (MODEL_CARD.md, twelfth session). Provenance goes into ``extra["merged_class_branches"]``.
 """
 from __future__ import annotations
 
@@ -95,6 +102,42 @@ def merge_query_path(base: torch.nn.Module, other: torch.nn.Module) -> torch.nn.
     return base
 
 
+BRANCH_PREFIXES = ("decoder.sky_branch.", "decoder.class_branches.")
+
+
+def merge_class_branches(base: torch.nn.Module, other: torch.nn.Module) -> torch.nn.Module:
+    """A new model: ``base`` with the class branches (``model.class_branches``) of ``other``, bit for bit.
+
+    Raises ValueError when ``base`` has class branches already, ``other`` has none, the two differ anywhere but in
+    their sky branches, or a sky branch refines a class that one of the class branches reads.
+    """
+    from ..config import HyperDETRConfig
+    from ..model import build_model
+
+    _check_classes(base, other)
+    if base.cfg.class_branches:
+        raise ValueError("the base has class branches already")
+    if not other.cfg.class_branches:
+        raise ValueError("the other model has no class branches (model.class_branches)")
+    read = {c for cs, _, _ in other.cfg.class_branches for c in cs}
+    for m, who in ((base, "base"), (other, "other model")):
+        hit = sorted(read & set(m.cfg.sky_head_classes)) if m.cfg.sky_head_hidden else []
+        if hit:
+            raise ValueError(f"the {who}'s sky branch refines {hit}, which a class branch reads")
+    sb, so = base.state_dict(), other.state_dict()
+    for k in sorted(set(sb) | set(so)):
+        if k.startswith(BRANCH_PREFIXES):
+            continue
+        if k not in sb or k not in so or sb[k].shape != so[k].shape or not torch.equal(sb[k], so[k]):
+            raise ValueError(f"the models differ outside their residual branches ({k})")
+    cfg = HyperDETRConfig.from_dict({**base.cfg.to_dict(),
+                                     "class_branches": other.cfg.to_dict()["class_branches"]})
+    merged = build_model(cfg).eval()
+    taken = {k: v.clone() for k, v in so.items() if k.startswith("decoder.class_branches.")}
+    merged.load_state_dict({**sb, **taken})
+    return merged
+
+
 def main(argv=None) -> int:
     from ..checkpoint import file_sha256, load_checkpoint, save_checkpoint
 
@@ -105,6 +148,8 @@ def main(argv=None) -> int:
     what.add_argument("--classes", help="comma-separated classes taken from --from")
     what.add_argument("--query-path", action="store_true",
                       help="take the transformer, query embeddings and instance head from --from instead")
+    what.add_argument("--class-branches", action="store_true",
+                      help="take the further residual branches (model.class_branches) from --from instead")
     ap.add_argument("--out", required=True, type=Path)
     a = ap.parse_args(argv)
     base, meta = load_checkpoint(a.base)
@@ -115,7 +160,14 @@ def main(argv=None) -> int:
                "from": {"file": a.other.name, "sha256": file_sha256(a.other)}}
     extra = dict(meta.get("extra") or {})
     try:
-        if a.query_path:
+        if a.class_branches:
+            base = merge_class_branches(base, other)
+            extra["merged_class_branches"] = {**sources, "class_branches": base.cfg.to_dict()["class_branches"]}
+            for k, v in (ometa.get("extra") or {}).items():
+                if k.startswith("class_branch:"):
+                    extra[k] = v  # the branch's own fit record
+            taken = "the class branches"
+        elif a.query_path:
             merge_query_path(base, other)
             extra["merged_query_path"] = {**sources, "prefixes": list(QUERY_PATH_PREFIXES),
                                           "from_quantized": bool(ometa.get("quantized"))}
