@@ -410,3 +410,46 @@ def test_fit_trains_a_class_branch_and_leaves_the_sky_branch():
     assert pooled_iou(pool[8:], lambda x: x[:, -1:] + br(x)) > 0.9
     for k, v in m.decoder.sky_branch.state_dict().items():
         assert torch.equal(v, sky_before[k]), k
+
+
+def test_merge_class_branches_puts_a_branch_beside_another_sky_branch_exactly(tmp_path):
+    """``merge_heads --class-branches``: the base's sky, the other model's class-branch classes, bit for bit; and the
+    refusals that keep that exact (different trunks, a sky branch refining a class the branch reads)."""
+    from campipe.segmentation.training.merge_heads import main, merge_class_branches
+
+    plain = calibrated_model(tiny_config(keep_dec_layers=2, mask_stride=2, sem_head_hidden=8))
+    base = _live(_with_branch(plain, stride=4), seed=3)  # a cheaper sky branch, other weights
+    other = _with_class_branch(_live(_with_branch(plain, stride=2), seed=5), ("skin", "teeth"), stride=4)
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(8))
+    merged = merge_class_branches(base, other)
+    names = list(plain.cfg.semantic_classes)
+    sky, sk = names.index("sky"), [names.index("skin"), names.index("teeth")]
+    rest = [i for i in range(len(names)) if i != sky and i not in sk]
+    with torch.no_grad():
+        m, b, o = merged(x), base(x), other(x)
+    assert merged.cfg.class_branches == other.cfg.class_branches and merged.cfg.sky_head_stride == 4
+    assert torch.equal(m["sem_logits"][:, sky], b["sem_logits"][:, sky])
+    assert torch.equal(m["sem_logits"][:, sk], o["sem_logits"][:, sk])
+    assert not torch.equal(m["sem_logits"][:, sky], o["sem_logits"][:, sky])  # the sky really is the base's
+    assert torch.equal(m["sem_logits"][:, rest], b["sem_logits"][:, rest])
+    assert torch.equal(m["pred_masks"], b["pred_masks"]) and torch.equal(m["pred_logits"], b["pred_logits"])
+
+    changed = copy.deepcopy(other)
+    with torch.no_grad():
+        changed.decoder.sem_head.bias[0] += 1.0
+    with pytest.raises(ValueError, match="differ outside their residual branches"):
+        merge_class_branches(base, changed)
+    with pytest.raises(ValueError, match="has no class branches"):
+        merge_class_branches(base, base)
+    with pytest.raises(ValueError, match="has class branches already"):
+        merge_class_branches(merged, other)
+    sky_skin = _live(_with_branch(plain, stride=2, classes=("sky", "skin")), seed=4)
+    with pytest.raises(ValueError, match=r"refines \['skin'\]"):
+        merge_class_branches(sky_skin, other)
+
+    fa, fb = save_checkpoint(tmp_path / "a.pt", base), save_checkpoint(tmp_path / "b.pt", other)
+    assert main(["--base", str(fa), "--from", str(fb), "--class-branches", "--out", str(tmp_path / "c.pt")]) == 0
+    back, meta = load_checkpoint(tmp_path / "c.pt")
+    assert meta["extra"]["merged_class_branches"]["class_branches"] == [[["skin", "teeth"], 8, 4]]
+    with torch.no_grad():
+        assert torch.equal(back(x)["sem_logits"], m["sem_logits"])
