@@ -2,7 +2,7 @@
 
 ``python -m campipe.segmentation.training.fit_sky_branch --float FLOAT.pt --data ../shared/data --out OUT.pt
 [--classes sky[,skin...]] [--hidden 16] [--stride 1|2|4] [--steps 2000] [--neg-limit 250] [--holdout 25]
-[--share SET=P ...] [--camvid-share P] [--extra]``
+[--share SET=P ...] [--camvid-share P] [--synth N] [--extra]``
 
 With ``--extra`` it fits a further branch for ``--classes`` (``model.class_branches``, any classes not refined yet,
 sky not needed) on a model that may already have its sky branch, which stays as it is; otherwise the sky branch.
@@ -21,6 +21,10 @@ street "not skin").
   the shipping rule scores the branch on); every other set of CelebAMask, Figaro1k and Penn-Fudan contributes
   ``--neg-limit`` evenly spaced training photos. Every photo is drawn with the same probability, or the photos of
   each ``--share SET=P`` set with P in all (``--camvid-share P`` = ``--share camvid=P``), the rest sharing 1 - sum P;
+* ``--synth N`` adds N copy-paste scenes (:func:`synth_records`): training people, faces included, at other sizes
+  and places than CelebAMask's aligned close-ups, on training street frames, with exact labels (why: a skin branch
+  fitted on those close-ups alone took the astronaut sample's smaller face off skin, MODEL_CARD.md, twelfth
+  session); set name ``synth`` for ``--share``;
 * the branch's fixed input normalisation (``in_mean`` / ``in_std``) is the mean over the scored sets' photos of each
   channel's per-photo mean and standard deviation;
 * ``--steps`` AdamW steps (lr 2e-3 one-cycle, weight decay 1e-4) on ``--batch`` random ``--patch`` x ``--patch``
@@ -57,10 +61,27 @@ def cache_inputs(model, data: Path, set_name: str, stems: list[str], mean, std, 
     """[(branch input float16 (cin, h, w), labels float32 (n, h, w), known bool (n, h, w))] for ``stems``, one label
     plane per class of ``classes`` (default ``model.cfg.sky_head_classes``), the input being what a branch refining
     ``classes`` reads (:meth:`~campipe.segmentation.model.ConvDecoder.branch_parts`)."""
+    from .datasets import map_labels, read_pair
+
+    def pairs():
+        for stem in stems:
+            img, raw = read_pair(data, set_name, stem)
+            yield img, map_labels(set_name, raw, img if set_name == "pennfudan" else None)[0]
+
+    return _cache(model, pairs(), mean, std, classes)
+
+
+def cache_records(model, records, mean, std, classes=None):
+    """:func:`cache_inputs` for in-memory :class:`~.datasets.Record` samples (e.g. :func:`.synth.synth_scene`'s)."""
+    return _cache(model, ((r.image, r.lab) for r in records), mean, std, classes)
+
+
+def _cache(model, pairs, mean, std, classes=None):
+    """The cache entries of (uint8 RGB image, packed label map) ``pairs`` (see :func:`cache_inputs`)."""
     import torch
 
     from ..postprocess import letterbox, normalize
-    from .datasets import CLASSES, map_labels, read_pair, unpack
+    from .datasets import CLASSES, unpack
 
     dec, s = model.decoder, model.cfg.mask_stride
     classes = list(classes or model.cfg.sky_head_classes)
@@ -72,14 +93,13 @@ def cache_inputs(model, data: Path, set_name: str, stems: list[str], mean, std, 
     out = []
     try:
         with torch.inference_mode():
-            for stem in stems:
-                img, raw = read_pair(data, set_name, stem)
+            for img, lab in pairs:
                 canvas, box = letterbox(img.astype(np.float32) / 255.0, tuple(model.cfg.input_size), tuple(mean))
                 o = model(torch.from_numpy(normalize(canvas, mean, std)), scene_only=True)
                 (t, left), (ch, cw) = box.offset, box.content_hw
                 f = torch.cat(dec.branch_parts(o["sem_logits"], grab["d2"], grab["mf"], sem_idx), 1)[0]
                 f = f[:, t // s:(t + ch) // s, left // s:(left + cw) // s]
-                u = unpack(map_labels(set_name, raw, img if set_name == "pennfudan" else None)[0])
+                u = unpack(lab)
                 hw = tuple(f.shape[1:])
                 out.append((f.half(), np.stack([_grid(u["sem"][i], hw) for i in idx]),
                             np.stack([_grid(u["known"][i], hw) >= 0.5 for i in idx])))
@@ -87,6 +107,28 @@ def cache_inputs(model, data: Path, set_name: str, stems: list[str], mean, std, 
         for h in hooks:
             h.remove()
     return out
+
+
+def synth_records(data: Path, n: int, holdout: int, seed: int, max_side: int = 512, n_faces: int = 200,
+                  n_backgrounds: int = 150) -> list:
+    """``n`` copy-paste scenes (:func:`.synth.synth_scene`: 1-4 CelebAMask / Penn-Fudan person cutouts, faces at
+    35-95 % of the frame height, on CamVid street frames) from training photos only, none of them held out
+    (``refit_rows.is_holdout``): ``n_faces`` evenly spaced CelebAMask faces, every Penn-Fudan training photo,
+    ``n_backgrounds`` evenly spaced CamVid frames, each at most ``max_side`` pixels on its long side."""
+    from .datasets import _load_record, list_stems
+    from .refit_rows import is_holdout
+    from .synth import person_cutouts, synth_scene
+
+    def stems(set_name, limit):
+        keep = [t for t in list_stems(data, set_name, "train") if not is_holdout(t, holdout, set_name)]
+        return _spaced(keep, limit)
+
+    people = [_load_record(data, "celebamask", t, max_side) for t in stems("celebamask", n_faces)]
+    people += [_load_record(data, "pennfudan", t, max_side) for t in stems("pennfudan", None)]
+    backgrounds = [_load_record(data, "camvid", t, max_side) for t in stems("camvid", n_backgrounds)]
+    cutouts = person_cutouts(people)
+    rng = np.random.default_rng(seed)
+    return [synth_scene(backgrounds[int(rng.integers(len(backgrounds)))], cutouts, rng) for _ in range(n)]
 
 
 def _spaced(stems: list[str], limit: int | None) -> list[str]:
@@ -200,6 +242,9 @@ def main(argv=None) -> int:
     ap.add_argument("--share", action="append", default=[], metavar="SET=P",
                     help="probability of drawing a photo of SET (repeatable; default: all photos equally likely)")
     ap.add_argument("--camvid-share", type=float, default=None, help="the same as --share camvid=P")
+    ap.add_argument("--synth", type=int, default=0, metavar="N",
+                    help="add N copy-paste scenes of training people on training street frames (set name 'synth' "
+                         "for --share); none of their photos is held out")
     ap.add_argument("--extra", action="store_true",
                     help="fit a further branch for --classes (model.class_branches) on a model that may already "
                          "have its sky branch, instead of the sky branch")
@@ -227,7 +272,9 @@ def main(argv=None) -> int:
     missing_sets = sorted({s for v in scored.values() for s in v if not (a.data / s).is_dir()})
     if missing_sets:
         raise SystemExit(f"no {', '.join(missing_sets)} under {a.data} (the shared data directory)")
-    unknown = sorted(set(shares) - set(sets))
+    if a.synth < 0:
+        raise SystemExit("--synth takes a number of scenes >= 0")
+    unknown = sorted(set(shares) - set(sets) - ({"synth"} if a.synth else set()))
     if unknown:
         raise SystemExit(f"--share for {unknown}: the fit's sets are {sets}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -270,6 +317,11 @@ def main(argv=None) -> int:
         pool += c
         groups += [s] * len(c)
         counts[s] = len(c)
+    if a.synth:
+        c = cache_records(model, synth_records(a.data, a.synth, a.holdout, a.seed + 1), mean, std, classes)
+        pool += c
+        groups += ["synth"] * len(c)
+        counts["synth"] = len(c)
     print(f"cached {counts} in {time.time() - t0:.0f} s", flush=True)
     losses = fit(model, pool, norm_pool, a.steps, a.batch, a.patch, a.seed, log=lambda m: print(m, flush=True),
                  groups=groups, shares=shares or None, branch=br)
@@ -286,7 +338,7 @@ def main(argv=None) -> int:
     key = "class_branch:" + "+".join(classes) if a.extra else "sky_branch"
     extra[key] = {"from": str(a.float_ckpt), "classes": list(classes), "hidden": a.hidden, "stride": a.stride,
                   "steps": a.steps, "batch": a.batch, "patch": a.patch, "neg_limit": a.neg_limit,
-                  "holdout": a.holdout, "seed": a.seed, "shares": shares, "photos": counts, "losses": losses,
+                  "holdout": a.holdout, "seed": a.seed, "shares": shares, "synth": a.synth, "photos": counts, "losses": losses,
                   "holdout_iou_feature_res": held_iou}
     save_checkpoint(a.out, model, model.cfg, mean=mean, std=std, metrics=meta.get("metrics"), extra=extra)
     print(f"wrote {a.out} ({time.time() - t0:.0f} s)")
