@@ -453,3 +453,31 @@ def test_merge_class_branches_puts_a_branch_beside_another_sky_branch_exactly(tm
     assert meta["extra"]["merged_class_branches"]["class_branches"] == [[["skin", "teeth"], 8, 4]]
     with torch.no_grad():
         assert torch.equal(back(x)["sem_logits"], m["sem_logits"])
+
+
+def test_cache_records_equals_cache_inputs_and_synth_share_is_accepted(tmp_path):
+    """In-memory samples (``--synth`` scenes) are cached exactly as the same photo read from a data folder."""
+    import cv2
+
+    from campipe.segmentation.training import datasets as D
+    from campipe.segmentation.training.fit_sky_branch import cache_inputs, cache_records, main
+
+    m = _with_class_branch(calibrated_model(tiny_config(mask_stride=2)), ("skin",), seed=None)
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    raw = np.zeros((48, 64), np.uint8)
+    raw[10:30, 20:40] = 1  # CelebAMask skin
+    raw[30:40, 20:40] = 13  # hair
+    for sub in ("images", "masks"):
+        (tmp_path / "celebamask" / sub).mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "celebamask" / "images" / "x.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(tmp_path / "celebamask" / "masks" / "x.png"), raw)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    (f1, y1, k1), = cache_inputs(m, tmp_path, "celebamask", ["x"], mean, std, ["skin"])
+    rec = D.Record("celebamask", "x", img, D.map_labels("celebamask", raw)[0], True)
+    (f2, y2, k2), = cache_records(m, [rec], mean, std, ["skin"])
+    assert f1.shape[0] == m.decoder.class_branches[0].in_mean.numel() and y1.shape == (1, *f1.shape[1:])
+    assert torch.equal(f1, f2) and np.array_equal(y1, y2) and np.array_equal(k1, k2)
+    assert 0.05 < float(y1.mean()) < 0.3 and k1.all()  # the skin square, every cell known
+    with pytest.raises(SystemExit, match="--synth"):
+        main(["--float", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o.pt"), "--synth", "-1"])
