@@ -18,12 +18,18 @@ Sections
    mean |dp| of the probabilities and the IoU of the 0.5-thresholded masks against eager fp32.
 3. Decoder tiling (bands 1/2/4/8) at 384x512 and 768x1024: peak memory vs latency.
 4. Weights file sizes: fp32, int8, int8 + decoder pruned 6 -> 2, with int8-vs-fp32 mask agreement.
+5. ``interleaved``: ONNX Runtime fp32 (campipe's default runtime) on ``--weights`` and every ``--compare`` file,
+   one call of each graph in turn, ``--repeats`` rounds (use >= 40): medians and minima per file, and the median of
+   the per-round differences to the first file, which the machine's load drifts affect alike. This machine's
+   neighbours move single medians by several ms between sittings (MODEL_CARD.md, twelfth session); the paired
+   difference is the stable figure. Also prints the load average before and after.
 
 Weights: the installed checkpoint if any (``--weights``), else a randomly initialised model (BatchNorm statistics
 from noise) — valid for speed and memory; agreement numbers are then only indicative (the output says so).
 
 Usage: ``python benchmarks/bench_segmentation.py [--quick] [--compile] [--repeats 5] [--threads 2]
-[--runtime torch|onnx] [--mask-stride 1|2] [--weights CKPT] [--sections scaling,runtimes,tiling,sizes]``
+[--runtime torch|onnx] [--mask-stride 1|2] [--weights CKPT] [--sections scaling,runtimes,tiling,sizes]``;
+``python benchmarks/bench_segmentation.py --sections interleaved --weights A.pt --compare B.pt --repeats 80``
 
 References: Carion et al. (DETR) §4.4 (panoptic head cost grows with N); the on-device HyperDETR write-up's scaling
 figure (latency and memory flat in N).
@@ -294,6 +300,37 @@ def runtimes(args, ckpt: Path, tmp: Path) -> list[dict]:
     return rows
 
 
+def interleaved(args, paths: list[Path], tmp: Path) -> list[dict]:
+    """Section 5 (module docstring): ONNX Runtime fp32 graphs of ``paths`` timed in turn, ``args.repeats`` rounds."""
+    from campipe.segmentation.checkpoint import load_checkpoint
+    from campipe.segmentation.export import get_or_export
+    from campipe.segmentation.runtime import OrtRunner
+
+    os.environ.setdefault("CAMPIPE_CACHE", str(tmp / "cache"))
+    runners = []
+    for p in paths:
+        model, meta = load_checkpoint(p, keep_dec_layers=2)
+        runners.append(OrtRunner(get_or_export(model, meta["sha256"]), args.threads))
+    x = np.random.default_rng(0).standard_normal((1, 3, *model.cfg.input_size)).astype(np.float32)
+    for r in runners:
+        for _ in range(3):
+            r(x)
+    times = np.zeros((args.repeats, len(runners)))
+    for i in range(args.repeats):
+        for j, r in enumerate(runners):
+            t = time.perf_counter()
+            r(x)
+            times[i, j] = time.perf_counter() - t
+    rows = []
+    for j, p in enumerate(paths):
+        row = {"weights": str(p), "ms": 1000 * float(np.median(times[:, j])), "ms_min": 1000 * float(times[:, j].min()),
+               "paired_diff_ms": 1000 * float(np.median(times[:, j] - times[:, 0]))}
+        rows.append(row)
+        print(f"  {str(p)[-48:]:48s} {row['ms']:7.1f} ms (min {row['ms_min']:6.1f})  paired difference to the "
+              f"first {row['paired_diff_ms']:+6.2f} ms", flush=True)
+    return rows
+
+
 def tiling_rows(args) -> list[dict]:
     rows = []
     for size in ([384, 512], [768, 1024]):
@@ -394,6 +431,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-trunk", dest="trunk", action="store_false",
                     help="section 1 without the shared-trunk timing (backbone + transformer alone, per N)")
     ap.add_argument("--weights", default=None)
+    ap.add_argument("--compare", action="append", default=[], type=Path, metavar="CKPT",
+                    help="interleaved: further weights timed in turn with --weights (repeatable)")
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile+bf16 (slow first call)")
     ap.add_argument("--calib-images", type=int, default=16)
     ap.add_argument("--eval-images", type=int, default=8)
@@ -459,6 +498,12 @@ def main(argv=None) -> int:
         if "runtimes" in sections:
             print("\n2. runtimes at 384x512, N=4, decoder 2 layers")
             results["runtimes"] = runtimes(args, ckpt, tmp)
+        if "interleaved" in sections:
+            if not args.weights or not args.compare:
+                raise SystemExit("--sections interleaved needs --weights and at least one --compare")
+            print(f"\n5. interleaved ONNX Runtime fp32, {args.repeats} rounds, {args.threads} thread(s), load "
+                  f"average {os.getloadavg()[0]:.2f}")
+            results["interleaved"] = interleaved(args, [Path(args.weights), *args.compare], tmp)
         if "tiling" in sections:
             print("\n3. conv-decoder tiling (eager fp32, N=4)")
             results["tiling"] = tiling_rows(args)

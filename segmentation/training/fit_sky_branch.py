@@ -34,8 +34,10 @@ street "not skin").
   resolution, the frozen model's and the branch's (information; the shipping rule uses campipe's whole protocol,
   MODEL_CARD.md).
 
-With ``--classes sky`` (the default) this is exactly the fit that made recipe v7's branch (same photos, order,
-normalisation and random stream).
+With ``--classes sky`` (the default) this is the fit that made recipe v7's and v8's branches (same photos, order,
+normalisation and random stream; identical weights on small generated data, but not bit for bit from run to run
+over thousands of steps: the 2-thread CPU backward differs in its last bits and the difference grows, MODEL_CARD.md,
+twelfth session).
 
 ``OUT.pt`` is a float checkpoint (``extra["sky_branch"]`` records the arguments, photo counts and the held-out
 figures); ``ship.py`` makes the int8 file from it. The cache takes ~2 GB of memory per class-set of ~500 photos.
