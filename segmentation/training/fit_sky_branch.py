@@ -340,8 +340,8 @@ def main(argv=None) -> int:
     key = "class_branch:" + "+".join(classes) if a.extra else "sky_branch"
     extra[key] = {"from": str(a.float_ckpt), "classes": list(classes), "hidden": a.hidden, "stride": a.stride,
                   "steps": a.steps, "batch": a.batch, "patch": a.patch, "neg_limit": a.neg_limit,
-                  "holdout": a.holdout, "seed": a.seed, "shares": shares, "synth": a.synth, "photos": counts, "losses": losses,
-                  "holdout_iou_feature_res": held_iou}
+                  "holdout": a.holdout, "seed": a.seed, "shares": shares, "synth": a.synth, "photos": counts,
+                  "losses": losses, "holdout_iou_feature_res": held_iou}
     save_checkpoint(a.out, model, model.cfg, mean=mean, std=std, metrics=meta.get("metrics"), extra=extra)
     print(f"wrote {a.out} ({time.time() - t0:.0f} s)")
     return 0

@@ -25,8 +25,9 @@ Provenance goes into ``extra["merged_query_path"]``.
 e.g. a face-skin branch), unchanged: allowed when the two models are equal everywhere but their sky branches and
 neither sky branch refines a class those branches read (each branch reads the stride-2 features, the mask features
 and its own classes' logits), so every class branch sees exactly the input it was fitted on and writes exactly what
-it wrote in ``--from``; the sky stays the base's. Recipe v8 put v7's skin branch beside a cheaper sky branch this
-way (MODEL_CARD.md, twelfth session). Provenance goes into ``extra["merged_class_branches"]``.
+it wrote in ``--from``; the sky stays the base's. The twelfth session's candidate c8 put c7's skin branch beside
+the cheaper stride-4 sky branch this way (MODEL_CARD.md; not shipped). Provenance goes into
+``extra["merged_class_branches"]``.
 """
 from __future__ import annotations
 
