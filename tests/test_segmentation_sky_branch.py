@@ -455,7 +455,7 @@ def test_merge_class_branches_puts_a_branch_beside_another_sky_branch_exactly(tm
         assert torch.equal(back(x)["sem_logits"], m["sem_logits"])
 
 
-def test_cache_records_equals_cache_inputs_and_synth_share_is_accepted(tmp_path):
+def test_cache_records_equals_cache_inputs_and_a_negative_synth_is_refused(tmp_path):
     """In-memory samples (``--synth`` scenes) are cached exactly as the same photo read from a data folder."""
     import cv2
 
@@ -480,4 +480,5 @@ def test_cache_records_equals_cache_inputs_and_synth_share_is_accepted(tmp_path)
     assert torch.equal(f1, f2) and np.array_equal(y1, y2) and np.array_equal(k1, k2)
     assert 0.05 < float(y1.mean()) < 0.3 and k1.all()  # the skin square, every cell known
     with pytest.raises(SystemExit, match="--synth"):
-        main(["--float", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o.pt"), "--synth", "-1"])
+        main(["--float", str(tmp_path / "none.pt"), "--data", str(tmp_path / "no_data"), "--out",
+              str(tmp_path / "o.pt"), "--synth", "-1"])  # refused before any data is looked for

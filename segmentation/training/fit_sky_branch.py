@@ -251,6 +251,8 @@ def main(argv=None) -> int:
                     help="fit a further branch for --classes (model.class_branches) on a model that may already "
                          "have its sky branch, instead of the sky branch")
     a = ap.parse_args(argv)
+    if a.synth < 0:
+        raise SystemExit("--synth takes a number of scenes >= 0")
 
     import torch
 
@@ -274,8 +276,6 @@ def main(argv=None) -> int:
     missing_sets = sorted({s for v in scored.values() for s in v if not (a.data / s).is_dir()})
     if missing_sets:
         raise SystemExit(f"no {', '.join(missing_sets)} under {a.data} (the shared data directory)")
-    if a.synth < 0:
-        raise SystemExit("--synth takes a number of scenes >= 0")
     unknown = sorted(set(shares) - set(sets) - ({"synth"} if a.synth else set()))
     if unknown:
         raise SystemExit(f"--share for {unknown}: the fit's sets are {sets}")
