@@ -47,6 +47,17 @@ def _check_classes(base: torch.nn.Module, other: torch.nn.Module) -> None:
         raise ValueError(f"class lists differ: {names} vs {onames}")
 
 
+def _first_difference(sb: dict, so: dict, keys, skip: tuple[str, ...]) -> str | None:
+    """The first of ``keys`` outside the ``skip`` prefixes whose tensor is missing from either state dict or differs
+    between them (shape or value), or None."""
+    for k in keys:
+        if k.startswith(skip):
+            continue
+        if k not in sb or k not in so or sb[k].shape != so[k].shape or not torch.equal(sb[k], so[k]):
+            return k
+    return None
+
+
 def merge_heads(base: torch.nn.Module, other: torch.nn.Module, classes) -> torch.nn.Module:
     """Give ``base`` (in place) the static-channel rows of ``classes`` from ``other``; returns ``base``.
 
@@ -59,11 +70,9 @@ def merge_heads(base: torch.nn.Module, other: torch.nn.Module, classes) -> torch
         raise ValueError(f"unknown classes {unknown} (model classes: {names})")
     check_rows_free_of_branch((base, other), classes, "merge")
     sb, so = base.state_dict(), other.state_dict()
-    for k, v in sb.items():
-        if k.startswith(HEAD_PREFIXES):
-            continue
-        if k not in so or so[k].shape != v.shape or not torch.equal(so[k], v):
-            raise ValueError(f"the models differ outside the static head ({k}): rows cannot be exchanged exactly")
+    k = _first_difference(sb, so, sb, HEAD_PREFIXES)
+    if k is not None:
+        raise ValueError(f"the models differ outside the static head ({k}): rows cannot be exchanged exactly")
     rows = [names.index(c) for c in classes]
     with torch.no_grad():
         for p in ("weight", "bias"):
@@ -120,17 +129,15 @@ def merge_class_branches(base: torch.nn.Module, other: torch.nn.Module) -> torch
         raise ValueError("the base has class branches already")
     if not other.cfg.class_branches:
         raise ValueError("the other model has no class branches (model.class_branches)")
+    # (the other model's own config already forbids its sky branch refining a class its class branches read)
     read = {c for cs, _, _ in other.cfg.class_branches for c in cs}
-    for m, who in ((base, "base"), (other, "other model")):
-        hit = sorted(read & set(m.cfg.sky_head_classes)) if m.cfg.sky_head_hidden else []
-        if hit:
-            raise ValueError(f"the {who}'s sky branch refines {hit}, which a class branch reads")
+    hit = sorted(read & set(base.cfg.sky_head_classes)) if base.cfg.sky_head_hidden else []
+    if hit:
+        raise ValueError(f"the base's sky branch refines {hit}, which a class branch reads")
     sb, so = base.state_dict(), other.state_dict()
-    for k in sorted(set(sb) | set(so)):
-        if k.startswith(BRANCH_PREFIXES):
-            continue
-        if k not in sb or k not in so or sb[k].shape != so[k].shape or not torch.equal(sb[k], so[k]):
-            raise ValueError(f"the models differ outside their residual branches ({k})")
+    k = _first_difference(sb, so, sorted(set(sb) | set(so)), BRANCH_PREFIXES)
+    if k is not None:
+        raise ValueError(f"the models differ outside their residual branches ({k})")
     cfg = HyperDETRConfig.from_dict({**base.cfg.to_dict(),
                                      "class_branches": other.cfg.to_dict()["class_branches"]})
     merged = build_model(cfg).eval()
