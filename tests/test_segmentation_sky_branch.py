@@ -384,6 +384,45 @@ def test_class_branch_survives_checkpoint_int8_tiling_onnx_and_calibration(tmp_p
     assert float(fresh.decoder.class_branches[0].last.weight.detach().abs().sum()) == 0.0
 
 
+def test_branches_run_jointly_as_if_one_after_the_other(tmp_path):
+    """``ConvDecoder.add_branch_residuals`` runs branches of one stride together (:func:`joint_branches`: one
+    read-out conv, one upsampling); the result must equal applying the branches one after the other, each with its
+    own normalisation, in eager mode and in the exported graph."""
+    from campipe.segmentation.model import _add_residual, joint_branches
+
+    plain = calibrated_model(tiny_config(keep_dec_layers=2, mask_stride=2, sem_head_hidden=8))
+    m = _with_class_branch(_with_class_branch(_live(_with_branch(plain, stride=4)), ("skin",), hidden=8, stride=4),
+                           ("teeth", "glasses"), hidden=4, stride=2, seed=12)
+    g = torch.Generator().manual_seed(4)
+    dec = m.decoder
+    with torch.no_grad():
+        for br in dec.residual_branches:
+            br.in_mean.copy_(torch.randn(br.in_mean.shape, generator=g))
+            br.in_std.copy_(0.5 + torch.rand(br.in_std.shape, generator=g))
+    assert [b.stride for b in dec.residual_branches] == [4, 4, 2]
+
+    def one_after_the_other(sem, d2, x):
+        for br, idx in zip(dec.residual_branches, dec.branch_indices):
+            sem = _add_residual(sem, br(dec.branch_parts(sem, d2, x, idx)), idx)
+        return sem
+
+    x = torch.randn(1, 3, 64, 96, generator=g)
+    with torch.no_grad():
+        joint = m(x)["sem_logits"]
+        dec.add_branch_residuals = one_after_the_other
+        ref = m(x)["sem_logits"]
+        del dec.add_branch_residuals
+        bare = plain(x)["sem_logits"]
+    names = list(m.cfg.semantic_classes)
+    for c in ("sky", "skin", "teeth", "glasses"):  # every branch acts
+        k = names.index(c)
+        assert float((ref[:, k] - bare[:, k]).abs().mean()) > 1e-3, c
+    torch.testing.assert_close(joint, ref, atol=1e-5, rtol=1e-5)
+    assert_onnx_matches_eager(m, tmp_path / "joint.onnx")
+    with pytest.raises(ValueError, match="one stride"):
+        joint_branches(dec.residual_branches, [[]] * 3)
+
+
 def test_fit_trains_a_class_branch_and_leaves_the_sky_branch():
     """``fit(..., branch=)`` trains the given branch only (generated skin band, frozen logit "no skin")."""
     from campipe.segmentation.training.fit_sky_branch import fit, pooled_iou
