@@ -127,9 +127,10 @@ class SkyBranch(nn.Module):
     Why: CamVid labels the sky seen through bare tree crowns pixel by pixel; the 1x1 read-out of v6 calls whole
     crowns "not sky" (MODEL_CARD.md, tenth session). A branch of the same shape fitted on v7's frozen features gains
     ~0.04 face skin on held-out CelebAMask training faces (eleventh session), hence ``sky_head_classes``; shared
-    with the sky, it moved the sky on other photos (asphalt called sky), so the shipped weights refine the sky alone
-    (recipe v8: at stride 4). A separate skin branch (``cfg.class_branches``) took the astronaut sample's face off
-    skin (twelfth session), so none ships.
+    with the sky, it moved the sky on other photos (asphalt called sky), so the sky branch refines the sky alone
+    (since recipe v8 at stride 4), and skin has a separate branch (``cfg.class_branches``, recipe v9), fitted with
+    copy-paste scenes: fitted on CelebAMask close-ups alone it took the astronaut sample's face off skin (twelfth
+    and thirteenth sessions).
     """
 
     def __init__(self, cin: int, hidden: int, stride: int = 1, n_out: int = 1) -> None:
