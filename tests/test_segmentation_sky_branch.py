@@ -294,6 +294,12 @@ def test_fit_command_rejects_a_malformed_share(tmp_path):
 
     with pytest.raises(SystemExit, match="SET=P"):
         main(["--float", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o.pt"), "--share", "camvid"])
+    base = ["--float", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o.pt")]
+    with pytest.raises(SystemExit, match="needs hair"):  # refused before any file or data is read
+        main([*base, "--classes", "skin", "--hair-below", "0.35"])
+    for bad in ("0", "1.5"):
+        with pytest.raises(SystemExit, match="--hair-below"):
+            main([*base, "--classes", "hair", "--hair-below", bad])
 
 
 

@@ -83,6 +83,36 @@ def test_pennfudan_instances_and_derived_skin():
     assert not u["sem"][C["skin"]][raw == 0].any() and u["known"][C["skin"]][raw == 0].all()
 
 
+def test_hair_absent_below_head_exact():
+    """Hair becomes known-absent on each person's pixels below the top ``frac`` of its own height, only where hair
+    was unknown; labelled hair (a pasted face's), the background and every other plane stay as they were."""
+    raw = np.zeros((40, 30), np.uint8)
+    raw[5:35, 3:12] = 1  # rows 5..34: height 30, head line at 5 + 0.35 * 30 = 15.5 -> rows 16..34
+    raw[8:18, 16:27] = 2  # rows 8..17: height 10, line at 11.5 -> rows 12..17
+    lab, _ = D.map_labels("pennfudan", raw, np.full((40, 30, 3), 60, np.uint8))
+    lab[20:22, 5:7, 0] |= np.uint8(1 << C["hair"])  # a labelled hair patch low on person 1 (e.g. a pasted face)
+    lab[20:22, 5:7, 1] |= np.uint8(1 << C["hair"])
+    out = D.hair_absent_below_head(lab)
+    u, v = _u(lab), _u(out)
+    want = np.zeros((40, 30), bool)
+    want[16:35, 3:12] = True
+    want[12:18, 16:27] = True
+    newly = (v["known"][C["hair"]] == 1) & (u["known"][C["hair"]] == 0)
+    np.testing.assert_array_equal(newly, want & (u["known"][C["hair"]] == 0))
+    assert not newly[:16, 3:12].any() and not newly[8:12, 16:27].any()  # heads (top 35 %) stay unknown
+    np.testing.assert_array_equal(v["sem"], u["sem"])  # no label changes, only knowledge
+    assert v["sem"][C["hair"]][20:22, 5:7].all() and v["known"][C["hair"]][20:22, 5:7].all()
+    for k in range(len(C)):
+        if k != C["hair"]:
+            np.testing.assert_array_equal(v["known"][k], u["known"][k])
+    np.testing.assert_array_equal(out[..., 2], lab[..., 2])
+    full = _u(D.hair_absent_below_head(lab, 1.0))["known"][C["hair"]]
+    np.testing.assert_array_equal(full, u["known"][C["hair"]])  # frac 1: nothing below any head line
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="frac"):
+            D.hair_absent_below_head(lab, bad)
+
+
 def test_unknown_set_rejected():
     with pytest.raises(ValueError, match="unknown data set"):
         D.map_labels("nope", np.zeros((2, 2), np.uint8))

@@ -182,6 +182,32 @@ def map_labels(set_name: str, raw: np.ndarray, image: np.ndarray | None = None,
     raise ValueError(f"unknown data set {set_name!r}; known sets: {', '.join(SETS)}")
 
 
+def hair_absent_below_head(lab: np.ndarray, frac: float = 0.35) -> np.ndarray:
+    """``lab`` (H, W, 3) packed labels with hair known *absent* on every person instance's pixels below the top
+    ``frac`` of that instance's height, where hair was unknown (labelled hair is never touched).
+
+    Why: Penn-Fudan (and the pasted Penn-Fudan people of :mod:`.synth`) label persons, not parts, so their hair is
+    unknown on the whole body and nothing tells a hair fit that clothes are not hair; a hair branch fitted without
+    it painted dark dresses and trousers as hair (MODEL_CARD.md, thirteenth session, rule 13). Upright pedestrians
+    carry their hair in the top ~20-30 % of their height (head ~13 %, shoulder-length hair ~20 %), so the default
+    0.35 leaves long hair unknown. Returns a new array; instances are the ids in ``lab[..., 2]`` (0 = none).
+    """
+    if not 0.0 < frac <= 1.0:
+        raise ValueError(f"frac must be in (0, 1], got {frac}")
+    inst = lab[..., 2]
+    hair_known = (lab[..., 1] >> HAIR) & 1
+    below = np.zeros(inst.shape, bool)
+    rows = np.arange(inst.shape[0])[:, None]
+    for i in np.unique(inst[inst > 0]):
+        m = inst == i
+        r = np.flatnonzero(m.any(1))
+        top, height = r[0], r[-1] - r[0] + 1
+        below |= m & (rows >= top + frac * height)
+    out = lab.copy()
+    out[..., 1] |= np.where(below & (hair_known == 0), np.uint8(_bits(HAIR)), np.uint8(0))
+    return out
+
+
 def unpack(lab: np.ndarray) -> dict[str, np.ndarray]:
     """Packed ``lab`` (..., H, W, 3) -> dict of uint8 arrays: sem (C, ..., H, W) 0/1, known (C, ..., H, W) 0/1
     (class axis first), valid (..., H, W), inst_ignore (..., H, W), inst (..., H, W)."""

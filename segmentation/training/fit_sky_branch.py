@@ -2,7 +2,7 @@
 
 ``python -m campipe.segmentation.training.fit_sky_branch --float FLOAT.pt --data ../shared/data --out OUT.pt
 [--classes sky[,skin...]] [--hidden 16] [--stride 1|2|4] [--steps 2000] [--neg-limit 250] [--holdout 25]
-[--share SET=P ...] [--camvid-share P] [--synth N] [--extra]``
+[--share SET=P ...] [--camvid-share P] [--synth N] [--hair-below FRAC] [--extra]``
 
 With ``--extra`` it fits a further branch for ``--classes`` (``model.class_branches``, any classes not refined yet,
 sky not needed) on a model that may already have its sky branch, which stays as it is; otherwise the sky branch.
@@ -25,6 +25,9 @@ street "not skin").
   and places than CelebAMask's aligned close-ups, on training street frames, with exact labels (why: a skin branch
   fitted on those close-ups alone took the astronaut sample's smaller face off skin, MODEL_CARD.md, twelfth
   session); set name ``synth`` for ``--share``;
+* ``--hair-below FRAC`` marks hair known absent on Penn-Fudan's people (its photos and the pasted ones) below the
+  top FRAC of each person's height (:func:`.datasets.hair_absent_below_head`; why: a hair branch fitted without it
+  took dark clothes for hair, MODEL_CARD.md, thirteenth session);
 * the branch's fixed input normalisation (``in_mean`` / ``in_std``) is the mean over the scored sets' photos of each
   channel's per-photo mean and standard deviation;
 * ``--steps`` AdamW steps (lr 2e-3 one-cycle, weight decay 1e-4) on ``--batch`` random ``--patch`` x ``--patch``
@@ -59,23 +62,25 @@ def _grid(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(a.astype(np.float32), (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
 
 
-def cache_inputs(model, data: Path, set_name: str, stems: list[str], mean, std, classes=None):
+def cache_inputs(model, data: Path, set_name: str, stems: list[str], mean, std, classes=None, relabel=None):
     """[(branch input float16 (cin, h, w), labels float32 (n, h, w), known bool (n, h, w))] for ``stems``, one label
     plane per class of ``classes`` (default ``model.cfg.sky_head_classes``), the input being what a branch refining
-    ``classes`` reads (:meth:`~campipe.segmentation.model.ConvDecoder.branch_parts`)."""
+    ``classes`` reads (:meth:`~campipe.segmentation.model.ConvDecoder.branch_parts`); ``relabel``: optional function
+    of the packed label map applied before caching (e.g. :func:`.datasets.hair_absent_below_head`)."""
     from .datasets import map_labels, read_pair
 
     def pairs():
         for stem in stems:
             img, raw = read_pair(data, set_name, stem)
-            yield img, map_labels(set_name, raw, img if set_name == "pennfudan" else None)[0]
+            lab = map_labels(set_name, raw, img if set_name == "pennfudan" else None)[0]
+            yield img, (relabel(lab) if relabel else lab)
 
     return _cache(model, pairs(), mean, std, classes)
 
 
-def cache_records(model, records, mean, std, classes=None):
+def cache_records(model, records, mean, std, classes=None, relabel=None):
     """:func:`cache_inputs` for in-memory :class:`~.datasets.Record` samples (e.g. :func:`.synth.synth_scene`'s)."""
-    return _cache(model, ((r.image, r.lab) for r in records), mean, std, classes)
+    return _cache(model, ((r.image, relabel(r.lab) if relabel else r.lab) for r in records), mean, std, classes)
 
 
 def _cache(model, pairs, mean, std, classes=None):
@@ -247,12 +252,17 @@ def main(argv=None) -> int:
     ap.add_argument("--synth", type=int, default=0, metavar="N",
                     help="add N copy-paste scenes of training people on training street frames (set name 'synth' "
                          "for --share); none of their photos is held out")
+    ap.add_argument("--hair-below", type=float, default=None, metavar="FRAC",
+                    help="hair known absent on Penn-Fudan people (photos and pasted ones) below the top FRAC of "
+                         "each person's height (datasets.hair_absent_below_head; e.g. 0.35); needs hair in --classes")
     ap.add_argument("--extra", action="store_true",
                     help="fit a further branch for --classes (model.class_branches) on a model that may already "
                          "have its sky branch, instead of the sky branch")
     a = ap.parse_args(argv)
     if a.synth < 0:
         raise SystemExit("--synth takes a number of scenes >= 0")
+    if a.hair_below is not None and not 0.0 < a.hair_below <= 1.0:
+        raise SystemExit("--hair-below takes a fraction of the person's height in (0, 1]")
 
     import torch
 
@@ -264,6 +274,14 @@ def main(argv=None) -> int:
     from .refit_rows import is_holdout
 
     classes = tuple(c.strip() for c in a.classes.split(",") if c.strip())
+    if a.hair_below is not None and "hair" not in classes:
+        raise SystemExit("--hair-below changes hair labels only; it needs hair in --classes")
+    relabel = None
+    if a.hair_below is not None:
+        from .datasets import hair_absent_below_head
+
+        def relabel(lab, frac=a.hair_below):
+            return hair_absent_below_head(lab, frac)
     shares = {}
     for item in a.share + ([f"camvid={a.camvid_share}"] if a.camvid_share is not None else []):
         name, _, val = item.partition("=")
@@ -315,12 +333,13 @@ def main(argv=None) -> int:
             norm_pool += c
             counts[f"{s}_holdout"] = len(hold[s])
         else:
-            c = cache_inputs(model, a.data, s, _spaced(stems, a.neg_limit), mean, std, classes)
+            c = cache_inputs(model, a.data, s, _spaced(stems, a.neg_limit), mean, std, classes,
+                             relabel if s == "pennfudan" else None)
         pool += c
         groups += [s] * len(c)
         counts[s] = len(c)
     if a.synth:
-        c = cache_records(model, synth_records(a.data, a.synth, a.holdout, a.seed + 1), mean, std, classes)
+        c = cache_records(model, synth_records(a.data, a.synth, a.holdout, a.seed + 1), mean, std, classes, relabel)
         pool += c
         groups += ["synth"] * len(c)
         counts["synth"] = len(c)
@@ -340,7 +359,7 @@ def main(argv=None) -> int:
     key = "class_branch:" + "+".join(classes) if a.extra else "sky_branch"
     extra[key] = {"from": str(a.float_ckpt), "classes": list(classes), "hidden": a.hidden, "stride": a.stride,
                   "steps": a.steps, "batch": a.batch, "patch": a.patch, "neg_limit": a.neg_limit,
-                  "holdout": a.holdout, "seed": a.seed, "shares": shares, "synth": a.synth, "photos": counts,
+                  "holdout": a.holdout, "seed": a.seed, "shares": shares, "synth": a.synth, "hair_below": a.hair_below, "photos": counts,
                   "losses": losses, "holdout_iou_feature_res": held_iou}
     save_checkpoint(a.out, model, model.cfg, mean=mean, std=std, metrics=meta.get("metrics"), extra=extra)
     print(f"wrote {a.out} ({time.time() - t0:.0f} s)")
