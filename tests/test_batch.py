@@ -265,8 +265,12 @@ def test_interrupt_exits_130_cleanly_and_resumes(tmp_path, how):
     assert _procs_with_marker(marker) == []  # no worker left behind
     assert _temps(out) == []  # the abandoned files left no temporary file
     done_before = {k for k, v in _final(out).items() if v["status"] == "ok"}
-    assert all(_valid_jpeg(Path(k)) for k in done_before)
-    assert len(list(out.glob("*.jpg"))) == len(done_before) < 8
+    on_disk = {str(x) for x in out.glob("*.jpg")}
+    assert all(_valid_jpeg(Path(k)) for k in on_disk)
+    # Every file recorded ok is there. A file whose worker linked its output just before being stopped (a race
+    # campipe.batch documents: its output is left "started" and is re-rendered by the next run) may be there
+    # unrecorded; only the files in flight (at most -j 2) can be.
+    assert done_before <= on_disk and len(on_disk - done_before) <= 2 and len(done_before) < 8
     mt = {k: Path(k).stat().st_mtime_ns for k in done_before}
     r = _batch(src, out, "-j", "2")
     assert r.returncode == 0, r.stderr
