@@ -19,17 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
+from seg_diagnostics import RAW_SAMPLES  # the samples the branch rules read (same folder)
+
 HERE = Path(__file__).resolve().parent
-RAW_SAMPLES = ("astronaut_5d4_iso200.dng", "astronaut_d850_iso3200_tungsten.dng", "rocket_a7m3_iso800.dng")
 
 
 def false_hair(weights: str, data: Path, frac: float = 0.35) -> dict:
     """The figures of the module docstring for one weights file (percentages)."""
-    from campipe.decode import decode_file
-    from campipe.segment_stage import frame_render
     from campipe.segmentation.checkpoint import IMAGENET_MEAN, IMAGENET_STD, load_checkpoint
     from campipe.segmentation.training.datasets import (HAIR, hair_absent_below_head, list_stems, map_labels,
                                                         read_pair, unpack)
+    from campipe.segmentation.inference import to_display_rgb
     from campipe.segmentation.training.evaluate import predict
     from campipe.sidebyside import to_uint8
 
@@ -53,7 +53,7 @@ def false_hair(weights: str, data: Path, frac: float = 0.35) -> dict:
     res = {"pennfudan_val_photos": len(stems), "pennfudan_false_hair_pct": 100 * fp / max(n, 1),
            "pennfudan_bodies_false_hair_pct": 100 * fp_body / max(n_body, 1)}
     for name in RAW_SAMPLES:
-        u8 = to_uint8(frame_render(decode_file(HERE.parent / "samples" / name))[0])
+        u8 = to_uint8(to_display_rgb(HERE.parent / "samples" / name))  # campipe's render for the network
         res[f"sample:{name}"] = 100 * float(hair(u8).mean())  # % of the frame called hair
     return res
 

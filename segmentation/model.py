@@ -149,6 +149,11 @@ class SkyBranch(nn.Module):
         """The last (1x1) conv: its bias ``[j]`` shifts the logit of the j-th refined class by exactly its value."""
         return self.body[4]
 
+    def hidden(self, pooled: list[torch.Tensor]) -> torch.Tensor:
+        """The hidden map before the read-out: normalisation, 3x3 conv, ReLU, dilated 3x3 conv, ReLU, of the channel
+        groups ``pooled`` (already average-pooled by ``stride``) -> (B, hidden, h', w')."""
+        return self.body[1:4](conv_of_concat(self.body[0], pooled, self.in_mean, self.in_std))
+
     def forward(self, feats: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         """``feats``: the (B, cin, h, w) input, or the list of its channel groups (never concatenated here, see
         :func:`conv_of_concat`; average pooling commutes with the per-channel normalisation, so it runs first)."""
@@ -156,7 +161,7 @@ class SkyBranch(nn.Module):
         size = parts[0].shape[-2:]
         if self.stride > 1:
             parts = [F.avg_pool2d(p, self.stride) for p in parts]
-        y = self.body[1:](conv_of_concat(self.body[0], parts, self.in_mean, self.in_std))
+        y = self.last(self.hidden(parts))
         if self.stride == 1:
             return y
         return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
@@ -276,8 +281,7 @@ def joint_branches(brs: list[SkyBranch], parts: list[list[torch.Tensor]]) -> tor
             pooled[id(p)] = F.avg_pool2d(p, stride)
         return pooled[id(p)]
 
-    hidden = [b.body[1:4](conv_of_concat(b.body[0], [pool(p) for p in ps], b.in_mean, b.in_std))
-              for b, ps in zip(brs, parts)]
+    hidden = [b.hidden([pool(p) for p in ps]) for b, ps in zip(brs, parts)]
     widths = [h.shape[1] for h in hidden]
     rows = []  # the block-diagonal (sum of n_out, sum of hidden, 1, 1) kernel, built from exportable ops
     for j, b in enumerate(brs):

@@ -24,8 +24,8 @@ refinement used to, and leaves more pixels uncertain, where the refinement at we
 is **0.15** now, chosen on CamVid training frames (MODEL_CARD.md, tenth session: the shipped branch model's 98
 held-out training frames, weights 0 / 0.15 / 0.3: 0.9288 / 0.9302 / 0.9255; v6 at 0.75: 0.9139). Pass
 ``weight=0.75`` for the v6 weights' protocol. Recipe v8 (the same branch at stride 4, twelfth session) kept 0.15
-(held-out frames, weights 0 / 0.15 / 0.3, measured after shipping: 0.9314 / 0.9341 / 0.9311). Known limit: it also widens
-a false sky the network already reports with confidence (the astronaut sample's grey-blue backdrop, rendered 1.6
+(held-out frames, weights 0 / 0.15 / 0.3, measured after shipping: 0.9314 / 0.9341 / 0.9311). Known limit: it also
+widens a false sky the network already reports with confidence (the astronaut sample's grey-blue backdrop, rendered 1.6
 stops too bright by the raw render used before 2026-12-05: sky >= 0.5 on 14 % -> 17 % of the frame with the v4
 weights).
 

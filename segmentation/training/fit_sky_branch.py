@@ -48,6 +48,7 @@ figures); ``ship.py`` makes the int8 file from it. The cache takes ~2 GB of memo
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
@@ -280,8 +281,7 @@ def main(argv=None) -> int:
     if a.hair_below is not None:
         from .datasets import hair_absent_below_head
 
-        def relabel(lab, frac=a.hair_below):
-            return hair_absent_below_head(lab, frac)
+        relabel = functools.partial(hair_absent_below_head, frac=a.hair_below)
     shares = {}
     for item in a.share + ([f"camvid={a.camvid_share}"] if a.camvid_share is not None else []):
         name, _, val = item.partition("=")
@@ -359,8 +359,8 @@ def main(argv=None) -> int:
     key = "class_branch:" + "+".join(classes) if a.extra else "sky_branch"
     extra[key] = {"from": str(a.float_ckpt), "classes": list(classes), "hidden": a.hidden, "stride": a.stride,
                   "steps": a.steps, "batch": a.batch, "patch": a.patch, "neg_limit": a.neg_limit,
-                  "holdout": a.holdout, "seed": a.seed, "shares": shares, "synth": a.synth, "hair_below": a.hair_below, "photos": counts,
-                  "losses": losses, "holdout_iou_feature_res": held_iou}
+                  "holdout": a.holdout, "seed": a.seed, "shares": shares, "synth": a.synth, "hair_below": a.hair_below,
+                  "photos": counts, "losses": losses, "holdout_iou_feature_res": held_iou}
     save_checkpoint(a.out, model, model.cfg, mean=mean, std=std, metrics=meta.get("metrics"), extra=extra)
     print(f"wrote {a.out} ({time.time() - t0:.0f} s)")
     return 0
