@@ -139,6 +139,21 @@ def synth_records(data: Path, n: int, holdout: int, seed: int, max_side: int = 5
     return [synth_scene(backgrounds[int(rng.integers(len(backgrounds)))], cutouts, rng) for _ in range(n)]
 
 
+def twilight_records(data: Path, stems: list[str], seed: int) -> list:
+    """CamVid frames ``stems`` re-lit as dusk (:func:`.twilight.twilight`, one seeded stream), labels unchanged:
+    the only sky labels are daytime streets, and the rocket sample's dusk sky gets no sky (MODEL_CARD.md)."""
+    from .datasets import Record, map_labels, read_pair
+    from .twilight import twilight
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for stem in stems:
+        img, raw = read_pair(data, "camvid", stem)
+        lab, inst_known = map_labels("camvid", raw, None)
+        out.append(Record("twilight", stem, twilight(img, lab, rng), lab, inst_known))
+    return out
+
+
 def _spaced(stems: list[str], limit: int | None) -> list[str]:
     if limit is None or limit >= len(stems):
         return stems
@@ -256,12 +271,19 @@ def main(argv=None) -> int:
     ap.add_argument("--hair-below", type=float, default=None, metavar="FRAC",
                     help="hair known absent on Penn-Fudan people (photos and pasted ones) below the top FRAC of "
                          "each person's height (datasets.hair_absent_below_head; e.g. 0.35); needs hair in --classes")
+    ap.add_argument("--twilight", type=int, default=0, metavar="K",
+                    help="add K copies of CamVid training frames re-lit as dusk (.twilight; set name 'twilight' for "
+                         "--share); the held-out frames re-lit the same way give a held-out dusk figure")
+    ap.add_argument("--refit", action="store_true",
+                    help="fit a new sky branch in place of the one FLOAT already has (everything else frozen)")
     ap.add_argument("--extra", action="store_true",
                     help="fit a further branch for --classes (model.class_branches) on a model that may already "
                          "have its sky branch, instead of the sky branch")
     a = ap.parse_args(argv)
-    if a.synth < 0:
-        raise SystemExit("--synth takes a number of scenes >= 0")
+    if a.synth < 0 or a.twilight < 0:
+        raise SystemExit("--synth and --twilight take a number of samples >= 0")
+    if a.refit and a.extra:
+        raise SystemExit("--refit replaces the sky branch; --extra fits a further branch: choose one")
     if a.hair_below is not None and not 0.0 < a.hair_below <= 1.0:
         raise SystemExit("--hair-below takes a fraction of the person's height in (0, 1]")
 
@@ -275,6 +297,8 @@ def main(argv=None) -> int:
     from .refit_rows import is_holdout
 
     classes = tuple(c.strip() for c in a.classes.split(",") if c.strip())
+    if a.twilight and (a.extra or classes[0] != "sky"):
+        raise SystemExit("--twilight teaches dusk sky: it needs the sky branch (no --extra, sky first in --classes)")
     if a.hair_below is not None and "hair" not in classes:
         raise SystemExit("--hair-below changes hair labels only; it needs hair in --classes")
     relabel = None
@@ -294,13 +318,14 @@ def main(argv=None) -> int:
     missing_sets = sorted({s for v in scored.values() for s in v if not (a.data / s).is_dir()})
     if missing_sets:
         raise SystemExit(f"no {', '.join(missing_sets)} under {a.data} (the shared data directory)")
-    unknown = sorted(set(shares) - set(sets) - ({"synth"} if a.synth else set()))
+    unknown = sorted(set(shares) - set(sets) - ({"synth"} if a.synth else set())
+                     - ({"twilight"} if a.twilight else set()))
     if unknown:
         raise SystemExit(f"--share for {unknown}: the fit's sets are {sets}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     base, meta = load_checkpoint(a.float_ckpt)
-    if base.cfg.sky_head_hidden and not a.extra:
-        raise SystemExit(f"{a.float_ckpt} already has a sky branch (--extra fits a further one)")
+    if base.cfg.sky_head_hidden and not (a.extra or a.refit):
+        raise SystemExit(f"{a.float_ckpt} already has a sky branch (--extra fits a further one, --refit replaces it)")
     update = ({"class_branches": [*base.cfg.to_dict()["class_branches"], [list(classes), a.hidden, a.stride]]}
               if a.extra else {"sky_head_hidden": a.hidden, "sky_head_stride": a.stride, "sky_head_classes": classes})
     try:
@@ -309,7 +334,8 @@ def main(argv=None) -> int:
         raise SystemExit(str(e)) from None
     model = build_model(cfg).eval()
     prefix = f"decoder.class_branches.{len(cfg.class_branches) - 1}." if a.extra else "decoder.sky_branch."
-    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    state = {k: v for k, v in base.state_dict().items() if a.extra or not k.startswith(prefix)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith(prefix) for k in missing):
         raise SystemExit(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
     br = model.decoder.class_branches[-1] if a.extra else model.decoder.sky_branch
@@ -343,6 +369,14 @@ def main(argv=None) -> int:
         pool += c
         groups += ["synth"] * len(c)
         counts["synth"] = len(c)
+    if a.twilight:
+        keep = [t for t in list_stems(a.data, "camvid", "train") if not is_holdout(t, a.holdout, "camvid")]
+        c = cache_records(model, twilight_records(a.data, _spaced(keep, a.twilight), a.seed + 2), mean, std, classes)
+        pool += c
+        groups += ["twilight"] * len(c)
+        counts["twilight"] = len(c)
+        held = [t for t in list_stems(a.data, "camvid", "train") if is_holdout(t, a.holdout, "camvid")]
+        hold["twilight"] = cache_records(model, twilight_records(a.data, held, a.seed + 3), mean, std, classes)
     print(f"cached {counts} in {time.time() - t0:.0f} s", flush=True)
     losses = fit(model, pool, norm_pool, a.steps, a.batch, a.patch, a.seed, log=lambda m: print(m, flush=True),
                  groups=groups, shares=shares or None, branch=br)
@@ -355,11 +389,18 @@ def main(argv=None) -> int:
         held_iou[c] = {"frozen": own, "branch": new}
         print(f"held-out training photos of {'/'.join(scored[c])} ({len(samples)}), {c} IoU at the feature "
               f"resolution: frozen model {own:.4f}, with the branch {new:.4f}")
+    if a.twilight:
+        own = pooled_iou(hold["twilight"], lambda x: x[:, -n:])
+        new = pooled_iou(hold["twilight"], lambda x: x[:, -n:] + br(x))
+        held_iou["sky_twilight"] = {"frozen": own, "branch": new}
+        print(f"held-out CamVid training frames re-lit as dusk ({len(hold['twilight'])}), sky IoU at the feature "
+              f"resolution: frozen model {own:.4f}, with the branch {new:.4f}")
     extra = dict(meta.get("extra") or {})
     key = "class_branch:" + "+".join(classes) if a.extra else "sky_branch"
     extra[key] = {"from": str(a.float_ckpt), "classes": list(classes), "hidden": a.hidden, "stride": a.stride,
                   "steps": a.steps, "batch": a.batch, "patch": a.patch, "neg_limit": a.neg_limit,
                   "holdout": a.holdout, "seed": a.seed, "shares": shares, "synth": a.synth, "hair_below": a.hair_below,
+                  "twilight": a.twilight, "refit": a.refit,
                   "photos": counts, "losses": losses, "holdout_iou_feature_res": held_iou}
     save_checkpoint(a.out, model, model.cfg, mean=mean, std=std, metrics=meta.get("metrics"), extra=extra)
     print(f"wrote {a.out} ({time.time() - t0:.0f} s)")
