@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
 
 from campipe.segmentation.checkpoint import save_checkpoint
 from campipe.segmentation.config import HyperDETRConfig
 from campipe.segmentation.model import build_model
+from campipe.segmentation.training.datasets import is_val
 
 TINY = dict(width_mult=0.5, hidden_dim=32, nheads=2, dim_feedforward=64, enc_layers=1, dec_layers=6,
             num_queries=4, mask_dim=16, input_size=(64, 96), decoder_dims=(24, 16, 16, 16))
@@ -68,3 +71,53 @@ def assert_onnx_matches_eager(model, path: Path, seed: int = 3) -> None:
     out = OrtRunner(export_onnx(model, path), threads=1)(x.numpy())
     np.testing.assert_allclose(out["sem_logits"], ref["sem_logits"].numpy(), atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(out["pred_masks"], ref["pred_masks"].numpy(), atol=1e-4, rtol=1e-4)
+
+
+def _stems(set_name: str, n_train: int, n_val: int) -> list[str]:
+    """Stems whose deterministic split puts ``n_train`` of them in training and ``n_val`` in validation."""
+    tr, va, i = [], [], 0
+    while len(tr) < n_train or len(va) < n_val:
+        s = f"s{i:03d}"
+        (va if is_val(set_name, s) else tr).append(s)
+        i += 1
+    return tr[:n_train] + va[:n_val]
+
+
+def _write(root, set_name, stem, img, raw):
+    for sub in ("images", "masks"):
+        (root / set_name / sub).mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(root / set_name / "images" / f"{stem}.png"), img)
+    cv2.imwrite(str(root / set_name / "masks" / f"{stem}.png"), raw)
+
+
+def write_tiny_data(root: Path) -> Path:
+    """CelebAMask-, CamVid- and Penn-Fudan-like images (96x96) with labels in each set's own id scheme, under
+    ``root`` (each set's ``images/`` and ``masks/``, split deterministically: 6 + 2, 4 + 2, 4 + 2 photos)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:96, :96]
+    for k, stem in enumerate(_stems("celebamask", 6, 2)):
+        raw = np.zeros((96, 96), np.uint8)
+        cx, cy, r = 48 + k % 5, 52, 26 + k % 4
+        raw[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = 1                     # face skin
+        raw[(yy < cy - r // 2) & ((xx - cx) ** 2 + (yy - cy) ** 2 < (r + 8) ** 2)] = 13   # hair
+        raw[(abs(yy - cy - 12) < 3) & (abs(xx - cx) < 8)] = 10               # inner mouth
+        raw[84:, 20:76] = 18                                                 # cloth
+        img = np.full((96, 96, 3), 40, np.uint8)
+        img[raw == 1], img[raw == 13], img[raw == 10], img[raw == 18] = (120, 150, 210), (30, 40, 60), \
+            (230, 230, 230), (200, 60, 60)
+        _write(root, "celebamask", stem, img + rng.integers(0, 8, img.shape, dtype=np.uint8), raw)
+    for k, stem in enumerate(_stems("camvid", 4, 2)):
+        raw = np.full((96, 96), 1, np.uint8)       # building
+        raw[: 30 + k] = 0                          # sky
+        raw[60:, :] = 3                            # road
+        raw[40:80, 40 + k:52 + k] = 9              # pedestrian
+        img = np.where((raw == 0)[..., None], np.uint8([230, 180, 120]), np.uint8([90, 90, 90])).astype(np.uint8)
+        _write(root, "camvid", stem, img, raw)
+    for k, stem in enumerate(_stems("pennfudan", 4, 2)):
+        raw = np.zeros((96, 96), np.uint8)
+        raw[20:90, 10 + k:30 + k] = 1
+        raw[25:90, 55:75] = 2
+        img = np.full((96, 96, 3), 100, np.uint8)
+        img[raw == 1], img[raw == 2] = (40, 40, 160), (40, 160, 40)
+        _write(root, "pennfudan", stem, img, raw)
+    return root

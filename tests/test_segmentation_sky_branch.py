@@ -527,3 +527,54 @@ def test_cache_records_equals_cache_inputs_and_a_negative_synth_is_refused(tmp_p
     with pytest.raises(SystemExit, match="--synth"):
         main(["--float", str(tmp_path / "none.pt"), "--data", str(tmp_path / "no_data"), "--out",
               str(tmp_path / "o.pt"), "--synth", "-1"])  # refused before any data is looked for
+
+
+def test_twilight_records_relight_frames_and_keep_their_labels(tmp_path):
+    """``--twilight``'s samples: CamVid frames re-lit as dusk (darker, a gradient sky), labels untouched, seeded."""
+    from campipe.segmentation.training.datasets import list_stems, map_labels, read_pair
+    from campipe.segmentation.training.fit_sky_branch import twilight_records
+    from test_segmentation_helpers import write_tiny_data
+
+    data = write_tiny_data(tmp_path)
+    stems = list_stems(data, "camvid", "train")
+    recs = twilight_records(data, stems, seed=5)
+    assert [r.stem for r in recs] == stems and {r.set_name for r in recs} == {"twilight"}
+    for r in recs:
+        img, raw = read_pair(data, "camvid", r.stem)
+        lab, inst_known = map_labels("camvid", raw, None)
+        assert np.array_equal(r.lab, lab) and r.inst_known == inst_known
+        assert r.image.mean() < img.mean() - 20  # darker
+        assert np.ptp(img[:25].astype(int), axis=(0, 1)).max() == 0  # the tiny frames' sky is one flat colour ...
+        assert np.abs(r.image[0].astype(int) - r.image[24]).max() > 5  # ... re-lit, a zenith-to-horizon gradient
+    again = twilight_records(data, stems, seed=5)
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(recs, again))
+
+
+def test_refit_replaces_only_the_sky_branch_and_twilight_is_refused_where_it_teaches_nothing(tmp_path):
+    from campipe.segmentation.checkpoint import read_checkpoint
+    from campipe.segmentation.training.fit_sky_branch import main
+    from test_segmentation_helpers import write_tiny_data
+
+    data = write_tiny_data(tmp_path / "data")
+    m = _with_class_branch(_live(_with_branch(calibrated_model(tiny_config(mask_stride=2)), stride=4)), ("skin",))
+    src = tmp_path / "base.pt"
+    save_checkpoint(src, m, m.cfg, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    base = ["--float", str(src), "--data", str(data)]
+    with pytest.raises(SystemExit, match="already has a sky branch"):
+        main([*base, "--out", str(tmp_path / "x.pt"), "--stride", "4", "--hidden", "8"])
+    with pytest.raises(SystemExit, match="choose one"):
+        main([*base, "--out", str(tmp_path / "x.pt"), "--refit", "--extra"])
+    with pytest.raises(SystemExit, match="--twilight"):
+        main([*base, "--out", str(tmp_path / "x.pt"), "--extra", "--classes", "hair", "--twilight", "2"])
+    out = tmp_path / "t.pt"
+    assert main([*base, "--out", str(out), "--refit", "--hidden", "8", "--stride", "4", "--steps", "3", "--batch",
+                 "2", "--patch", "8", "--twilight", "3", "--share", "twilight=0.3", "--holdout", "0"]) == 0
+    old, new = read_checkpoint(src)["state_dict"], read_checkpoint(out)["state_dict"]
+    assert old.keys() == new.keys()
+    for k in old:
+        if k.startswith("decoder.sky_branch.body."):
+            assert not torch.equal(old[k], new[k]), k  # refitted from a fresh branch (the old one was live)
+        elif not k.startswith("decoder.sky_branch."):
+            assert torch.equal(old[k], new[k]), k      # the skin branch and the trunk are untouched
+    rec = read_checkpoint(out)["extra"]["sky_branch"]
+    assert rec["refit"] and rec["twilight"] == 3 and rec["photos"]["twilight"] == 3
