@@ -550,7 +550,7 @@ def test_twilight_records_relight_frames_and_keep_their_labels(tmp_path):
     assert all(np.array_equal(a.image, b.image) for a, b in zip(recs, again))
 
 
-def test_refit_replaces_only_the_sky_branch_and_twilight_is_refused_where_it_teaches_nothing(tmp_path):
+def test_refit_replaces_only_the_sky_branch_with_twilight_frames_and_a_capped_scored_set(tmp_path):
     from campipe.segmentation.checkpoint import read_checkpoint
     from campipe.segmentation.training.fit_sky_branch import main
     from test_segmentation_helpers import write_tiny_data
@@ -564,11 +564,12 @@ def test_refit_replaces_only_the_sky_branch_and_twilight_is_refused_where_it_tea
         main([*base, "--out", str(tmp_path / "x.pt"), "--stride", "4", "--hidden", "8"])
     with pytest.raises(SystemExit, match="choose one"):
         main([*base, "--out", str(tmp_path / "x.pt"), "--refit", "--extra"])
-    with pytest.raises(SystemExit, match="--twilight"):
-        main([*base, "--out", str(tmp_path / "x.pt"), "--extra", "--classes", "hair", "--twilight", "2"])
+    with pytest.raises(SystemExit, match="--scored-limit"):
+        main([*base, "--out", str(tmp_path / "x.pt"), "--refit", "--scored-limit", "2"])
     out = tmp_path / "t.pt"
     assert main([*base, "--out", str(out), "--refit", "--hidden", "8", "--stride", "4", "--steps", "3", "--batch",
-                 "2", "--patch", "8", "--twilight", "3", "--share", "twilight=0.3", "--holdout", "0"]) == 0
+                 "2", "--patch", "8", "--twilight", "3", "--share", "twilight=0.3", "--holdout", "0",
+                 "--scored-limit", "3"]) == 0
     old, new = read_checkpoint(src)["state_dict"], read_checkpoint(out)["state_dict"]
     assert old.keys() == new.keys()
     for k in old:
@@ -578,3 +579,4 @@ def test_refit_replaces_only_the_sky_branch_and_twilight_is_refused_where_it_tea
             assert torch.equal(old[k], new[k]), k      # the skin branch and the trunk are untouched
     rec = read_checkpoint(out)["extra"]["sky_branch"]
     assert rec["refit"] and rec["twilight"] == 3 and rec["photos"]["twilight"] == 3
+    assert rec["photos"]["camvid"] == 3 and rec["scored_limit"] == 3  # 4 training frames, capped

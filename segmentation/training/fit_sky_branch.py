@@ -2,7 +2,8 @@
 
 ``python -m campipe.segmentation.training.fit_sky_branch --float FLOAT.pt --data ../shared/data --out OUT.pt
 [--classes sky[,skin...]] [--hidden 16] [--stride 1|2|4] [--steps 2000] [--neg-limit 250] [--holdout 25]
-[--share SET=P ...] [--camvid-share P] [--synth N] [--hair-below FRAC] [--extra]``
+[--share SET=P ...] [--camvid-share P] [--synth N] [--hair-below FRAC] [--twilight K] [--scored-limit N] [--refit |
+--extra]``
 
 With ``--extra`` it fits a further branch for ``--classes`` (``model.class_branches``, any classes not refined yet,
 sky not needed) on a model that may already have its sky branch, which stays as it is; otherwise the sky branch.
@@ -28,6 +29,13 @@ street "not skin").
 * ``--hair-below FRAC`` marks hair known absent on Penn-Fudan's people (its photos and the pasted ones) below the
   top FRAC of each person's height (:func:`.datasets.hair_absent_below_head`; why: a hair branch fitted without it
   took dark clothes for hair, MODEL_CARD.md, thirteenth session);
+* ``--twilight K`` adds K CamVid training frames (not held out) re-lit as dusk (:func:`twilight_records`, labels
+  unchanged; set name ``twilight`` for ``--share``): dusk sky for a sky branch (the rocket sample's dusk sky gets no
+  sky: rule 16, MODEL_CARD.md, fourteenth session), and dark streets, trees and fences that are not hair or skin for
+  a further branch; with the sky branch the held-out frames re-lit the same way give a held-out dusk figure;
+* ``--scored-limit N`` keeps N evenly spaced training photos of each scored set (N // 3 of its held-out ones), for
+  the memory of the cache (LFW has 1,314 training photos outside the held-out ones);
+* ``--refit`` fits a new sky branch in place of the one ``FLOAT.pt`` has (the old one is dropped, not continued);
 * the branch's fixed input normalisation (``in_mean`` / ``in_std``) is the mean over the scored sets' photos of each
   channel's per-photo mean and standard deviation;
 * ``--steps`` AdamW steps (lr 2e-3 one-cycle, weight decay 1e-4) on ``--batch`` random ``--patch`` x ``--patch``
@@ -272,16 +280,20 @@ def main(argv=None) -> int:
                     help="hair known absent on Penn-Fudan people (photos and pasted ones) below the top FRAC of "
                          "each person's height (datasets.hair_absent_below_head; e.g. 0.35); needs hair in --classes")
     ap.add_argument("--twilight", type=int, default=0, metavar="K",
-                    help="add K copies of CamVid training frames re-lit as dusk (.twilight; set name 'twilight' for "
-                         "--share); the held-out frames re-lit the same way give a held-out dusk figure")
+                    help="add K copies of CamVid training frames re-lit as dusk (.twilight, labels unchanged: dusk "
+                         "sky, and dark streets that are not hair or skin; set name 'twilight' for --share); with sky "
+                         "in --classes the held-out frames re-lit the same way give a held-out dusk figure")
+    ap.add_argument("--scored-limit", type=int, default=None, metavar="N",
+                    help="at most N evenly spaced training photos of each scored set, and N // 3 of its held-out "
+                         "ones (default: all; the cache takes ~4-5 MB per photo, LFW alone has 1,719)")
     ap.add_argument("--refit", action="store_true",
                     help="fit a new sky branch in place of the one FLOAT already has (everything else frozen)")
     ap.add_argument("--extra", action="store_true",
                     help="fit a further branch for --classes (model.class_branches) on a model that may already "
                          "have its sky branch, instead of the sky branch")
     a = ap.parse_args(argv)
-    if a.synth < 0 or a.twilight < 0:
-        raise SystemExit("--synth and --twilight take a number of samples >= 0")
+    if a.synth < 0 or a.twilight < 0 or (a.scored_limit is not None and a.scored_limit < 3):
+        raise SystemExit("--synth and --twilight take a number of samples >= 0, --scored-limit one >= 3")
     if a.refit and a.extra:
         raise SystemExit("--refit replaces the sky branch; --extra fits a further branch: choose one")
     if a.hair_below is not None and not 0.0 < a.hair_below <= 1.0:
@@ -297,8 +309,6 @@ def main(argv=None) -> int:
     from .refit_rows import is_holdout
 
     classes = tuple(c.strip() for c in a.classes.split(",") if c.strip())
-    if a.twilight and (a.extra or classes[0] != "sky"):
-        raise SystemExit("--twilight teaches dusk sky: it needs the sky branch (no --extra, sky first in --classes)")
     if a.hair_below is not None and "hair" not in classes:
         raise SystemExit("--hair-below changes hair labels only; it needs hair in --classes")
     relabel = None
@@ -352,10 +362,11 @@ def main(argv=None) -> int:
             continue
         stems = list_stems(a.data, s, "train")
         if any(s in v for v in scored.values()):  # scored: all training photos but the held-out ones
-            c = cache_inputs(model, a.data, s, [t for t in stems if not is_holdout(t, a.holdout, s)], mean, std,
-                             classes)
-            hold[s] = cache_inputs(model, a.data, s, [t for t in stems if is_holdout(t, a.holdout, s)], mean, std,
-                                   classes)
+            lim = a.scored_limit
+            c = cache_inputs(model, a.data, s, _spaced([t for t in stems if not is_holdout(t, a.holdout, s)], lim),
+                             mean, std, classes)
+            hold[s] = cache_inputs(model, a.data, s, _spaced([t for t in stems if is_holdout(t, a.holdout, s)],
+                                                             lim and lim // 3), mean, std, classes)
             norm_pool += c
             counts[f"{s}_holdout"] = len(hold[s])
         else:
@@ -375,8 +386,9 @@ def main(argv=None) -> int:
         pool += c
         groups += ["twilight"] * len(c)
         counts["twilight"] = len(c)
-        held = [t for t in list_stems(a.data, "camvid", "train") if is_holdout(t, a.holdout, "camvid")]
-        hold["twilight"] = cache_records(model, twilight_records(a.data, held, a.seed + 3), mean, std, classes)
+        if classes[0] == "sky" and not a.extra:
+            held = [t for t in list_stems(a.data, "camvid", "train") if is_holdout(t, a.holdout, "camvid")]
+            hold["twilight"] = cache_records(model, twilight_records(a.data, held, a.seed + 3), mean, std, classes)
     print(f"cached {counts} in {time.time() - t0:.0f} s", flush=True)
     losses = fit(model, pool, norm_pool, a.steps, a.batch, a.patch, a.seed, log=lambda m: print(m, flush=True),
                  groups=groups, shares=shares or None, branch=br)
@@ -389,7 +401,7 @@ def main(argv=None) -> int:
         held_iou[c] = {"frozen": own, "branch": new}
         print(f"held-out training photos of {'/'.join(scored[c])} ({len(samples)}), {c} IoU at the feature "
               f"resolution: frozen model {own:.4f}, with the branch {new:.4f}")
-    if a.twilight:
+    if "twilight" in hold:
         own = pooled_iou(hold["twilight"], lambda x: x[:, -n:])
         new = pooled_iou(hold["twilight"], lambda x: x[:, -n:] + br(x))
         held_iou["sky_twilight"] = {"frozen": own, "branch": new}
@@ -400,7 +412,7 @@ def main(argv=None) -> int:
     extra[key] = {"from": str(a.float_ckpt), "classes": list(classes), "hidden": a.hidden, "stride": a.stride,
                   "steps": a.steps, "batch": a.batch, "patch": a.patch, "neg_limit": a.neg_limit,
                   "holdout": a.holdout, "seed": a.seed, "shares": shares, "synth": a.synth, "hair_below": a.hair_below,
-                  "twilight": a.twilight, "refit": a.refit,
+                  "twilight": a.twilight, "refit": a.refit, "scored_limit": a.scored_limit,
                   "photos": counts, "losses": losses, "holdout_iou_feature_res": held_iou}
     save_checkpoint(a.out, model, model.cfg, mean=mean, std=std, metrics=meta.get("metrics"), extra=extra)
     print(f"wrote {a.out} ({time.time() - t0:.0f} s)")
