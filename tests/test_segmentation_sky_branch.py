@@ -297,6 +297,8 @@ def test_fit_command_rejects_a_malformed_share(tmp_path):
     base = ["--float", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o.pt")]
     with pytest.raises(SystemExit, match="needs hair"):  # refused before any file or data is read
         main([*base, "--classes", "skin", "--hair-below", "0.35"])
+    with pytest.raises(SystemExit, match="needs person"):
+        main([*base, "--classes", "skin", "--bare-skin-unknown"])
     for bad in ("0", "1.5"):
         with pytest.raises(SystemExit, match="--hair-below"):
             main([*base, "--classes", "hair", "--hair-below", bad])

@@ -113,6 +113,41 @@ def test_hair_absent_below_head_exact():
             D.hair_absent_below_head(lab, bad)
 
 
+def test_person_unknown_on_bare_skin_exact():
+    """Person becomes unknown on background pixels of the labelled skin's colour that touch the person: a bare
+    shoulder next to the neck, not a skin-coloured patch far from it, not a differently coloured region touching it;
+    labels, and every other class's knowledge, unchanged."""
+    rng = np.random.default_rng(0)
+    raw = np.zeros((60, 60), np.uint8)
+    raw[5:30, 20:40] = 1    # face skin
+    raw[30:45, 25:35] = 17  # neck (skin)
+    raw[45:60, 10:50] = 18  # cloth
+    img = np.full((60, 60, 3), (40, 90, 160), np.uint8)  # blue backdrop
+    skin = (200, 150, 120)
+    img[(raw == 1) | (raw == 17)] = skin
+    img[35:45, 35:50] = skin    # bare shoulder: background, touching the neck
+    img[2:10, 50:58] = skin     # skin-coloured patch far from the person
+    img[45:60, 10:50] = (60, 60, 60)
+    img = np.clip(img.astype(int) + rng.integers(-3, 4, img.shape), 0, 255).astype(np.uint8)
+    lab, _ = D.map_labels("celebamask", raw)
+    out = D.person_unknown_on_bare_skin(lab, img)
+    u, v = _u(lab), _u(out)
+    assert u["known"][C["person"]].all()
+    want = np.zeros((60, 60), bool)
+    want[35:45, 35:50] = True
+    np.testing.assert_array_equal(v["known"][C["person"]] == 0, want)
+    np.testing.assert_array_equal(v["sem"], u["sem"])
+    for k in range(len(C)):
+        if k != C["person"]:
+            np.testing.assert_array_equal(v["known"][k], u["known"][k])
+    np.testing.assert_array_equal(out[..., 2], lab[..., 2])
+    # too little labelled skin to fit a colour model: unchanged
+    few = np.zeros_like(raw)
+    few[10:14, 10:14] = 1
+    lab2, _ = D.map_labels("celebamask", few)
+    np.testing.assert_array_equal(D.person_unknown_on_bare_skin(lab2, img), lab2)
+
+
 def test_unknown_set_rejected():
     with pytest.raises(ValueError, match="unknown data set"):
         D.map_labels("nope", np.zeros((2, 2), np.uint8))

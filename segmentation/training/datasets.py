@@ -208,6 +208,33 @@ def hair_absent_below_head(lab: np.ndarray, frac: float = 0.35) -> np.ndarray:
     return out
 
 
+def person_unknown_on_bare_skin(lab: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """CelebAMask ``lab`` (H, W, 3) packed labels with person made *unknown* on the background pixels that a per-photo
+    skin-colour model (:mod:`.skin`, fitted on the photo's labelled face and neck skin) calls skin and whose connected
+    region touches the labelled person (within 2 pixels). ``image``: the photo, uint8 RGB (H, W, 3).
+
+    Why: CelebAMask labels face, neck, hair and clothes as the person, but bare shoulders and chest as background, so
+    a fit that reads its person labels learns to cut bare skin out of people (about a fifth of the background the
+    shipped model calls person is such skin: ``benchmarks/seg_diagnostics.py person-errors``, MODEL_CARD.md, eighth
+    session). Unknown, not "person": the skin model cannot tell bare skin from a skin-coloured backdrop. Photos with
+    too little labelled skin to fit the model are returned unchanged (a copy). Returns a new array.
+    """
+    from .skin import apply_skin_model, fit_skin_model
+
+    u = unpack(lab)
+    person = u["sem"][PERSON] == 1
+    out = lab.copy()
+    bare = apply_skin_model(image, fit_skin_model(image, u["sem"][SKIN] == 1), ~person) == 1
+    if not bare.any():
+        return out
+    near = cv2.dilate(person.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    _, comp = cv2.connectedComponents(bare.astype(np.uint8), connectivity=8)
+    touching = np.unique(comp[bare & near])
+    bare = np.isin(comp, touching[touching > 0])
+    out[..., 1] &= np.where(bare, np.uint8(~_bits(PERSON) & 0xFF), np.uint8(0xFF))
+    return out
+
+
 def unpack(lab: np.ndarray) -> dict[str, np.ndarray]:
     """Packed ``lab`` (..., H, W, 3) -> dict of uint8 arrays: sem (C, ..., H, W) 0/1, known (C, ..., H, W) 0/1
     (class axis first), valid (..., H, W), inst_ignore (..., H, W), inst (..., H, W)."""

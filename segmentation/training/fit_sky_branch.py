@@ -2,7 +2,7 @@
 
 ``python -m campipe.segmentation.training.fit_sky_branch --float FLOAT.pt --data ../shared/data --out OUT.pt
 [--classes sky[,skin...]] [--hidden 16] [--stride 1|2|4] [--steps 2000] [--neg-limit 250] [--holdout 25]
-[--share SET=P ...] [--camvid-share P] [--synth N] [--hair-below FRAC] [--twilight K] [--scored-limit N] [--refit |
+[--share SET=P ...] [--camvid-share P] [--synth N] [--hair-below FRAC] [--twilight K] [--scored-limit N] [--bare-skin-unknown] [--refit |
 --extra]``
 
 With ``--extra`` it fits a further branch for ``--classes`` (``model.class_branches``, any classes not refined yet,
@@ -29,6 +29,9 @@ street "not skin").
 * ``--hair-below FRAC`` marks hair known absent on Penn-Fudan's people (its photos and the pasted ones) below the
   top FRAC of each person's height (:func:`.datasets.hair_absent_below_head`; why: a hair branch fitted without it
   took dark clothes for hair, MODEL_CARD.md, thirteenth session);
+* ``--bare-skin-unknown`` makes person unknown on CelebAMask's bare skin next to the labelled person (its
+  training photos and its negatives; :func:`.datasets.person_unknown_on_bare_skin`): its labels call bare
+  shoulders and chest background, which a person branch should not learn;
 * ``--twilight K`` adds K CamVid training frames (not held out) re-lit as dusk (:func:`twilight_records`, labels
   unchanged; set name ``twilight`` for ``--share``): dusk sky for a sky branch (the rocket sample's dusk sky gets no
   sky: rule 16, MODEL_CARD.md, fourteenth session), and dark streets, trees and fences that are not hair or skin for
@@ -75,21 +78,23 @@ def cache_inputs(model, data: Path, set_name: str, stems: list[str], mean, std, 
     """[(branch input float16 (cin, h, w), labels float32 (n, h, w), known bool (n, h, w))] for ``stems``, one label
     plane per class of ``classes`` (default ``model.cfg.sky_head_classes``), the input being what a branch refining
     ``classes`` reads (:meth:`~campipe.segmentation.model.ConvDecoder.branch_parts`); ``relabel``: optional function
-    of the packed label map applied before caching (e.g. :func:`.datasets.hair_absent_below_head`)."""
+    ``(packed label map, uint8 RGB photo) -> packed label map`` applied before caching (e.g. one calling
+    :func:`.datasets.hair_absent_below_head`)."""
     from .datasets import map_labels, read_pair
 
     def pairs():
         for stem in stems:
             img, raw = read_pair(data, set_name, stem)
             lab = map_labels(set_name, raw, img if set_name == "pennfudan" else None)[0]
-            yield img, (relabel(lab) if relabel else lab)
+            yield img, (relabel(lab, img) if relabel else lab)
 
     return _cache(model, pairs(), mean, std, classes)
 
 
 def cache_records(model, records, mean, std, classes=None, relabel=None):
     """:func:`cache_inputs` for in-memory :class:`~.datasets.Record` samples (e.g. :func:`.synth.synth_scene`'s)."""
-    return _cache(model, ((r.image, relabel(r.lab) if relabel else r.lab) for r in records), mean, std, classes)
+    return _cache(model, ((r.image, relabel(r.lab, r.image) if relabel else r.lab) for r in records), mean, std,
+                  classes)
 
 
 def _cache(model, pairs, mean, std, classes=None):
@@ -145,6 +150,11 @@ def synth_records(data: Path, n: int, holdout: int, seed: int, max_side: int = 5
     cutouts = person_cutouts(people)
     rng = np.random.default_rng(seed)
     return [synth_scene(backgrounds[int(rng.integers(len(backgrounds)))], cutouts, rng) for _ in range(n)]
+
+
+def _ignore_image(fn):
+    """A ``relabel`` (``(lab, image) -> lab``) from a function of the label map alone."""
+    return lambda lab, image: fn(lab)
 
 
 def twilight_records(data: Path, stems: list[str], seed: int) -> list:
@@ -288,6 +298,10 @@ def main(argv=None) -> int:
                          "ones (default: all; the cache takes ~4-5 MB per photo, LFW alone has 1,719)")
     ap.add_argument("--refit", action="store_true",
                     help="fit a new sky branch in place of the one FLOAT already has (everything else frozen)")
+    ap.add_argument("--bare-skin-unknown", action="store_true",
+                    help="person unknown on CelebAMask's bare skin next to the labelled person (its labels call bare "
+                         "shoulders and chest background; datasets.person_unknown_on_bare_skin); needs person in "
+                         "--classes")
     ap.add_argument("--extra", action="store_true",
                     help="fit a further branch for --classes (model.class_branches) on a model that may already "
                          "have its sky branch, instead of the sky branch")
@@ -309,13 +323,20 @@ def main(argv=None) -> int:
     from .refit_rows import is_holdout
 
     classes = tuple(c.strip() for c in a.classes.split(",") if c.strip())
+    if a.bare_skin_unknown and "person" not in classes:
+        raise SystemExit("--bare-skin-unknown changes person labels only; it needs person in --classes")
     if a.hair_below is not None and "hair" not in classes:
         raise SystemExit("--hair-below changes hair labels only; it needs hair in --classes")
     relabel = None
     if a.hair_below is not None:
         from .datasets import hair_absent_below_head
 
-        relabel = functools.partial(hair_absent_below_head, frac=a.hair_below)
+        relabel = _ignore_image(functools.partial(hair_absent_below_head, frac=a.hair_below))
+    celeba_relabel = None
+    if a.bare_skin_unknown:
+        from .datasets import person_unknown_on_bare_skin
+
+        celeba_relabel = person_unknown_on_bare_skin
     shares = {}
     for item in a.share + ([f"camvid={a.camvid_share}"] if a.camvid_share is not None else []):
         name, _, val = item.partition("=")
@@ -364,14 +385,14 @@ def main(argv=None) -> int:
         if any(s in v for v in scored.values()):  # scored: all training photos but the held-out ones
             lim = a.scored_limit
             c = cache_inputs(model, a.data, s, _spaced([t for t in stems if not is_holdout(t, a.holdout, s)], lim),
-                             mean, std, classes)
+                             mean, std, classes, celeba_relabel if s == "celebamask" else None)
             hold[s] = cache_inputs(model, a.data, s, _spaced([t for t in stems if is_holdout(t, a.holdout, s)],
                                                              lim and lim // 3), mean, std, classes)
             norm_pool += c
             counts[f"{s}_holdout"] = len(hold[s])
         else:
             c = cache_inputs(model, a.data, s, _spaced(stems, a.neg_limit), mean, std, classes,
-                             relabel if s == "pennfudan" else None)
+                             {"pennfudan": relabel, "celebamask": celeba_relabel}.get(s))
         pool += c
         groups += [s] * len(c)
         counts[s] = len(c)
@@ -413,6 +434,7 @@ def main(argv=None) -> int:
                   "steps": a.steps, "batch": a.batch, "patch": a.patch, "neg_limit": a.neg_limit,
                   "holdout": a.holdout, "seed": a.seed, "shares": shares, "synth": a.synth, "hair_below": a.hair_below,
                   "twilight": a.twilight, "refit": a.refit, "scored_limit": a.scored_limit,
+                  "bare_skin_unknown": a.bare_skin_unknown,
                   "photos": counts, "losses": losses, "holdout_iou_feature_res": held_iou}
     save_checkpoint(a.out, model, model.cfg, mean=mean, std=std, metrics=meta.get("metrics"), extra=extra)
     print(f"wrote {a.out} ({time.time() - t0:.0f} s)")
