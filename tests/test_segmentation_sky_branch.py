@@ -299,6 +299,8 @@ def test_fit_command_rejects_a_malformed_share(tmp_path):
         main([*base, "--classes", "skin", "--hair-below", "0.35"])
     with pytest.raises(SystemExit, match="needs person"):
         main([*base, "--classes", "skin", "--bare-skin-unknown"])
+    with pytest.raises(SystemExit, match="needs sky"):
+        main([*base, "--extra", "--classes", "hair", "--portrait-bg-not-sky"])
     for bad in ("0", "1.5"):
         with pytest.raises(SystemExit, match="--hair-below"):
             main([*base, "--classes", "hair", "--hair-below", bad])
@@ -571,7 +573,7 @@ def test_refit_replaces_only_the_sky_branch_with_twilight_frames_and_a_capped_sc
     out = tmp_path / "t.pt"
     assert main([*base, "--out", str(out), "--refit", "--hidden", "8", "--stride", "4", "--steps", "3", "--batch",
                  "2", "--patch", "8", "--twilight", "3", "--share", "twilight=0.3", "--holdout", "0",
-                 "--scored-limit", "3"]) == 0
+                 "--scored-limit", "3", "--portrait-bg-not-sky"]) == 0
     old, new = read_checkpoint(src)["state_dict"], read_checkpoint(out)["state_dict"]
     assert old.keys() == new.keys()
     for k in old:
@@ -582,3 +584,4 @@ def test_refit_replaces_only_the_sky_branch_with_twilight_frames_and_a_capped_sc
     rec = read_checkpoint(out)["extra"]["sky_branch"]
     assert rec["refit"] and rec["twilight"] == 3 and rec["photos"]["twilight"] == 3
     assert rec["photos"]["camvid"] == 3 and rec["scored_limit"] == 3  # 4 training frames, capped
+    assert rec["portrait_bg_not_sky"] and rec["photos"]["celebamask"] == 6

@@ -148,6 +148,20 @@ def test_person_unknown_on_bare_skin_exact():
     np.testing.assert_array_equal(D.person_unknown_on_bare_skin(lab2, img), lab2)
 
 
+def test_sky_absent_on_portraits_exact():
+    """Sky becomes known absent on a CelebAMask frame's background too; nothing else changes."""
+    raw = np.zeros((20, 20), np.uint8)
+    raw[5:15, 5:15] = 1
+    lab, _ = D.map_labels("celebamask", raw)
+    u, v = _u(lab), _u(D.sky_absent_on_portraits(lab))
+    assert not u["known"][C["sky"]][0, 0] and u["known"][C["sky"]][10, 10]
+    assert v["known"][C["sky"]].all() and not v["sem"][C["sky"]].any()
+    for k in range(len(C)):
+        np.testing.assert_array_equal(v["sem"][k], u["sem"][k])
+        if k != C["sky"]:
+            np.testing.assert_array_equal(v["known"][k], u["known"][k])
+
+
 def test_unknown_set_rejected():
     with pytest.raises(ValueError, match="unknown data set"):
         D.map_labels("nope", np.zeros((2, 2), np.uint8))

@@ -208,6 +208,21 @@ def hair_absent_below_head(lab: np.ndarray, frac: float = 0.35) -> np.ndarray:
     return out
 
 
+def sky_absent_on_portraits(lab: np.ndarray, image: np.ndarray | None = None) -> np.ndarray:
+    """CelebAMask ``lab`` (H, W, 3) packed labels with sky known *absent* on the whole frame (its labels leave the
+    background's sky unknown); ``image`` is not read. Returns a new array.
+
+    Why: a sky branch fitted with dusk-re-lit street frames (MODEL_CARD.md, fourteenth session, rule 16) called
+    dark-blue backdrops, clothes and a flag sky, since only the people of the portrait sets were known "not sky".
+    The backgrounds of CelebAMask's face close-ups are studio backdrops, walls and rooms far more often than sky (the
+    shipped model calls 0.17 % of those frames sky), so this is a deliberate, slightly noisy negative.
+    """
+    out = lab.copy()
+    out[..., 0] &= np.uint8(~_bits(SKY) & 0xFF)
+    out[..., 1] |= np.uint8(_bits(SKY))
+    return out
+
+
 def person_unknown_on_bare_skin(lab: np.ndarray, image: np.ndarray) -> np.ndarray:
     """CelebAMask ``lab`` (H, W, 3) packed labels with person made *unknown* on the background pixels that a per-photo
     skin-colour model (:mod:`.skin`, fitted on the photo's labelled face and neck skin) calls skin and whose connected

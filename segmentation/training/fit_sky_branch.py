@@ -2,7 +2,7 @@
 
 ``python -m campipe.segmentation.training.fit_sky_branch --float FLOAT.pt --data ../shared/data --out OUT.pt
 [--classes sky[,skin...]] [--hidden 16] [--stride 1|2|4] [--steps 2000] [--neg-limit 250] [--holdout 25]
-[--share SET=P ...] [--camvid-share P] [--synth N] [--hair-below FRAC] [--twilight K] [--scored-limit N] [--bare-skin-unknown] [--refit |
+[--share SET=P ...] [--camvid-share P] [--synth N] [--hair-below FRAC] [--twilight K] [--scored-limit N] [--bare-skin-unknown] [--portrait-bg-not-sky] [--refit |
 --extra]``
 
 With ``--extra`` it fits a further branch for ``--classes`` (``model.class_branches``, any classes not refined yet,
@@ -32,6 +32,8 @@ street "not skin").
 * ``--bare-skin-unknown`` makes person unknown on CelebAMask's bare skin next to the labelled person (its
   training photos and its negatives; :func:`.datasets.person_unknown_on_bare_skin`): its labels call bare
   shoulders and chest background, which a person branch should not learn;
+* ``--portrait-bg-not-sky`` marks sky known absent on CelebAMask's whole frames
+  (:func:`.datasets.sky_absent_on_portraits`): with dusk frames alone a sky branch took dark-blue backdrops for sky;
 * ``--twilight K`` adds K CamVid training frames (not held out) re-lit as dusk (:func:`twilight_records`, labels
   unchanged; set name ``twilight`` for ``--share``): dusk sky for a sky branch (the rocket sample's dusk sky gets no
   sky: rule 16, MODEL_CARD.md, fourteenth session), and dark streets, trees and fences that are not hair or skin for
@@ -302,6 +304,10 @@ def main(argv=None) -> int:
                     help="person unknown on CelebAMask's bare skin next to the labelled person (its labels call bare "
                          "shoulders and chest background; datasets.person_unknown_on_bare_skin); needs person in "
                          "--classes")
+    ap.add_argument("--portrait-bg-not-sky", action="store_true",
+                    help="sky known absent on the whole frame of CelebAMask's face close-ups (datasets."
+                         "sky_absent_on_portraits; their backgrounds are unlabelled, mostly backdrops and rooms); "
+                         "needs sky in --classes")
     ap.add_argument("--extra", action="store_true",
                     help="fit a further branch for --classes (model.class_branches) on a model that may already "
                          "have its sky branch, instead of the sky branch")
@@ -323,6 +329,8 @@ def main(argv=None) -> int:
     from .refit_rows import is_holdout
 
     classes = tuple(c.strip() for c in a.classes.split(",") if c.strip())
+    if a.portrait_bg_not_sky and "sky" not in classes:
+        raise SystemExit("--portrait-bg-not-sky changes sky labels only; it needs sky in --classes")
     if a.bare_skin_unknown and "person" not in classes:
         raise SystemExit("--bare-skin-unknown changes person labels only; it needs person in --classes")
     if a.hair_below is not None and "hair" not in classes:
@@ -332,11 +340,16 @@ def main(argv=None) -> int:
         from .datasets import hair_absent_below_head
 
         relabel = _ignore_image(functools.partial(hair_absent_below_head, frac=a.hair_below))
-    celeba_relabel = None
+    celeba = []
     if a.bare_skin_unknown:
         from .datasets import person_unknown_on_bare_skin
 
-        celeba_relabel = person_unknown_on_bare_skin
+        celeba.append(person_unknown_on_bare_skin)
+    if a.portrait_bg_not_sky:
+        from .datasets import sky_absent_on_portraits
+
+        celeba.append(sky_absent_on_portraits)
+    celeba_relabel = (lambda lab, img: functools.reduce(lambda acc, f: f(acc, img), celeba, lab)) if celeba else None
     shares = {}
     for item in a.share + ([f"camvid={a.camvid_share}"] if a.camvid_share is not None else []):
         name, _, val = item.partition("=")
@@ -434,7 +447,7 @@ def main(argv=None) -> int:
                   "steps": a.steps, "batch": a.batch, "patch": a.patch, "neg_limit": a.neg_limit,
                   "holdout": a.holdout, "seed": a.seed, "shares": shares, "synth": a.synth, "hair_below": a.hair_below,
                   "twilight": a.twilight, "refit": a.refit, "scored_limit": a.scored_limit,
-                  "bare_skin_unknown": a.bare_skin_unknown,
+                  "bare_skin_unknown": a.bare_skin_unknown, "portrait_bg_not_sky": a.portrait_bg_not_sky,
                   "photos": counts, "losses": losses, "holdout_iou_feature_res": held_iou}
     save_checkpoint(a.out, model, model.cfg, mean=mean, std=std, metrics=meta.get("metrics"), extra=extra)
     print(f"wrote {a.out} ({time.time() - t0:.0f} s)")
