@@ -73,7 +73,9 @@ test-time augmentation would change.
   the training photos of each set that scores it (``refit_rows.is_holdout``, kept out of the branch fits); the share
   of the frame called that class on ``--limit`` (default 120) evenly spaced training photos of each set among
   CamVid, CelebAMask, Figaro1k and Penn-Fudan that does not score it; and on the three raw samples, the largest
-  difference of every network output but those classes' logits.
+  difference of every network output but those classes' logits. IoUs are printed to 6 decimals and shares to 5, so a
+  rule's bound is never decided by rounding (rule 18 read 0.6916 against a bound of 0.6916; unrounded it failed by
+  0.0001, MODEL_CARD.md, fourteenth session).
 
 Usage: ``python benchmarks/seg_diagnostics.py parts|person-errors|flip-tta|class-scores|instance-oracle|static-head|
 twilight|photo-keys|exposure|upsample|thresholds|framing|branch-rule [--weights CKPT] [--data ../shared/data]
@@ -700,7 +702,7 @@ def branch_rule(model, data: Path, limit: int | None, against: str, classes: str
                     for n in models:
                         _tally(counts, (c, n), p[n][c] >= 0.5, gt, ok)
             for c in scored:
-                res[f"held-out {s} {c} IoU ({len(held)} photos)"] = {n: round(_pooled_iou(counts[(c, n)]), 4)
+                res[f"held-out {s} {c} IoU ({len(held)} photos)"] = {n: round(_pooled_iou(counts[(c, n)]), 6)
                                                                      for n in models}
         if shares:
             frac: dict = {(c, n): [] for c in shares for n in models}
@@ -713,7 +715,7 @@ def branch_rule(model, data: Path, limit: int | None, against: str, classes: str
                         frac[(c, n)].append(float((p[c] >= 0.5).mean()))
             for c in shares:
                 res[f"{s} share of the frame called {c} ({len(picked)} photos, %)"] = {
-                    n: round(100 * float(np.mean(frac[(c, n)])), 3) for n in models}
+                    n: round(100 * float(np.mean(frac[(c, n)])), 5) for n in models}
         for k in [k for k in res if k.startswith(("held-out " + s, s + " "))]:
             print(k, res[k], flush=True)
     keep = [i for i, c in enumerate(names) if c not in cls]
