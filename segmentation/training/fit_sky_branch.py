@@ -2,8 +2,8 @@
 
 ``python -m campipe.segmentation.training.fit_sky_branch --float FLOAT.pt --data ../shared/data --out OUT.pt
 [--classes sky[,skin...]] [--hidden 16] [--stride 1|2|4] [--steps 2000] [--neg-limit 250] [--holdout 25]
-[--share SET=P ...] [--camvid-share P] [--synth N] [--hair-below FRAC] [--twilight K] [--scored-limit N] [--bare-skin-unknown] [--portrait-bg-not-sky] [--refit |
---extra]``
+[--share SET=P ...] [--camvid-share P] [--synth N] [--hair-below FRAC] [--twilight K] [--scored-limit N]
+[--bare-skin-unknown] [--portrait-bg-not-sky] [--refit | --extra]``
 
 With ``--extra`` it fits a further branch for ``--classes`` (``model.class_branches``, any classes not refined yet,
 sky not needed) on a model that may already have its sky branch, which stays as it is; otherwise the sky branch.
@@ -29,9 +29,9 @@ street "not skin").
 * ``--hair-below FRAC`` marks hair known absent on Penn-Fudan's people (its photos and the pasted ones) below the
   top FRAC of each person's height (:func:`.datasets.hair_absent_below_head`; why: a hair branch fitted without it
   took dark clothes for hair, MODEL_CARD.md, thirteenth session);
-* ``--bare-skin-unknown`` makes person unknown on CelebAMask's bare skin next to the labelled person (its
-  training photos and its negatives; :func:`.datasets.person_unknown_on_bare_skin`): its labels call bare
-  shoulders and chest background, which a person branch should not learn;
+* ``--bare-skin-unknown`` makes person unknown on CelebAMask's bare skin next to the labelled person (on every
+  CelebAMask photo of the fit but the held-out ones; :func:`.datasets.person_unknown_on_bare_skin`): its labels
+  call bare shoulders and chest background, which a person branch should not learn;
 * ``--portrait-bg-not-sky`` marks sky known absent on CelebAMask's whole frames
   (:func:`.datasets.sky_absent_on_portraits`): with dusk frames alone a sky branch took dark-blue backdrops for sky;
 * ``--twilight K`` adds K CamVid training frames (not held out) re-lit as dusk (:func:`twilight_records`, labels
@@ -39,7 +39,7 @@ street "not skin").
   sky: rule 16, MODEL_CARD.md, fourteenth session), and dark streets, trees and fences that are not hair or skin for
   a further branch; with the sky branch the held-out frames re-lit the same way give a held-out dusk figure;
 * ``--scored-limit N`` keeps N evenly spaced training photos of each scored set (N // 3 of its held-out ones), for
-  the memory of the cache (LFW has 1,314 training photos outside the held-out ones);
+  the memory of the cache (~4-5 MB a photo; LFW has 1,719 training photos);
 * ``--refit`` fits a new sky branch in place of the one ``FLOAT.pt`` has (the old one is dropped, not continued);
 * the branch's fixed input normalisation (``in_mean`` / ``in_std``) is the mean over the scored sets' photos of each
   channel's per-photo mean and standard deviation;
@@ -297,7 +297,7 @@ def main(argv=None) -> int:
                          "in --classes the held-out frames re-lit the same way give a held-out dusk figure")
     ap.add_argument("--scored-limit", type=int, default=None, metavar="N",
                     help="at most N evenly spaced training photos of each scored set, and N // 3 of its held-out "
-                         "ones (default: all; the cache takes ~4-5 MB per photo, LFW alone has 1,719)")
+                         "ones (default: all; the cache takes ~4-5 MB a photo, LFW has 1,719 training photos)")
     ap.add_argument("--refit", action="store_true",
                     help="fit a new sky branch in place of the one FLOAT already has (everything else frozen)")
     ap.add_argument("--bare-skin-unknown", action="store_true",
