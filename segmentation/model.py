@@ -161,7 +161,13 @@ class SkyBranch(nn.Module):
         size = parts[0].shape[-2:]
         if self.stride > 1:
             parts = [F.avg_pool2d(p, self.stride) for p in parts]
-        y = self.last(self.hidden(parts))
+        return self.from_pooled(parts, size)
+
+    def from_pooled(self, pooled: torch.Tensor | list[torch.Tensor], size) -> torch.Tensor:
+        """:meth:`forward` from its input already average-pooled ``stride`` x ``stride`` (the tensor or its channel
+        groups, (B, cin, h // stride, w // stride)), upsampled to ``size`` = (h, w); what a fit on cached pooled
+        inputs runs (:mod:`.training.fit_sky_branch`)."""
+        y = self.last(self.hidden([pooled] if torch.is_tensor(pooled) else list(pooled)))
         if self.stride == 1:
             return y
         return F.interpolate(y, size=size, mode="bilinear", align_corners=False)

@@ -173,7 +173,7 @@ def test_fit_learns_a_sky_the_frozen_logit_misses():
     """Generated cached inputs: the sky is where feature channel 0 is high, the frozen sky logit says "no sky"
     everywhere. The fit must find it (pooled IoU at the feature resolution from 0 to > 0.9) and leave the
     normalisation set from the data."""
-    from campipe.segmentation.training.fit_sky_branch import fit, pooled_iou
+    from campipe.segmentation.training.fit_sky_branch import cached_entry, fit, pooled_iou
 
     m = _with_branch(calibrated_model(tiny_config(mask_stride=2)))
     cin = m.decoder.sky_branch.in_mean.numel()
@@ -185,14 +185,14 @@ def test_fit_learns_a_sky_the_frozen_logit_misses():
         sky[: rng.integers(6, 18)] = True  # a sky band at the top, rows of varying height
         f[0] = np.where(sky, 2.0, -2.0) + 0.3 * f[0]
         f[-1] = -4.0  # the frozen model's sky logit: "no sky"
-        pool.append((torch.from_numpy(f).half(), sky[None].astype(np.float32), np.ones((1, 24, 24), bool)))
+        pool.append(cached_entry(f, sky[None].astype(np.float32), np.ones((1, 24, 24), bool), 1, 1))
     train, held = pool[:8], pool[8:]
-    assert pooled_iou(held, lambda x: x[:, -1:]) == 0.0
+    assert pooled_iou(held) == 0.0
     losses = fit(m, train, train, steps=150, batch=8, patch=16, log=lambda s: None)
     assert losses[-1] < losses[0]
     br = m.decoder.sky_branch
     assert float(br.in_mean[0]) != 0.0 and float(br.in_std[1]) != 1.0
-    assert pooled_iou(held, lambda x: x[:, -1:] + br(x)) > 0.9
+    assert pooled_iou(held, br) > 0.9
 
 
 def test_calibration_offset_moves_the_final_sky_logit_exactly():
@@ -230,7 +230,7 @@ def test_fit_learns_two_classes_each_from_the_photos_that_know_it():
     know it; the skin where channel 1 is high and only the "face" photos know it. Both frozen logits say "no". The
     fit must learn both (held-out IoU > 0.9 each) with the draws split by set shares, and refuse shares it cannot
     honour."""
-    from campipe.segmentation.training.fit_sky_branch import fit, pooled_iou
+    from campipe.segmentation.training.fit_sky_branch import cached_entry, fit, pooled_iou
 
     m = _with_branch(calibrated_model(tiny_config(mask_stride=2)), classes=("sky", "skin"))
     cin = m.decoder.sky_branch.in_mean.numel()
@@ -247,15 +247,15 @@ def test_fit_learns_two_classes_each_from_the_photos_that_know_it():
         f[-2:] = -4.0  # frozen sky and skin logits
         k = np.zeros((2, 24, 24), bool)
         k[0 if street else 1] = True
-        pool.append((torch.from_numpy(f).half(), y, k))
+        pool.append(cached_entry(f, y, k, 1, 2))
         groups.append("street" if street else "face")
     train, held = pool[:12], pool[12:]
-    assert pooled_iou(held, lambda x: x[:, -2:], 0) == 0.0 and pooled_iou(held, lambda x: x[:, -2:], 1) == 0.0
+    assert pooled_iou(held, None, 0) == 0.0 and pooled_iou(held, None, 1) == 0.0
     fit(m, train, train, steps=2000, batch=8, patch=16, log=lambda s: None, groups=groups[:12],
         shares={"street": 0.5, "face": 0.5})
     br = m.decoder.sky_branch
-    assert pooled_iou(held, lambda x: x[:, -2:] + br(x), 0) > 0.9
-    assert pooled_iou(held, lambda x: x[:, -2:] + br(x), 1) > 0.9
+    assert pooled_iou(held, br, 0) > 0.9
+    assert pooled_iou(held, br, 1) > 0.9
     for bad in ({"street": 0.7, "face": 0.5}, {"street": 0.0}, {"tree": 0.5}):
         with pytest.raises(ValueError):
             fit(m, train, train, steps=1, batch=2, patch=16, log=lambda s: None, groups=groups[:12], shares=bad)
@@ -434,8 +434,9 @@ def test_branches_run_jointly_as_if_one_after_the_other(tmp_path):
 
 
 def test_fit_trains_a_class_branch_and_leaves_the_sky_branch():
-    """``fit(..., branch=)`` trains the given branch only (generated skin band, frozen logit "no skin")."""
-    from campipe.segmentation.training.fit_sky_branch import fit, pooled_iou
+    """``fit(..., branch=)`` trains the given branch only (generated skin band, frozen logit "no skin"), on inputs
+    cached pooled by its stride (4), and refuses a patch that is not a multiple of that stride."""
+    from campipe.segmentation.training.fit_sky_branch import cached_entry, fit, pooled_iou
 
     m = _with_class_branch(_live(_with_branch(calibrated_model(tiny_config(mask_stride=2)), stride=2)), ("skin",),
                            stride=4, seed=None)
@@ -454,9 +455,12 @@ def test_fit_trains_a_class_branch_and_leaves_the_sky_branch():
         y[0, :, rng.integers(8, 24):] = 1.0
         f[0] = np.where(y[0] > 0, 2.0, -2.0) + 0.3 * f[0]
         f[-1] = -4.0
-        pool.append((torch.from_numpy(f).half(), y, np.ones((1, 32, 32), bool)))
+        pool.append(cached_entry(f, y, np.ones((1, 32, 32), bool), 4, 1))
+    assert pool[0].pooled.shape == (cin, 8, 8) and pool[0].logits.shape == (1, 32, 32)
     fit(m, pool[:8], pool[:8], steps=300, batch=8, patch=16, log=lambda s: None, branch=br)
-    assert pooled_iou(pool[8:], lambda x: x[:, -1:] + br(x)) > 0.9
+    assert pooled_iou(pool[8:], br) > 0.9
+    with pytest.raises(ValueError, match="multiple"):
+        fit(m, pool[:8], pool[:8], steps=1, batch=2, patch=18, log=lambda s: None, branch=br)
     for k, v in m.decoder.sky_branch.state_dict().items():
         assert torch.equal(v, sky_before[k]), k
 
@@ -522,12 +526,23 @@ def test_cache_records_equals_cache_inputs_and_a_negative_synth_is_refused(tmp_p
     cv2.imwrite(str(tmp_path / "celebamask" / "images" / "x.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     cv2.imwrite(str(tmp_path / "celebamask" / "masks" / "x.png"), raw)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    (f1, y1, k1), = cache_inputs(m, tmp_path, "celebamask", ["x"], mean, std, ["skin"])
+    e1, = cache_inputs(m, tmp_path, "celebamask", ["x"], mean, std, ["skin"], stride=4)
     rec = D.Record("celebamask", "x", img, D.map_labels("celebamask", raw)[0], True)
-    (f2, y2, k2), = cache_records(m, [rec], mean, std, ["skin"])
-    assert f1.shape[0] == m.decoder.class_branches[0].in_mean.numel() and y1.shape == (1, *f1.shape[1:])
-    assert torch.equal(f1, f2) and np.array_equal(y1, y2) and np.array_equal(k1, k2)
-    assert 0.05 < float(y1.mean()) < 0.3 and k1.all()  # the skin square, every cell known
+    e2, = cache_records(m, [rec], mean, std, ["skin"], stride=4)
+    assert e1.pooled.shape[0] == m.decoder.class_branches[0].in_mean.numel() and e1.labels.shape == e1.logits.shape
+    assert e1.pooled.shape[1:] == tuple(d // 4 for d in e1.labels.shape[1:])
+    for a, b in zip(e1, e2):
+        assert torch.equal(a, b) if torch.is_tensor(a) else np.array_equal(a, b)
+    assert 0.05 < float(e1.labels.mean()) < 0.3 and e1.known.all()  # the skin square, every cell known
+    # the entry is the unpooled entry pooled: the branch's output from it equals its forward on the unpooled input
+    full, = cache_inputs(m, tmp_path, "celebamask", ["x"], mean, std, ["skin"], stride=1)
+    br = _live(m, 5, m.decoder.class_branches[0]).decoder.class_branches[0]
+    with torch.no_grad():
+        ref = br(full.pooled[None].float())
+        got = br.from_pooled(e1.pooled[None].float(), tuple(full.pooled.shape[-2:]))
+    assert float(ref.std()) > 0.02  # the live branch acts
+    torch.testing.assert_close(got, ref, atol=1e-3, rtol=0)  # float16 rounding before / after the pooling (~1e-4)
+    assert torch.equal(full.logits, e1.logits) and torch.allclose(full.stats, e1.stats)
     with pytest.raises(SystemExit, match="--synth"):
         main(["--float", str(tmp_path / "none.pt"), "--data", str(tmp_path / "no_data"), "--out",
               str(tmp_path / "o.pt"), "--synth", "-1"])  # refused before any data is looked for

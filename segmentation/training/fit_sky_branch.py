@@ -12,7 +12,9 @@ Everything but the branch is frozen, and the branch writes the logits of ``--cla
 sky_head_classes``, sky first), so every other output of ``OUT.pt`` equals ``FLOAT.pt``'s bit for bit. The frozen
 model's inputs to the branch (the decoder's stride-2 features, the mask features and the refined classes' logits,
 :meth:`~campipe.segmentation.model.ConvDecoder.sky_branch_input`) are computed once per training photo (letterboxed
-as campipe runs the network, cropped to the photo) and cached as float16, with each class's label and known mask
+as campipe runs the network, cropped to the photo) and cached as float16, already average-pooled by the branch's
+stride (:class:`Cached`: the refined logits unpooled, the normalisation statistics of the unpooled input), with
+each class's label and known mask
 area-resampled to the same grid (:func:`.datasets.map_labels`, so a set that does not label a class only teaches
 "not that class" where it knows it, e.g. the people of CelebAMask, Figaro1k and Penn-Fudan are "not sky", CamVid's
 street "not skin").
@@ -56,7 +58,8 @@ over thousands of steps: the 2-thread CPU backward differs in its last bits and 
 twelfth session).
 
 ``OUT.pt`` is a float checkpoint (``extra["sky_branch"]`` records the arguments, photo counts and the held-out
-figures); ``ship.py`` makes the int8 file from it. The cache takes ~2 GB of memory per class-set of ~500 photos.
+figures); ``ship.py`` makes the int8 file from it. The cache takes ~0.6 MB a photo at stride 4 (~5 MB unpooled,
+before the fourteenth session).
 """
 from __future__ import annotations
 
@@ -64,10 +67,41 @@ import argparse
 import functools
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 NEG_SETS = ("celebamask", "figaro1k", "pennfudan")
+
+
+class Cached(NamedTuple):
+    """One cached photo of a branch fit, at the mask grid (h, w) of the photo's letterboxed content.
+
+    ``pooled``: the branch input (:meth:`~campipe.segmentation.model.ConvDecoder.branch_parts`, cin channels)
+    average-pooled ``stride`` x ``stride`` as the branch pools it, float16 (cin, h // stride, w // stride);
+    ``logits``: the frozen logits of the refined classes (the input's last n channels) unpooled, float16 (n, h, w),
+    to which the branch's output is added; ``labels`` float32 (n, h, w) in [0, 1]; ``known`` bool (n, h, w);
+    ``stats``: per-channel mean and standard deviation of the unpooled input, float32 (2, cin), from which the
+    branch's fixed normalisation is set. Pooled once here instead of at every step: ~0.6 MB a photo at stride 4
+    instead of ~5 MB (a hair fit's cache outgrew the machine's 24 GB, MODEL_CARD.md, thirteenth session)."""
+
+    pooled: object
+    logits: object
+    labels: np.ndarray
+    known: np.ndarray
+    stats: object
+
+
+def cached_entry(f, labels: np.ndarray, known: np.ndarray, stride: int, n: int) -> Cached:
+    """A :class:`Cached` entry from the unpooled branch input ``f`` (cin, h, w) (tensor or array; its last ``n``
+    channels are the refined classes' logits)."""
+    import torch
+    from torch.nn import functional as F
+
+    f = torch.as_tensor(f, dtype=torch.float32)
+    pooled = F.avg_pool2d(f[None], stride)[0] if stride > 1 else f
+    stats = torch.stack([f.mean((1, 2)), f.std((1, 2))])
+    return Cached(pooled.half(), f[-n:].half(), labels, known, stats)
 
 
 def _grid(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -76,10 +110,11 @@ def _grid(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(a.astype(np.float32), (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
 
 
-def cache_inputs(model, data: Path, set_name: str, stems: list[str], mean, std, classes=None, relabel=None):
-    """[(branch input float16 (cin, h, w), labels float32 (n, h, w), known bool (n, h, w))] for ``stems``, one label
-    plane per class of ``classes`` (default ``model.cfg.sky_head_classes``), the input being what a branch refining
-    ``classes`` reads (:meth:`~campipe.segmentation.model.ConvDecoder.branch_parts`); ``relabel``: optional function
+def cache_inputs(model, data: Path, set_name: str, stems: list[str], mean, std, classes=None, relabel=None,
+                 stride: int = 1):
+    """[:class:`Cached`] for ``stems``, one label plane per class of ``classes`` (default ``model.cfg.
+    sky_head_classes``), the input being what a branch refining ``classes`` reads (:meth:`~campipe.segmentation.
+    model.ConvDecoder.branch_parts`), pooled by the branch's ``stride``; ``relabel``: optional function
     ``(packed label map, uint8 RGB photo) -> packed label map`` applied before caching (e.g. one calling
     :func:`.datasets.hair_absent_below_head`)."""
     from .datasets import map_labels, read_pair
@@ -90,16 +125,16 @@ def cache_inputs(model, data: Path, set_name: str, stems: list[str], mean, std, 
             lab = map_labels(set_name, raw, img if set_name == "pennfudan" else None)[0]
             yield img, (relabel(lab, img) if relabel else lab)
 
-    return _cache(model, pairs(), mean, std, classes)
+    return _cache(model, pairs(), mean, std, classes, stride)
 
 
-def cache_records(model, records, mean, std, classes=None, relabel=None):
+def cache_records(model, records, mean, std, classes=None, relabel=None, stride: int = 1):
     """:func:`cache_inputs` for in-memory :class:`~.datasets.Record` samples (e.g. :func:`.synth.synth_scene`'s)."""
     return _cache(model, ((r.image, relabel(r.lab, r.image) if relabel else r.lab) for r in records), mean, std,
-                  classes)
+                  classes, stride)
 
 
-def _cache(model, pairs, mean, std, classes=None):
+def _cache(model, pairs, mean, std, classes=None, stride: int = 1):
     """The cache entries of (uint8 RGB image, packed label map) ``pairs`` (see :func:`cache_inputs`)."""
     import torch
 
@@ -124,8 +159,8 @@ def _cache(model, pairs, mean, std, classes=None):
                 f = f[:, t // s:(t + ch) // s, left // s:(left + cw) // s]
                 u = unpack(lab)
                 hw = tuple(f.shape[1:])
-                out.append((f.half(), np.stack([_grid(u["sem"][i], hw) for i in idx]),
-                            np.stack([_grid(u["known"][i], hw) >= 0.5 for i in idx])))
+                out.append(cached_entry(f, np.stack([_grid(u["sem"][i], hw) for i in idx]),
+                                        np.stack([_grid(u["known"][i], hw) >= 0.5 for i in idx]), stride, len(idx)))
     finally:
         for h in hooks:
             h.remove()
@@ -180,24 +215,27 @@ def _spaced(stems: list[str], limit: int | None) -> list[str]:
     return [stems[i] for i in np.linspace(0, len(stems) - 1, limit).astype(int)]
 
 
-def pooled_iou(samples, fn, j: int = 0) -> float:
-    """Pooled IoU at logit 0 of refined class ``j`` for ``fn(input (1, cin, h, w)) -> logits (1, n, h, w)`` over
-    its known cells."""
+def pooled_iou(samples: list[Cached], branch=None, j: int = 0) -> float:
+    """Pooled IoU at logit 0 of refined class ``j`` over its known cells: of the frozen logits, or with ``branch``'s
+    residual added (the branch these entries were pooled for)."""
     import torch
 
     from .evaluate import IoUAccumulator
 
     acc = IoUAccumulator()
     with torch.inference_mode():
-        for f, y, k in samples:
-            acc.update(fn(f[None].float())[0, j].numpy() > 0, y[j] >= 0.5, ~k[j])
+        for e in samples:
+            logit = e.logits[None].float()
+            if branch is not None:
+                logit = logit + branch.from_pooled(e.pooled[None].float(), tuple(logit.shape[-2:]))
+            acc.update(logit[0, j].numpy() > 0, e.labels[j] >= 0.5, ~e.known[j])
     return acc.iou if acc.union > 0 else 0.0
 
 
 def fit(model, pool, norm_pool, steps: int, batch: int, patch: int, seed: int = 0, log=print,
         groups: list[str] | None = None, shares: dict[str, float] | None = None, branch=None) -> list[float]:
-    """Train ``branch`` (default ``model.decoder.sky_branch``) on ``pool`` (cached samples); returns the loss every
-    100 steps.
+    """Train ``branch`` (default ``model.decoder.sky_branch``) on ``pool`` (:class:`Cached` entries pooled by the
+    branch's stride; ``patch`` a multiple of it); returns the loss every 100 steps.
 
     ``norm_pool``: the samples the input normalisation is measured on. ``groups``: each sample's set name;
     ``shares``: the probability of drawing a photo of each named set (default: every photo of the pool equally
@@ -206,11 +244,13 @@ def fit(model, pool, norm_pool, steps: int, batch: int, patch: int, seed: int = 
     from torch.nn import functional as F
 
     br = branch if branch is not None else model.decoder.sky_branch
-    n_cls = br.last.out_channels
+    s = br.stride
+    if patch % s:
+        raise ValueError(f"patch {patch} must be a multiple of the branch's stride {s}")
     with torch.no_grad():
-        br.in_mean.copy_(torch.stack([f.float().mean((1, 2)) for f, _, _ in norm_pool]).mean(0))
-        br.in_std.copy_(torch.stack([f.float().std((1, 2)) for f, _, _ in norm_pool]).mean(0) + 1e-3)
-    keep = [i for i, p in enumerate(pool) if min(p[1].shape[-2:]) >= patch]
+        br.in_mean.copy_(torch.stack([e.stats[0] for e in norm_pool]).mean(0))
+        br.in_std.copy_(torch.stack([e.stats[1] for e in norm_pool]).mean(0) + 1e-3)
+    keep = [i for i, e in enumerate(pool) if min(e.labels.shape[-2:]) >= patch]
     prob = None
     if shares:
         if groups is None or len(groups) != len(pool):
@@ -238,22 +278,24 @@ def fit(model, pool, norm_pool, steps: int, batch: int, patch: int, seed: int = 
     losses, t0 = [], time.time()
     br.train()
     for it in range(steps):
-        xb, yb, kb = [], [], []
+        xb, lb, yb, kb = [], [], [], []
         # uniform draws keep rng.integers: the random stream the first fits (c0, c2) were made with
         for j in (rng.integers(0, len(pool), batch) if prob is None else rng.choice(len(pool), batch, p=prob)):
-            f, y, k = pool[j]
-            h, w = y.shape[-2:]
+            e = pool[j]
+            h, w = e.labels.shape[-2:]
             a, b = rng.integers(0, h - patch + 1), rng.integers(0, w - patch + 1)
-            a, b = a - a % br.stride, b - b % br.stride  # the pooling grid of the whole image
-            ff, yy, kk = f[:, a:a + patch, b:b + patch], y[:, a:a + patch, b:b + patch], k[:, a:a + patch, b:b + patch]
-            if rng.random() < 0.5:
-                ff, yy, kk = ff.flip(-1), yy[..., ::-1], kk[..., ::-1]
+            a, b = a - a % s, b - b % s  # the pooling grid of the whole image
+            ff = e.pooled[:, a // s:(a + patch) // s, b // s:(b + patch) // s]
+            ll = e.logits[:, a:a + patch, b:b + patch]
+            yy, kk = e.labels[:, a:a + patch, b:b + patch], e.known[:, a:a + patch, b:b + patch]
+            if rng.random() < 0.5:  # mirroring commutes with the pooling: the crop's width is a multiple of s
+                ff, ll, yy, kk = ff.flip(-1), ll.flip(-1), yy[..., ::-1], kk[..., ::-1]
             xb.append(ff)
+            lb.append(ll)
             yb.append(torch.from_numpy(np.ascontiguousarray(yy)))
             kb.append(torch.from_numpy(np.ascontiguousarray(kk)))
-        x = torch.stack(xb).float()
         y, k = torch.stack(yb), torch.stack(kb).float()
-        logit = x[:, -n_cls:] + br(x)  # the branch input's last channels are the frozen logits it refines
+        logit = torch.stack(lb).float() + br.from_pooled(torch.stack(xb).float(), (patch, patch))
         loss = (F.binary_cross_entropy_with_logits(logit, y, reduction="none") * k).sum() / k.sum().clamp(min=1)
         opt.zero_grad()
         loss.backward()
@@ -314,6 +356,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.synth < 0 or a.twilight < 0 or (a.scored_limit is not None and a.scored_limit < 3):
         raise SystemExit("--synth and --twilight take a number of samples >= 0, --scored-limit one >= 3")
+    if a.patch % a.stride:
+        raise SystemExit(f"--patch {a.patch} must be a multiple of --stride {a.stride}")
     if a.refit and a.extra:
         raise SystemExit("--refit replaces the sky branch; --extra fits a further branch: choose one")
     if a.hair_below is not None and not 0.0 < a.hair_below <= 1.0:
@@ -389,6 +433,7 @@ def main(argv=None) -> int:
         p.requires_grad_(True)
     mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
 
+    stride = br.stride  # the cache holds the branch's inputs pooled as it pools them (Cached)
     t0 = time.time()
     pool, groups, norm_pool, hold, counts = [], [], [], {}, {}
     for s in sets:
@@ -398,46 +443,48 @@ def main(argv=None) -> int:
         if any(s in v for v in scored.values()):  # scored: all training photos but the held-out ones
             lim = a.scored_limit
             c = cache_inputs(model, a.data, s, _spaced([t for t in stems if not is_holdout(t, a.holdout, s)], lim),
-                             mean, std, classes, celeba_relabel if s == "celebamask" else None)
+                             mean, std, classes, celeba_relabel if s == "celebamask" else None, stride)
             hold[s] = cache_inputs(model, a.data, s, _spaced([t for t in stems if is_holdout(t, a.holdout, s)],
-                                                             lim and lim // 3), mean, std, classes)
+                                                             lim and lim // 3), mean, std, classes, stride=stride)
             norm_pool += c
             counts[f"{s}_holdout"] = len(hold[s])
         else:
             c = cache_inputs(model, a.data, s, _spaced(stems, a.neg_limit), mean, std, classes,
-                             {"pennfudan": relabel, "celebamask": celeba_relabel}.get(s))
+                             {"pennfudan": relabel, "celebamask": celeba_relabel}.get(s), stride)
         pool += c
         groups += [s] * len(c)
         counts[s] = len(c)
     if a.synth:
-        c = cache_records(model, synth_records(a.data, a.synth, a.holdout, a.seed + 1), mean, std, classes, relabel)
+        c = cache_records(model, synth_records(a.data, a.synth, a.holdout, a.seed + 1), mean, std, classes, relabel,
+                          stride)
         pool += c
         groups += ["synth"] * len(c)
         counts["synth"] = len(c)
     if a.twilight:
         keep = [t for t in list_stems(a.data, "camvid", "train") if not is_holdout(t, a.holdout, "camvid")]
-        c = cache_records(model, twilight_records(a.data, _spaced(keep, a.twilight), a.seed + 2), mean, std, classes)
+        c = cache_records(model, twilight_records(a.data, _spaced(keep, a.twilight), a.seed + 2), mean, std, classes,
+                          stride=stride)
         pool += c
         groups += ["twilight"] * len(c)
         counts["twilight"] = len(c)
         if classes[0] == "sky" and not a.extra:
             held = [t for t in list_stems(a.data, "camvid", "train") if is_holdout(t, a.holdout, "camvid")]
-            hold["twilight"] = cache_records(model, twilight_records(a.data, held, a.seed + 3), mean, std, classes)
+            hold["twilight"] = cache_records(model, twilight_records(a.data, held, a.seed + 3), mean, std, classes,
+                                             stride=stride)
     print(f"cached {counts} in {time.time() - t0:.0f} s", flush=True)
     losses = fit(model, pool, norm_pool, a.steps, a.batch, a.patch, a.seed, log=lambda m: print(m, flush=True),
                  groups=groups, shares=shares or None, branch=br)
-    n = len(classes)
     held_iou = {}
     for j, c in enumerate(classes):
         samples = [x for s in scored[c] for x in hold.get(s, [])]
-        own = pooled_iou(samples, lambda x: x[:, -n:], j)
-        new = pooled_iou(samples, lambda x: x[:, -n:] + br(x), j)
+        own = pooled_iou(samples, None, j)
+        new = pooled_iou(samples, br, j)
         held_iou[c] = {"frozen": own, "branch": new}
         print(f"held-out training photos of {'/'.join(scored[c])} ({len(samples)}), {c} IoU at the feature "
               f"resolution: frozen model {own:.4f}, with the branch {new:.4f}")
     if "twilight" in hold:
-        own = pooled_iou(hold["twilight"], lambda x: x[:, -n:])
-        new = pooled_iou(hold["twilight"], lambda x: x[:, -n:] + br(x))
+        own = pooled_iou(hold["twilight"])
+        new = pooled_iou(hold["twilight"], br)
         held_iou["sky_twilight"] = {"frozen": own, "branch": new}
         print(f"held-out CamVid training frames re-lit as dusk ({len(hold['twilight'])}), sky IoU at the feature "
               f"resolution: frozen model {own:.4f}, with the branch {new:.4f}")
