@@ -185,7 +185,7 @@ def test_fit_learns_a_sky_the_frozen_logit_misses():
         sky[: rng.integers(6, 18)] = True  # a sky band at the top, rows of varying height
         f[0] = np.where(sky, 2.0, -2.0) + 0.3 * f[0]
         f[-1] = -4.0  # the frozen model's sky logit: "no sky"
-        pool.append(cached_entry(f, sky[None].astype(np.float32), np.ones((1, 24, 24), bool), 1, 1))
+        pool.append(cached_entry(f, sky[None].astype(np.float32), np.ones((1, 24, 24), bool), 1))
     train, held = pool[:8], pool[8:]
     assert pooled_iou(held) == 0.0
     losses = fit(m, train, train, steps=150, batch=8, patch=16, log=lambda s: None)
@@ -247,7 +247,7 @@ def test_fit_learns_two_classes_each_from_the_photos_that_know_it():
         f[-2:] = -4.0  # frozen sky and skin logits
         k = np.zeros((2, 24, 24), bool)
         k[0 if street else 1] = True
-        pool.append(cached_entry(f, y, k, 1, 2))
+        pool.append(cached_entry(f, y, k, 1))
         groups.append("street" if street else "face")
     train, held = pool[:12], pool[12:]
     assert pooled_iou(held, None, 0) == 0.0 and pooled_iou(held, None, 1) == 0.0
@@ -455,7 +455,7 @@ def test_fit_trains_a_class_branch_and_leaves_the_sky_branch():
         y[0, :, rng.integers(8, 24):] = 1.0
         f[0] = np.where(y[0] > 0, 2.0, -2.0) + 0.3 * f[0]
         f[-1] = -4.0
-        pool.append(cached_entry(f, y, np.ones((1, 32, 32), bool), 4, 1))
+        pool.append(cached_entry(f, y, np.ones((1, 32, 32), bool), 4))
     assert pool[0].pooled.shape == (cin, 8, 8) and pool[0].logits.shape == (1, 32, 32)
     fit(m, pool[:8], pool[:8], steps=300, batch=8, patch=16, log=lambda s: None, branch=br)
     assert pooled_iou(pool[8:], br) > 0.9

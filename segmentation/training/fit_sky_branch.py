@@ -92,16 +92,16 @@ class Cached(NamedTuple):
     stats: object
 
 
-def cached_entry(f, labels: np.ndarray, known: np.ndarray, stride: int, n: int) -> Cached:
-    """A :class:`Cached` entry from the unpooled branch input ``f`` (cin, h, w) (tensor or array; its last ``n``
-    channels are the refined classes' logits)."""
+def cached_entry(f, labels: np.ndarray, known: np.ndarray, stride: int) -> Cached:
+    """A :class:`Cached` entry from the unpooled branch input ``f`` (cin, h, w) (tensor or array; its last n
+    channels are the logits of the n refined classes, one plane each in ``labels`` and ``known``)."""
     import torch
     from torch.nn import functional as F
 
     f = torch.as_tensor(f, dtype=torch.float32)
     pooled = F.avg_pool2d(f[None], stride)[0] if stride > 1 else f
     stats = torch.stack([f.mean((1, 2)), f.std((1, 2))])
-    return Cached(pooled.half(), f[-n:].half(), labels, known, stats)
+    return Cached(pooled.half(), f[-len(labels):].half(), labels, known, stats)
 
 
 def _grid(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -160,7 +160,7 @@ def _cache(model, pairs, mean, std, classes=None, stride: int = 1):
                 u = unpack(lab)
                 hw = tuple(f.shape[1:])
                 out.append(cached_entry(f, np.stack([_grid(u["sem"][i], hw) for i in idx]),
-                                        np.stack([_grid(u["known"][i], hw) >= 0.5 for i in idx]), stride, len(idx)))
+                                        np.stack([_grid(u["known"][i], hw) >= 0.5 for i in idx]), stride))
     finally:
         for h in hooks:
             h.remove()
@@ -173,13 +173,11 @@ def synth_records(data: Path, n: int, holdout: int, seed: int, max_side: int = 5
     35-95 % of the frame height, on CamVid street frames) from training photos only, none of them held out
     (``refit_rows.is_holdout``): ``n_faces`` evenly spaced CelebAMask faces, every Penn-Fudan training photo,
     ``n_backgrounds`` evenly spaced CamVid frames, each at most ``max_side`` pixels on its long side."""
-    from .datasets import _load_record, list_stems
-    from .refit_rows import is_holdout
+    from .datasets import _load_record
     from .synth import person_cutouts, synth_scene
 
     def stems(set_name, limit):
-        keep = [t for t in list_stems(data, set_name, "train") if not is_holdout(t, holdout, set_name)]
-        return _spaced(keep, limit)
+        return _spaced(_training_split(data, set_name, holdout)[0], limit)
 
     people = [_load_record(data, "celebamask", t, max_side) for t in stems("celebamask", n_faces)]
     people += [_load_record(data, "pennfudan", t, max_side) for t in stems("pennfudan", None)]
@@ -189,9 +187,27 @@ def synth_records(data: Path, n: int, holdout: int, seed: int, max_side: int = 5
     return [synth_scene(backgrounds[int(rng.integers(len(backgrounds)))], cutouts, rng) for _ in range(n)]
 
 
+def _training_split(data: Path, set_name: str, holdout: int) -> tuple[list[str], list[str]]:
+    """The training photos of ``set_name`` outside the held-out ``holdout`` % (``refit_rows.is_holdout``, kept out
+    of every branch fit), and the held-out ones."""
+    from .datasets import list_stems
+    from .refit_rows import is_holdout
+
+    stems = list_stems(data, set_name, "train")
+    return ([t for t in stems if not is_holdout(t, holdout, set_name)],
+            [t for t in stems if is_holdout(t, holdout, set_name)])
+
+
 def _ignore_image(fn):
     """A ``relabel`` (``(lab, image) -> lab``) from a function of the label map alone."""
     return lambda lab, image: fn(lab)
+
+
+def _chain(relabels: list):
+    """One ``relabel`` applying each of ``relabels`` in turn (None for none)."""
+    if not relabels:
+        return None
+    return lambda lab, image: functools.reduce(lambda acc, f: f(acc, image), relabels, lab)
 
 
 def twilight_records(data: Path, stems: list[str], seed: int) -> list:
@@ -370,7 +386,6 @@ def main(argv=None) -> int:
     from ..model import build_model
     from .datasets import list_stems
     from .evaluate import EVAL_SPEC
-    from .refit_rows import is_holdout
 
     classes = tuple(c.strip() for c in a.classes.split(",") if c.strip())
     if a.portrait_bg_not_sky and "sky" not in classes:
@@ -393,7 +408,7 @@ def main(argv=None) -> int:
         from .datasets import sky_absent_on_portraits
 
         celeba.append(sky_absent_on_portraits)
-    celeba_relabel = (lambda lab, img: functools.reduce(lambda acc, f: f(acc, img), celeba, lab)) if celeba else None
+    celeba_relabel = _chain(celeba)
     shares = {}
     for item in a.share + ([f"camvid={a.camvid_share}"] if a.camvid_share is not None else []):
         name, _, val = item.partition("=")
@@ -439,18 +454,18 @@ def main(argv=None) -> int:
     for s in sets:
         if not (a.data / s).is_dir():
             continue
-        stems = list_stems(a.data, s, "train")
         if any(s in v for v in scored.values()):  # scored: all training photos but the held-out ones
             lim = a.scored_limit
-            c = cache_inputs(model, a.data, s, _spaced([t for t in stems if not is_holdout(t, a.holdout, s)], lim),
-                             mean, std, classes, celeba_relabel if s == "celebamask" else None, stride)
-            hold[s] = cache_inputs(model, a.data, s, _spaced([t for t in stems if is_holdout(t, a.holdout, s)],
-                                                             lim and lim // 3), mean, std, classes, stride=stride)
+            train, held = _training_split(a.data, s, a.holdout)
+            c = cache_inputs(model, a.data, s, _spaced(train, lim), mean, std, classes,
+                             celeba_relabel if s == "celebamask" else None, stride)
+            hold[s] = cache_inputs(model, a.data, s, _spaced(held, lim and lim // 3), mean, std, classes,
+                                   stride=stride)
             norm_pool += c
             counts[f"{s}_holdout"] = len(hold[s])
         else:
-            c = cache_inputs(model, a.data, s, _spaced(stems, a.neg_limit), mean, std, classes,
-                             {"pennfudan": relabel, "celebamask": celeba_relabel}.get(s), stride)
+            c = cache_inputs(model, a.data, s, _spaced(list_stems(a.data, s, "train"), a.neg_limit), mean, std,
+                             classes, {"pennfudan": relabel, "celebamask": celeba_relabel}.get(s), stride)
         pool += c
         groups += [s] * len(c)
         counts[s] = len(c)
@@ -461,14 +476,13 @@ def main(argv=None) -> int:
         groups += ["synth"] * len(c)
         counts["synth"] = len(c)
     if a.twilight:
-        keep = [t for t in list_stems(a.data, "camvid", "train") if not is_holdout(t, a.holdout, "camvid")]
-        c = cache_records(model, twilight_records(a.data, _spaced(keep, a.twilight), a.seed + 2), mean, std, classes,
+        train, held = _training_split(a.data, "camvid", a.holdout)
+        c = cache_records(model, twilight_records(a.data, _spaced(train, a.twilight), a.seed + 2), mean, std, classes,
                           stride=stride)
         pool += c
         groups += ["twilight"] * len(c)
         counts["twilight"] = len(c)
         if classes[0] == "sky" and not a.extra:
-            held = [t for t in list_stems(a.data, "camvid", "train") if is_holdout(t, a.holdout, "camvid")]
             hold["twilight"] = cache_records(model, twilight_records(a.data, held, a.seed + 3), mean, std, classes,
                                              stride=stride)
     print(f"cached {counts} in {time.time() - t0:.0f} s", flush=True)
