@@ -70,7 +70,9 @@ test-time augmentation would change.
 * ``branch-rule``: the figures the shipping rules of the residual branch (``model.sky_head_classes``, MODEL_CARD.md,
   tenth and eleventh sessions) compare, for ``--weights`` against ``--against`` (default: the shipped file), both
   with campipe's whole protocol: per class of ``--classes`` (default ``sky``), the pooled IoU on the held-out 25 % of
-  the training photos of each set that scores it (``refit_rows.is_holdout``, kept out of the branch fits); the share
+  the training photos of each set that scores it (``refit_rows.is_holdout``, kept out of the branch fits; CelebAMask
+  skin also with its probable bare body skin left out of the score, ``datasets.bare_skin``: the labels call bare
+  shoulders and chest background, the skin channel calls them skin); the share
   of the frame called that class on ``--limit`` (default 120) evenly spaced training photos of each set among
   CamVid, CelebAMask, Figaro1k and Penn-Fudan that does not score it; and on the three raw samples, the largest
   difference of every network output but those classes' logits. IoUs are printed to 6 decimals and shares to 5, so a
@@ -94,7 +96,7 @@ import torch
 
 from campipe.segmentation.checkpoint import IMAGENET_MEAN, IMAGENET_STD, load_checkpoint
 from campipe.segmentation.postprocess import letterbox, normalize
-from campipe.segmentation.training.datasets import CAMVID_PED, CELEBA_SKIN_IDS, list_stems, read_pair
+from campipe.segmentation.training.datasets import CAMVID_PED, CELEBA_SKIN_IDS, bare_skin, list_stems, read_pair
 from campipe.segmentation.training.evaluate import evaluate_model, predict
 from campipe.segmentation.training.skin import apply_skin_model, fit_skin_model
 
@@ -701,9 +703,14 @@ def branch_rule(model, data: Path, limit: int | None, against: str, classes: str
                     gt, ok = _truth(EVAL_SPEC[s][c], raw)
                     for n in models:
                         _tally(counts, (c, n), p[n][c] >= 0.5, gt, ok)
-            for c in scored:
-                res[f"held-out {s} {c} IoU ({len(held)} photos)"] = {n: round(_pooled_iou(counts[(c, n)]), 6)
-                                                                     for n in models}
+                    if (s, c) == ("celebamask", "skin"):  # the same, bare body skin left out of the score
+                        ok = ok & ~bare_skin(img, raw > 0, np.isin(raw, CELEBA_SKIN_IDS))
+                        for n in models:
+                            _tally(counts, (c + " bare", n), p[n][c] >= 0.5, gt, ok)
+            for c in [k[0] for k in counts if k[1] == "against"]:
+                what = f"{c[:-5]} IoU with bare body skin left out" if c.endswith(" bare") else f"{c} IoU"
+                res[f"held-out {s} {what} ({len(held)} photos)"] = {n: round(_pooled_iou(counts[(c, n)]), 6)
+                                                                    for n in models}
         if shares:
             frac: dict = {(c, n): [] for c in shares for n in models}
             picked = spaced_floor(stems, limit or 120)

@@ -297,8 +297,8 @@ def test_fit_command_rejects_a_malformed_share(tmp_path):
     base = ["--float", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o.pt")]
     with pytest.raises(SystemExit, match="needs hair"):  # refused before any file or data is read
         main([*base, "--classes", "skin", "--hair-below", "0.35"])
-    with pytest.raises(SystemExit, match="needs person"):
-        main([*base, "--classes", "skin", "--bare-skin-unknown"])
+    with pytest.raises(SystemExit, match="needs one of them"):
+        main([*base, "--classes", "hair", "--bare-skin-unknown"])
     with pytest.raises(SystemExit, match="needs sky"):
         main([*base, "--extra", "--classes", "hair", "--portrait-bg-not-sky"])
     for bad in ("0", "1.5"):
@@ -600,3 +600,33 @@ def test_refit_replaces_only_the_sky_branch_with_twilight_frames_and_a_capped_sc
     assert rec["refit"] and rec["twilight"] == 3 and rec["photos"]["twilight"] == 3
     assert rec["photos"]["camvid"] == 3 and rec["scored_limit"] == 3  # 4 training frames, capped
     assert rec["portrait_bg_not_sky"] and rec["photos"]["celebamask"] == 6
+
+
+def test_extra_skin_fit_makes_celebamask_bare_skin_unknown_for_skin(tmp_path, monkeypatch):
+    """``--extra --classes skin --bare-skin-unknown`` relabels every CelebAMask photo of the fit (not the held-out
+    ones) with skin, and only skin, unknown on bare skin, and records the option with the branch."""
+    from campipe.segmentation.checkpoint import read_checkpoint
+    from campipe.segmentation.training import datasets as D
+    from campipe.segmentation.training.fit_sky_branch import main
+    from test_segmentation_helpers import write_tiny_data
+
+    data = write_tiny_data(tmp_path / "data")
+    m = _live(_with_branch(calibrated_model(tiny_config(mask_stride=2)), stride=4))
+    src = tmp_path / "base.pt"
+    save_checkpoint(src, m, m.cfg, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    seen = []
+    real = D.unknown_on_bare_skin
+
+    def spy(lab, image, classes=("person",)):
+        seen.append(tuple(classes))
+        return real(lab, image, classes)
+
+    monkeypatch.setattr(D, "unknown_on_bare_skin", spy)
+    out = tmp_path / "s.pt"
+    assert main(["--float", str(src), "--data", str(data), "--out", str(out), "--extra", "--classes", "skin",
+                 "--hidden", "8", "--stride", "4", "--steps", "3", "--batch", "2", "--patch", "8", "--holdout", "25",
+                 "--bare-skin-unknown"]) == 0
+    rec = read_checkpoint(out)["extra"]["class_branch:skin"]
+    assert rec["bare_skin_unknown"]
+    assert seen and set(seen) == {("skin",)}
+    assert len(seen) == rec["photos"]["celebamask"]  # the fit's photos, not the held-out ones

@@ -113,10 +113,10 @@ def test_hair_absent_below_head_exact():
             D.hair_absent_below_head(lab, bad)
 
 
-def test_person_unknown_on_bare_skin_exact():
-    """Person becomes unknown on background pixels of the labelled skin's colour that touch the person: a bare
-    shoulder next to the neck, not a skin-coloured patch far from it, not a differently coloured region touching it;
-    labels, and every other class's knowledge, unchanged."""
+def test_unknown_on_bare_skin_exact():
+    """The given classes become unknown on background pixels of the labelled skin's colour that touch the person: a
+    bare shoulder next to the neck, not a skin-coloured patch far from it, not a differently coloured region touching
+    it; labels, and every other class's knowledge, unchanged."""
     rng = np.random.default_rng(0)
     raw = np.zeros((60, 60), np.uint8)
     raw[5:30, 20:40] = 1    # face skin
@@ -130,22 +130,30 @@ def test_person_unknown_on_bare_skin_exact():
     img[45:60, 10:50] = (60, 60, 60)
     img = np.clip(img.astype(int) + rng.integers(-3, 4, img.shape), 0, 255).astype(np.uint8)
     lab, _ = D.map_labels("celebamask", raw)
-    out = D.person_unknown_on_bare_skin(lab, img)
-    u, v = _u(lab), _u(out)
-    assert u["known"][C["person"]].all()
     want = np.zeros((60, 60), bool)
     want[35:45, 35:50] = True
-    np.testing.assert_array_equal(v["known"][C["person"]] == 0, want)
-    np.testing.assert_array_equal(v["sem"], u["sem"])
-    for k in range(len(C)):
-        if k != C["person"]:
-            np.testing.assert_array_equal(v["known"][k], u["known"][k])
-    np.testing.assert_array_equal(out[..., 2], lab[..., 2])
+    np.testing.assert_array_equal(D.bare_skin(img, raw > 0, np.isin(raw, (1, 17))), want)
+    u = _u(lab)
+    assert u["known"][C["person"]].all() and u["known"][C["skin"]].all()
+    for classes in (("person",), ("skin",), ("person", "skin")):
+        out = D.unknown_on_bare_skin(lab, img, classes)
+        v = _u(out)
+        for k in range(len(C)):
+            if D.CLASSES[k] in classes:
+                np.testing.assert_array_equal(v["known"][k] == 0, want)
+            else:
+                np.testing.assert_array_equal(v["known"][k], u["known"][k])
+        np.testing.assert_array_equal(v["sem"], u["sem"])
+        np.testing.assert_array_equal(out[..., 2], lab[..., 2])
+    np.testing.assert_array_equal(D.unknown_on_bare_skin(lab, img), D.unknown_on_bare_skin(lab, img, ("person",)))
+    for bad in ((), ("hair",), ("skin", "sky")):
+        with pytest.raises(ValueError, match="among"):
+            D.unknown_on_bare_skin(lab, img, bad)
     # too little labelled skin to fit a colour model: unchanged
     few = np.zeros_like(raw)
     few[10:14, 10:14] = 1
     lab2, _ = D.map_labels("celebamask", few)
-    np.testing.assert_array_equal(D.person_unknown_on_bare_skin(lab2, img), lab2)
+    np.testing.assert_array_equal(D.unknown_on_bare_skin(lab2, img, ("person", "skin")), lab2)
 
 
 def test_sky_absent_on_portraits_exact():

@@ -223,30 +223,44 @@ def sky_absent_on_portraits(lab: np.ndarray, image: np.ndarray | None = None) ->
     return out
 
 
-def person_unknown_on_bare_skin(lab: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """CelebAMask ``lab`` (H, W, 3) packed labels with person made *unknown* on the background pixels that a per-photo
-    skin-colour model (:mod:`.skin`, fitted on the photo's labelled face and neck skin) calls skin and whose connected
-    region touches the labelled person (within 2 pixels). ``image``: the photo, uint8 RGB (H, W, 3).
-
-    Why: CelebAMask labels face, neck, hair and clothes as the person, but bare shoulders and chest as background, so
-    a fit that reads its person labels learns to cut bare skin out of people (about a fifth of the background the
-    shipped model calls person is such skin: ``benchmarks/seg_diagnostics.py person-errors``, MODEL_CARD.md, eighth
-    session). Unknown, not "person": the skin model cannot tell bare skin from a skin-coloured backdrop. Photos with
-    too little labelled skin to fit the model are returned unchanged (a copy). Returns a new array.
-    """
+def bare_skin(image: np.ndarray, person: np.ndarray, face_skin: np.ndarray) -> np.ndarray:
+    """Bool (H, W): the pixels outside ``person`` (bool) that a per-photo skin-colour model (:mod:`.skin`, fitted on
+    ``face_skin``, bool: the labelled face and neck skin) calls skin, in connected regions touching ``person`` (within
+    2 pixels): on CelebAMask, whose labels call bare shoulders and chest background, probably bare body skin. All
+    False when ``face_skin`` is too small to fit the model. ``image``: the photo, uint8 RGB (H, W, 3)."""
     from .skin import apply_skin_model, fit_skin_model
 
-    u = unpack(lab)
-    person = u["sem"][PERSON] == 1
-    out = lab.copy()
-    bare = apply_skin_model(image, fit_skin_model(image, u["sem"][SKIN] == 1), ~person) == 1
+    bare = apply_skin_model(image, fit_skin_model(image, face_skin), ~person) == 1
     if not bare.any():
-        return out
+        return bare
     near = cv2.dilate(person.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     _, comp = cv2.connectedComponents(bare.astype(np.uint8), connectivity=8)
     touching = np.unique(comp[bare & near])
-    bare = np.isin(comp, touching[touching > 0])
-    out[..., 1] &= np.where(bare, np.uint8(~_bits(PERSON) & 0xFF), np.uint8(0xFF))
+    return np.isin(comp, touching[touching > 0])
+
+
+def unknown_on_bare_skin(lab: np.ndarray, image: np.ndarray, classes: tuple[str, ...] = ("person",)) -> np.ndarray:
+    """CelebAMask ``lab`` (H, W, 3) packed labels with ``classes`` (names among person and skin) made *unknown* on
+    its probable bare body skin (:func:`bare_skin` of the labelled person and face skin). ``image``: the photo,
+    uint8 RGB (H, W, 3).
+
+    Why: CelebAMask labels face, neck, hair and clothes as the person and face and neck as skin, but bare shoulders
+    and chest as background, so a fit that reads its labels learns to cut bare skin out of people (about a fifth of
+    the background the shipped model calls person is such skin: ``benchmarks/seg_diagnostics.py person-errors``,
+    MODEL_CARD.md, eighth session) and to call bare body skin "not skin", against the skin channel's definition (all
+    visible skin). Unknown, not "person"/"skin": the colour model cannot tell bare skin from a skin-coloured
+    backdrop. Photos with too little labelled skin to fit the model are returned unchanged (a copy). Returns a new
+    array.
+    """
+    bad = [c for c in classes if c not in ("person", "skin")]
+    if bad or not classes:
+        raise ValueError(f"classes must be among ('person', 'skin'), got {classes}")
+    u = unpack(lab)
+    out = lab.copy()
+    bare = bare_skin(image, u["sem"][PERSON] == 1, u["sem"][SKIN] == 1)
+    if bare.any():
+        bits = np.uint8(~_bits(*(CLASSES.index(c) for c in classes)) & 0xFF)
+        out[..., 1] &= np.where(bare, bits, np.uint8(0xFF))
     return out
 
 

@@ -31,9 +31,10 @@ street "not skin").
 * ``--hair-below FRAC`` marks hair known absent on Penn-Fudan's people (its photos and the pasted ones) below the
   top FRAC of each person's height (:func:`.datasets.hair_absent_below_head`; why: a hair branch fitted without it
   took dark clothes for hair, MODEL_CARD.md, thirteenth session);
-* ``--bare-skin-unknown`` makes person unknown on CelebAMask's bare skin next to the labelled person (on every
-  CelebAMask photo of the fit but the held-out ones; :func:`.datasets.person_unknown_on_bare_skin`): its labels
-  call bare shoulders and chest background, which a person branch should not learn;
+* ``--bare-skin-unknown`` makes the fit's person and skin classes unknown on CelebAMask's probable bare body skin
+  next to the labelled person (on every CelebAMask photo of the fit but the held-out ones;
+  :func:`.datasets.unknown_on_bare_skin`): its labels call bare shoulders and chest background, which neither a
+  person nor a skin branch should learn;
 * ``--portrait-bg-not-sky`` marks sky known absent on CelebAMask's whole frames
   (:func:`.datasets.sky_absent_on_portraits`): with dusk frames alone a sky branch took dark-blue backdrops for sky;
 * ``--twilight K`` adds K CamVid training frames (not held out) re-lit as dusk (:func:`twilight_records`, labels
@@ -359,9 +360,9 @@ def main(argv=None) -> int:
     ap.add_argument("--refit", action="store_true",
                     help="fit a new sky branch in place of the one FLOAT already has (everything else frozen)")
     ap.add_argument("--bare-skin-unknown", action="store_true",
-                    help="person unknown on CelebAMask's bare skin next to the labelled person (its labels call bare "
-                         "shoulders and chest background; datasets.person_unknown_on_bare_skin); needs person in "
-                         "--classes")
+                    help="person and skin (those of --classes) unknown on CelebAMask's bare skin next to the "
+                         "labelled person (its labels call bare shoulders and chest background; datasets."
+                         "unknown_on_bare_skin); needs person or skin in --classes")
     ap.add_argument("--portrait-bg-not-sky", action="store_true",
                     help="sky known absent on the whole frame of CelebAMask's face close-ups (datasets."
                          "sky_absent_on_portraits; their backgrounds are unlabelled, mostly backdrops and rooms); "
@@ -390,8 +391,9 @@ def main(argv=None) -> int:
     classes = tuple(c.strip() for c in a.classes.split(",") if c.strip())
     if a.portrait_bg_not_sky and "sky" not in classes:
         raise SystemExit("--portrait-bg-not-sky changes sky labels only; it needs sky in --classes")
-    if a.bare_skin_unknown and "person" not in classes:
-        raise SystemExit("--bare-skin-unknown changes person labels only; it needs person in --classes")
+    bare_classes = tuple(c for c in ("person", "skin") if c in classes)
+    if a.bare_skin_unknown and not bare_classes:
+        raise SystemExit("--bare-skin-unknown changes person and skin labels only; it needs one of them in --classes")
     if a.hair_below is not None and "hair" not in classes:
         raise SystemExit("--hair-below changes hair labels only; it needs hair in --classes")
     relabel = None
@@ -401,9 +403,9 @@ def main(argv=None) -> int:
         relabel = _ignore_image(functools.partial(hair_absent_below_head, frac=a.hair_below))
     celeba = []
     if a.bare_skin_unknown:
-        from .datasets import person_unknown_on_bare_skin
+        from .datasets import unknown_on_bare_skin
 
-        celeba.append(person_unknown_on_bare_skin)
+        celeba.append(functools.partial(unknown_on_bare_skin, classes=bare_classes))
     if a.portrait_bg_not_sky:
         from .datasets import sky_absent_on_portraits
 
