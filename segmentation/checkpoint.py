@@ -18,6 +18,7 @@ References: facebookresearch/detr checkpoint layout (``{"model", "args"}``), PyT
 """
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -89,6 +90,20 @@ def save_checkpoint(path: str | Path, model: HyperDETR, cfg: HyperDETRConfig | N
     return path
 
 
+def _load_error(e: Exception) -> str:
+    """One short reason for a failed ``torch.load``. Its unpickling errors open with advice to retry with
+    ``weights_only=False`` (running code from the file), which campipe never does; their last line says what stopped
+    the unpickler, before a pointer to the documentation."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if isinstance(e, pickle.UnpicklingError):
+        why = [ln for ln in lines if not ln.startswith(("Check the documentation", "Please file an issue"))
+               and "weights_only" not in ln]
+        detail = why[-1].split(" Please use")[0].removeprefix("WeightsUnpickler error: ") if why else "?"
+        return ("not a file of plain tensors: corrupt, truncated, or holding pickled objects, which campipe does not "
+                f"load (weights_only=True); the unpickler stopped at: {detail}")
+    return f"{type(e).__name__}: {lines[0] if lines else '?'}"
+
+
 def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
     """Load and validate the raw checkpoint dict (no model built)."""
     path = Path(path)
@@ -97,7 +112,7 @@ def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, An
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # corrupted / not a torch file
-        raise CheckpointError(f"{path}: cannot be read as a HyperDETR checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: cannot be read as a HyperDETR checkpoint ({_load_error(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint (format: {got!r})")
