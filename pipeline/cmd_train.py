@@ -65,7 +65,7 @@ def register(app: typer.Typer) -> None:
     def eval_cmd(
         data_dir: Path = typer.Argument(..., help="Shared data folder (e.g. ../shared/data)."),
         sets: Optional[list[str]] = typer.Option(None, "--set", help="Data set(s): celebamask, figaro1k, "
-                                                 "lfw_hair, camvid, pennfudan (default: all)."),
+                                                 "lfw_hair, camvid, pennfudan (default: every one the folder holds)."),
         weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint (default: installed weights)."),
         compare: Optional[list[Path]] = typer.Option(None, "--compare", help="More checkpoints to evaluate."),
         int8_of_float: bool = typer.Option(False, "--int8-of-float", help="Also evaluate --weights quantised "
@@ -107,6 +107,18 @@ def register(app: typer.Typer) -> None:
         if not data_dir.is_dir():
             typer.echo(f"campipe eval: data folder not found: {data_dir}", err=True)
             raise typer.Exit(1)
+        if not sets:  # every set the folder holds; an explicit --set that is missing stays an error
+            from campipe.segmentation.training.evaluate import EVAL_SPEC
+
+            sets = [s for s in EVAL_SPEC if (data_dir / s / "images").is_dir() and (data_dir / s / "masks").is_dir()]
+            missing = [s for s in EVAL_SPEC if s not in sets]
+            if not sets:
+                typer.echo(f"campipe eval: no data set under {data_dir}: expected one or more of "
+                           f"{', '.join(missing)}, each with images/ and masks/", err=True)
+                raise typer.Exit(1)
+            if missing:
+                typer.echo(f"campipe eval: no {', '.join(missing)} under {data_dir}; evaluating "
+                           f"{', '.join(sets)}", err=True)
         try:
             w = weights_path(weights)
         except NoWeightsError as e:

@@ -144,6 +144,17 @@ def test_eval_command_table_and_json(tmp_path):
                                   "--weights", str(ck), "--tta", "--json", str(out_json)])
     assert r4.exit_code == 0, r4.output
     assert json.loads(out_json.read_text())["tta"] is True
+    # no --set: every set the folder holds, naming the ones it lacks; none at all is an error
+    r5 = CliRunner().invoke(app, ["eval", str(tmp_path / "data"), "--split", "all", "--weights", str(ck),
+                                  "--json", str(out_json)])
+    assert r5.exit_code == 0, r5.output
+    assert "no celebamask, figaro1k, lfw_hair, camvid under" in r5.output and "evaluating pennfudan" in r5.output
+    assert set(json.loads(out_json.read_text())["results"]["weights"]) == {"pennfudan"}
+    (tmp_path / "empty").mkdir()
+    r6 = CliRunner().invoke(app, ["eval", str(tmp_path / "empty"), "--weights", str(ck)])
+    assert r6.exit_code == 1 and "no data set under" in r6.output
+    r7 = CliRunner().invoke(app, ["eval", str(tmp_path / "data"), "--set", "camvid", "--weights", str(ck)])
+    assert r7.exit_code == 1 and "'camvid' not found" in r7.output
     r2 = CliRunner().invoke(app, ["eval", str(tmp_path / "data"), "--set", "nope", "--weights", str(ck)])
     assert r2.exit_code == 2
     r3 = CliRunner().invoke(app, ["eval", str(tmp_path / "data"), "--weights", str(ck), "--refine", "nearest"])
