@@ -144,6 +144,15 @@ def test_resolve_amp_and_loader_workers():
         T.TrainConfig.from_dict({"train": {"devise": "cuda"}, "phase": [{"steps": 1}]})
 
 
+def test_config_file_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="training config not found"):
+        T.TrainConfig.from_toml(tmp_path / "none.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("oops = [\n")
+    with pytest.raises(ValueError, match=r"bad\.toml: invalid TOML"):
+        T.TrainConfig.from_toml(bad)
+
+
 def test_prefetcher_order_is_independent_of_workers_and_errors_surface_at_their_step():
     def make(step):
         if step == 7:

@@ -114,8 +114,11 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"training config not found: {path}")
-        with open(path, "rb") as f:
-            d = tomllib.load(f)
+        try:
+            with open(path, "rb") as f:
+                d = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:  # a ValueError, which `campipe train` reports
+            raise ValueError(f"{path}: invalid TOML: {e}") from None
         return cls.from_dict(d, path)
 
     @classmethod
