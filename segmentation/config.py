@@ -15,6 +15,24 @@ from typing import Any
 DEFAULT_SEMANTIC_CLASSES = ("sky", "person", "hair", "skin", "teeth", "glasses")
 
 
+
+#: how a class branch (``HyperDETRConfig.class_branches``) moves its classes' logits: both ways, or only lower them
+BRANCH_MODES = ("both", "lower")
+
+
+def _branch_entry(e) -> tuple:
+    """One ``class_branches`` entry, normalised: ``(classes, hidden, stride)``, or with ``"lower"`` as a fourth item
+    (the default mode "both" is not stored, so configs written before modes existed read back unchanged)."""
+    e = tuple(e)
+    if len(e) not in (3, 4):
+        raise ValueError(f"class_branches entry {e}: expected (classes, hidden, stride[, mode])")
+    mode = str(e[3]) if len(e) == 4 else "both"
+    if mode not in BRANCH_MODES:
+        raise ValueError(f"class_branches entry {e}: mode must be one of {BRANCH_MODES}, got {mode!r}")
+    head = (tuple(e[0]), int(e[1]), int(e[2]))
+    return head if mode == "both" else (*head, mode)
+
+
 @dataclass
 class HyperDETRConfig:
     """Architecture hyper-parameters of :class:`campipe.segmentation.model.HyperDETR`.
@@ -57,7 +75,10 @@ class HyperDETRConfig:
             1, 2 or 4 (e.g. ``((("skin",), 32, 4),)``), each reading the same features and its own classes' logits
             and writing to those only; classes may not appear in two branches (nor in the sky branch). Fitted on a
             frozen model by ``fit_sky_branch --extra``. Why a separate branch: sharing the sky branch moved the sky
-            (MODEL_CARD.md, eleventh session).
+            (MODEL_CARD.md, eleventh session). An entry may name a fourth item, its mode (:data:`BRANCH_MODES`):
+            ``"lower"`` makes the branch's residual ``min(r, 0)``, so it can only lower its classes' logits (take a
+            class off pixels, never put it on new ones); ``"both"`` (the default, stored as a 3-item entry) adds
+            ``r`` as it is.
     """
 
     width_mult: float = 1.5
@@ -110,9 +131,9 @@ class HyperDETRConfig:
                                      or len(set(self.sky_head_classes)) != len(self.sky_head_classes)):
             raise ValueError(f"sky_head_classes must start with 'sky' and list distinct semantic classes, got "
                              f"{self.sky_head_classes}")
-        self.class_branches = tuple((tuple(c), int(h), int(st)) for c, h, st in self.class_branches)
+        self.class_branches = tuple(_branch_entry(e) for e in self.class_branches)
         seen = list(self.sky_head_classes) if self.sky_head_hidden else []
-        for c, h, st in self.class_branches:
+        for c, h, st, *_ in self.class_branches:
             if not c or any(k not in self.semantic_classes or k in seen for k in c) or len(set(c)) != len(c) \
                     or h <= 0 or st not in (1, 2, 4):
                 raise ValueError(f"class_branches entry {(c, h, st)}: classes must be distinct semantic classes not "
@@ -120,6 +141,13 @@ class HyperDETRConfig:
             seen += list(c)
         if len(self.decoder_dims) != 4:
             raise ValueError("decoder_dims needs 4 values (strides 16, 8, 4, 2)")
+
+    @property
+    def branch_specs(self) -> list[tuple[tuple[str, ...], int, int, str]]:
+        """Every residual branch as ``(classes, hidden, stride, mode)``, the sky branch first (mode "both")."""
+        sky = ([(tuple(self.sky_head_classes), self.sky_head_hidden, self.sky_head_stride, "both")]
+               if self.sky_head_hidden else [])
+        return sky + [(e[0], e[1], e[2], e[3] if len(e) == 4 else "both") for e in self.class_branches]
 
     @property
     def active_dec_layers(self) -> int:
@@ -137,7 +165,7 @@ class HyperDETRConfig:
         d["semantic_classes"] = list(self.semantic_classes)
         d["decoder_dims"] = list(self.decoder_dims)
         d["sky_head_classes"] = list(self.sky_head_classes)
-        d["class_branches"] = [[list(c), h, st] for c, h, st in self.class_branches]
+        d["class_branches"] = [[list(e[0]), *e[1:]] for e in self.class_branches]
         return d
 
     @classmethod

@@ -120,6 +120,8 @@ class SkyBranch(nn.Module):
     per-channel ``in_mean`` / ``in_std`` buffers (set when it is fitted), then (with ``stride`` 2: average-pooled
     2 x 2) 3x3 conv, ReLU, 3x3 conv with dilation 2, ReLU, 1x1 conv (with ``stride`` 2: upsampled bilinearly back).
     The last conv starts at zero, so a model with a fresh branch gives exactly the outputs of the model without it.
+    With ``lower_only`` (a class branch of mode "lower", :data:`..config.BRANCH_MODES`) the output is ``min(y, 0)``
+    before the upsampling: the branch can take its classes off pixels, never put them on new ones.
     Receptive field: 7 x 7 cells of its grid (3 on either side; with ``stride`` 2 about 8 mask cells on either side,
     with ``stride`` 4 about 16), inside the tiled decoder's halo (:mod:`.tiling`: 2 stride-32 cells = 32 cells at
     mask stride 2). Also the shape of ``cfg.class_branches``.
@@ -133,9 +135,10 @@ class SkyBranch(nn.Module):
     and thirteenth sessions).
     """
 
-    def __init__(self, cin: int, hidden: int, stride: int = 1, n_out: int = 1) -> None:
+    def __init__(self, cin: int, hidden: int, stride: int = 1, n_out: int = 1, lower_only: bool = False) -> None:
         super().__init__()
         self.stride = stride
+        self.lower_only = lower_only
         self.register_buffer("in_mean", torch.zeros(cin))
         self.register_buffer("in_std", torch.ones(cin))
         self.body = nn.Sequential(nn.Conv2d(cin, hidden, 3, 1, 1), nn.ReLU(),
@@ -168,6 +171,8 @@ class SkyBranch(nn.Module):
         groups, (B, cin, h // stride, w // stride)), upsampled to ``size`` = (h, w); what a fit on cached pooled
         inputs runs (:mod:`.training.fit_sky_branch`)."""
         y = self.last(self.hidden([pooled] if torch.is_tensor(pooled) else list(pooled)))
+        if self.lower_only:
+            y = y - F.relu(y)  # min(y, 0); at y = 0 (a fresh branch) the gradient still passes
         if self.stride == 1:
             return y
         return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
@@ -204,14 +209,13 @@ class ConvDecoder(nn.Module):
             nn.init.zeros_(self.sem_branch[2].bias)
         # residual branches: the sky branch (its own attribute, the checkpoints' key) and ``cfg.class_branches``
         feat_c = cfg.mask_dim + (d2 if cfg.mask_stride == 2 else 0)
-        specs = ([(tuple(cfg.sky_head_classes), cfg.sky_head_hidden, cfg.sky_head_stride)] if cfg.sky_head_hidden
-                 else []) + list(cfg.class_branches)
-        mods = [SkyBranch(feat_c + len(c), h, st, len(c)) for c, h, st in specs]
+        specs = cfg.branch_specs
+        mods = [SkyBranch(feat_c + len(c), h, st, len(c), lower_only=mode == "lower") for c, h, st, mode in specs]
         self.sky_branch = mods.pop(0) if cfg.sky_head_hidden else None
         self.class_branches = nn.ModuleList(mods)
         #: per residual branch (the sky branch first), the channels of ``sem`` it reads and writes, in its classes'
         #: order
-        self.branch_indices = [[list(cfg.semantic_classes).index(k) for k in c] for c, _, _ in specs]
+        self.branch_indices = [[list(cfg.semantic_classes).index(k) for k in c] for c, *_ in specs]
 
     def forward(self, p32: torch.Tensor, feats: dict[str, torch.Tensor], image: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,6 +301,9 @@ def joint_branches(brs: list[SkyBranch], parts: list[list[torch.Tensor]]) -> tor
                               + ([w.new_zeros(w.shape[0], after, 1, 1)] if after else []), 1))
     kernel = torch.cat(rows, 0)
     y = F.conv2d(torch.cat(hidden, 1), kernel, torch.cat([b.last.bias for b in brs]))
+    if any(b.lower_only for b in brs):  # min(y, 0) on the lower-only branches' channels, as SkyBranch does
+        lower = y.new_tensor([float(b.lower_only) for b in brs for _ in range(b.last.out_channels)])
+        y = y - F.relu(y) * lower.view(1, -1, 1, 1)
     return y if stride == 1 else F.interpolate(y, size=size, mode="bilinear", align_corners=False)
 
 

@@ -308,10 +308,12 @@ def test_fit_command_rejects_a_malformed_share(tmp_path):
 
 
 def _with_class_branch(plain: torch.nn.Module, classes=("skin",), hidden: int = 8, stride: int = 4,
-                       seed: int | None = 11) -> torch.nn.Module:
-    """``plain`` plus a further residual branch (``model.class_branches``), live unless ``seed`` is None."""
+                       seed: int | None = 11, mode: str | None = None) -> torch.nn.Module:
+    """``plain`` plus a further residual branch (``model.class_branches``, of ``mode`` if given), live unless
+    ``seed`` is None."""
     d = plain.cfg.to_dict()
-    cfg = HyperDETRConfig.from_dict({**d, "class_branches": [*d["class_branches"], [list(classes), hidden, stride]]})
+    entry = [list(classes), hidden, stride] + ([mode] if mode else [])
+    cfg = HyperDETRConfig.from_dict({**d, "class_branches": [*d["class_branches"], entry]})
     m = build_model(cfg).eval()
     missing, unexpected = m.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("decoder.class_branches.") for k in missing)
@@ -328,6 +330,47 @@ def test_class_branches_config_validation_and_round_trip():
     cfg = tiny_config(sky_head_hidden=4, class_branches=[[["skin"], 8, 4], [["teeth", "glasses"], 4, 1]])
     assert cfg.class_branches == ((("skin",), 8, 4), (("teeth", "glasses"), 4, 1))
     assert HyperDETRConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    # modes: "both" is the default and not stored; "lower" is kept as a fourth item; anything else is refused
+    assert tiny_config(class_branches=[[["skin"], 8, 4, "both"]]).class_branches == ((("skin",), 8, 4),)
+    low = tiny_config(sky_head_hidden=4, class_branches=[[["hair"], 8, 4, "lower"], [["skin"], 8, 4]])
+    assert low.class_branches == ((("hair",), 8, 4, "lower"), (("skin",), 8, 4))
+    assert HyperDETRConfig.from_dict(json.loads(json.dumps(low.to_dict()))) == low
+    assert [m for *_, m in low.branch_specs] == ["both", "lower", "both"]  # the sky branch first
+    for bad in ([[["hair"], 8, 4, "raise"]], [[["hair"], 8, 4, "lower", 1]], [[["hair"], 8]]):
+        with pytest.raises(ValueError, match="class_branches entry"):
+            tiny_config(class_branches=bad)
+
+
+@pytest.mark.parametrize("stride", [1, 4])
+def test_a_lower_only_branch_only_lowers_its_logits(tmp_path, stride):
+    """Mode "lower": the branch's residual is min(r, 0) of the same branch's "both" residual (exactly, before the
+    upsampling: at stride 1 the difference of the logits); its classes' logits never rise, the others are the
+    model's without it; a fresh one is the identity; the exported graph agrees; and a calibration offset, which
+    could not move the clamped logit exactly, is refused for its classes."""
+    from campipe.segmentation.training.calibrate import apply_offsets
+
+    plain = calibrated_model(tiny_config(keep_dec_layers=2, mask_stride=2, sem_head_hidden=8))
+    both = _with_class_branch(plain, ("hair", "teeth"), stride=stride)
+    low = _with_class_branch(plain, ("hair", "teeth"), stride=stride, mode="lower")
+    low.load_state_dict(both.state_dict())
+    fresh = _with_class_branch(plain, ("hair", "teeth"), stride=stride, seed=None, mode="lower")
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(8))
+    names = list(plain.cfg.semantic_classes)
+    ks = [names.index("hair"), names.index("teeth")]
+    others = [i for i in range(len(names)) if i not in ks]
+    with torch.no_grad():
+        a, b, c, f = plain(x)["sem_logits"], both(x)["sem_logits"], low(x)["sem_logits"], fresh(x)["sem_logits"]
+    assert torch.equal(f, a)
+    assert torch.equal(c[:, others], a[:, others])
+    r = c[:, ks] - a[:, ks]
+    assert float(r.max()) <= 1e-6 and float(r.min()) < -1e-2          # lowers somewhere, never raises
+    assert float((b[:, ks] - a[:, ks]).max()) > 1e-2                    # where the "both" branch raises
+    if stride == 1:
+        torch.testing.assert_close(r, (b[:, ks] - a[:, ks]).clamp(max=0), atol=1e-5, rtol=0)
+    assert_onnx_matches_eager(low, tmp_path / "low.onnx")
+    with pytest.raises(ValueError, match="lower"):
+        apply_offsets(low, {"hair": 0.5})
+    apply_offsets(low, {"skin": 0.5})  # a class no lower-only branch refines is fine
 
 
 @pytest.mark.parametrize("sky", [False, True])
@@ -397,11 +440,13 @@ def test_class_branch_survives_checkpoint_int8_tiling_onnx_and_calibration(tmp_p
 def test_branches_run_jointly_as_if_one_after_the_other(tmp_path):
     """``ConvDecoder.add_branch_residuals`` runs branches of one stride together (:func:`joint_branches`: one
     read-out conv, one upsampling); the result must equal applying the branches one after the other, each with its
-    own normalisation, in eager mode and in the exported graph."""
+    own normalisation (and the skin branch, of mode "lower", with its clamp), in eager mode and in the exported
+    graph."""
     from campipe.segmentation.model import _add_residual, joint_branches
 
     plain = calibrated_model(tiny_config(keep_dec_layers=2, mask_stride=2, sem_head_hidden=8))
-    m = _with_class_branch(_with_class_branch(_live(_with_branch(plain, stride=4)), ("skin",), hidden=8, stride=4),
+    m = _with_class_branch(_with_class_branch(_live(_with_branch(plain, stride=4)), ("skin",), hidden=8, stride=4,
+                                              mode="lower"),
                            ("teeth", "glasses"), hidden=4, stride=2, seed=12)
     g = torch.Generator().manual_seed(4)
     dec = m.decoder
@@ -409,6 +454,7 @@ def test_branches_run_jointly_as_if_one_after_the_other(tmp_path):
         for br in dec.residual_branches:
             br.in_mean.copy_(torch.randn(br.in_mean.shape, generator=g))
             br.in_std.copy_(0.5 + torch.rand(br.in_std.shape, generator=g))
+        dec.class_branches[0].last.bias -= 1.0  # so that the lower-only skin branch lowers somewhere
     assert [b.stride for b in dec.residual_branches] == [4, 4, 2]
 
     def one_after_the_other(sem, d2, x):
@@ -630,3 +676,48 @@ def test_extra_skin_fit_makes_celebamask_bare_skin_unknown_for_skin(tmp_path, mo
     assert rec["bare_skin_unknown"]
     assert seen and set(seen) == {("skin",)}
     assert len(seen) == rec["photos"]["celebamask"]  # the fit's photos, not the held-out ones
+
+
+def test_a_lower_only_branch_learns_to_take_a_class_off_and_the_fit_command_builds_one(tmp_path):
+    """From its zero start (where min(r, 0) still passes the gradient) a lower-only branch learns to remove a class
+    the frozen logit calls everywhere; ``--extra --lower-only`` writes a branch of mode "lower" and records it;
+    ``--lower-only`` without ``--extra`` is refused."""
+    from campipe.segmentation.checkpoint import read_checkpoint
+    from campipe.segmentation.training.fit_sky_branch import cached_entry, fit, main, pooled_iou
+    from test_segmentation_helpers import write_tiny_data
+
+    m = _with_class_branch(calibrated_model(tiny_config(mask_stride=2)), ("hair",), stride=4, seed=None,
+                           mode="lower")
+    br = m.decoder.class_branches[0]
+    for p in m.parameters():
+        p.requires_grad_(False)
+    for p in br.body.parameters():
+        p.requires_grad_(True)
+    cin = br.in_mean.numel()
+    rng = np.random.default_rng(5)
+    pool = []
+    for _ in range(12):
+        f = rng.normal(0, 1, (cin, 32, 32)).astype(np.float32)
+        y = np.zeros((1, 32, 32), np.float32)
+        y[0, : rng.integers(8, 24)] = 1.0              # hair in a top band only
+        f[0] = np.where(y[0] > 0, 2.0, -2.0) + 0.3 * f[0]
+        f[-1] = 3.0                                     # the frozen logit: hair everywhere
+        pool.append(cached_entry(f, y, np.ones((1, 32, 32), bool), 4))
+    before = pooled_iou(pool[8:])
+    assert before < 0.7
+    fit(m, pool[:8], pool[:8], steps=300, batch=8, patch=16, log=lambda s: None, branch=br)
+    assert pooled_iou(pool[8:], br) > 0.9
+
+    data = write_tiny_data(tmp_path / "data")
+    src = tmp_path / "base.pt"
+    plain = _live(_with_branch(calibrated_model(tiny_config(mask_stride=2)), stride=4))
+    save_checkpoint(src, plain, plain.cfg, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    base = ["--float", str(src), "--data", str(data), "--classes", "skin", "--hidden", "8", "--stride", "4",
+            "--steps", "3", "--batch", "2", "--patch", "8"]
+    with pytest.raises(SystemExit, match="--extra"):
+        main([*base, "--out", str(tmp_path / "x.pt"), "--lower-only"])
+    out = tmp_path / "low.pt"
+    assert main([*base, "--out", str(out), "--extra", "--lower-only"]) == 0
+    _, meta = load_checkpoint(out)
+    assert meta["config_obj"].class_branches == ((("skin",), 8, 4, "lower"),)
+    assert read_checkpoint(out)["extra"]["class_branch:skin"]["lower_only"]

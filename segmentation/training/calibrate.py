@@ -170,6 +170,9 @@ def apply_offsets(model: torch.nn.Module, offsets: dict[str, float]) -> torch.nn
             raise KeyError(f"unknown class {c!r} (model classes: {classes})")
         if c in refined:
             br, j = refined[c]
+            if br.lower_only:
+                raise ValueError(f"{c!r} is refined by a lower-only branch (min(r, 0)), which an offset on its bias "
+                                 "would not move exactly; calibrate before fitting such a branch")
             br.last.bias[j] += float(off)
         else:
             bias[classes.index(c)] += float(off)

@@ -3,10 +3,14 @@
 ``python -m campipe.segmentation.training.fit_sky_branch --float FLOAT.pt --data ../shared/data --out OUT.pt
 [--classes sky[,skin...]] [--hidden 16] [--stride 1|2|4] [--steps 2000] [--neg-limit 250] [--holdout 25]
 [--share SET=P ...] [--camvid-share P] [--synth N] [--hair-below FRAC] [--twilight K] [--scored-limit N]
-[--bare-skin-unknown] [--portrait-bg-not-sky] [--refit | --extra]``
+[--bare-skin-unknown] [--portrait-bg-not-sky] [--refit | --extra [--lower-only]]``
 
 With ``--extra`` it fits a further branch for ``--classes`` (``model.class_branches``, any classes not refined yet,
 sky not needed) on a model that may already have its sky branch, which stays as it is; otherwise the sky branch.
+``--lower-only`` makes that further branch one of mode "lower" (residual ``min(r, 0)``): it can take its classes off
+pixels and never put them on new ones (why: hair branches that could add hair painted dark clothes, helmets and steel
+lattices as hair, while most of what they gained came from the hair they removed; MODEL_CARD.md, fifteenth
+session).
 
 Everything but the branch is frozen, and the branch writes the logits of ``--classes`` only (``model.
 sky_head_classes``, sky first), so every other output of ``OUT.pt`` equals ``FLOAT.pt``'s bit for bit. The frozen
@@ -367,6 +371,10 @@ def main(argv=None) -> int:
                     help="sky known absent on the whole frame of CelebAMask's face close-ups (datasets."
                          "sky_absent_on_portraits; their backgrounds are unlabelled, mostly backdrops and rooms); "
                          "needs sky in --classes")
+    ap.add_argument("--lower-only", action="store_true",
+                    help="with --extra: a branch that can only lower its classes' logits (mode 'lower' of "
+                         "model.class_branches: residual min(r, 0)), so it can take a class off pixels but never put "
+                         "it on new ones")
     ap.add_argument("--extra", action="store_true",
                     help="fit a further branch for --classes (model.class_branches) on a model that may already "
                          "have its sky branch, instead of the sky branch")
@@ -377,6 +385,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"--patch {a.patch} must be a multiple of --stride {a.stride}")
     if a.refit and a.extra:
         raise SystemExit("--refit replaces the sky branch; --extra fits a further branch: choose one")
+    if a.lower_only and not a.extra:
+        raise SystemExit("--lower-only is a mode of the further branches (--extra), not of the sky branch")
     if a.hair_below is not None and not 0.0 < a.hair_below <= 1.0:
         raise SystemExit("--hair-below takes a fraction of the person's height in (0, 1]")
 
@@ -431,7 +441,8 @@ def main(argv=None) -> int:
     base, meta = load_checkpoint(a.float_ckpt)
     if base.cfg.sky_head_hidden and not (a.extra or a.refit):
         raise SystemExit(f"{a.float_ckpt} already has a sky branch (--extra fits a further one, --refit replaces it)")
-    update = ({"class_branches": [*base.cfg.to_dict()["class_branches"], [list(classes), a.hidden, a.stride]]}
+    entry = [list(classes), a.hidden, a.stride] + (["lower"] if a.lower_only else [])
+    update = ({"class_branches": [*base.cfg.to_dict()["class_branches"], entry]}
               if a.extra else {"sky_head_hidden": a.hidden, "sky_head_stride": a.stride, "sky_head_classes": classes})
     try:
         cfg = HyperDETRConfig.from_dict({**base.cfg.to_dict(), **update})
@@ -511,6 +522,7 @@ def main(argv=None) -> int:
                   "holdout": a.holdout, "seed": a.seed, "shares": shares, "synth": a.synth, "hair_below": a.hair_below,
                   "twilight": a.twilight, "refit": a.refit, "scored_limit": a.scored_limit,
                   "bare_skin_unknown": a.bare_skin_unknown, "portrait_bg_not_sky": a.portrait_bg_not_sky,
+                  "lower_only": a.lower_only,
                   "photos": counts, "losses": losses, "holdout_iou_feature_res": held_iou}
     save_checkpoint(a.out, model, model.cfg, mean=mean, std=std, metrics=meta.get("metrics"), extra=extra)
     print(f"wrote {a.out} ({time.time() - t0:.0f} s)")

@@ -130,7 +130,7 @@ def merge_class_branches(base: torch.nn.Module, other: torch.nn.Module) -> torch
     if not other.cfg.class_branches:
         raise ValueError("the other model has no class branches (model.class_branches)")
     # (the other model's own config already forbids its sky branch refining a class its class branches read)
-    read = {c for cs, _, _ in other.cfg.class_branches for c in cs}
+    read = {c for cs, *_ in other.cfg.class_branches for c in cs}
     hit = sorted(read & set(base.cfg.sky_head_classes)) if base.cfg.sky_head_hidden else []
     if hit:
         raise ValueError(f"the base's sky branch refines {hit}, which a class branch reads")
