@@ -678,35 +678,45 @@ def test_extra_skin_fit_makes_celebamask_bare_skin_unknown_for_skin(tmp_path, mo
     assert len(seen) == rec["photos"]["celebamask"]  # the fit's photos, not the held-out ones
 
 
-def test_a_lower_only_branch_learns_to_take_a_class_off_and_the_fit_command_builds_one(tmp_path):
-    """From its zero start (where min(r, 0) still passes the gradient) a lower-only branch learns to remove a class
-    the frozen logit calls everywhere; ``--extra --lower-only`` writes a branch of mode "lower" and records it;
-    ``--lower-only`` without ``--extra`` is refused."""
+def test_a_lower_only_branch_is_fitted_both_ways_and_the_fit_command_builds_one(tmp_path):
+    """Generated cached inputs where the frozen logit calls the class on a few rows it should not (to remove) and
+    misses many rows it should call (to add). Fitted with min(r, 0) in place, the branch dies (the pixels asking for
+    more push the residual above zero, where the clamp passes no gradient: rule 22 in MODEL_CARD.md) and changes
+    nothing; fitted both ways and then switched to "lower", it keeps its removals and gains. ``--extra
+    --lower-only`` writes a branch of mode "lower" and records it; without ``--extra`` it is refused."""
     from campipe.segmentation.checkpoint import read_checkpoint
     from campipe.segmentation.training.fit_sky_branch import cached_entry, fit, main, pooled_iou
     from test_segmentation_helpers import write_tiny_data
 
-    m = _with_class_branch(calibrated_model(tiny_config(mask_stride=2)), ("hair",), stride=4, seed=None,
-                           mode="lower")
-    br = m.decoder.class_branches[0]
-    for p in m.parameters():
-        p.requires_grad_(False)
-    for p in br.body.parameters():
-        p.requires_grad_(True)
-    cin = br.in_mean.numel()
-    rng = np.random.default_rng(5)
-    pool = []
-    for _ in range(12):
-        f = rng.normal(0, 1, (cin, 32, 32)).astype(np.float32)
-        y = np.zeros((1, 32, 32), np.float32)
-        y[0, : rng.integers(8, 24)] = 1.0              # hair in a top band only
-        f[0] = np.where(y[0] > 0, 2.0, -2.0) + 0.3 * f[0]
-        f[-1] = 3.0                                     # the frozen logit: hair everywhere
-        pool.append(cached_entry(f, y, np.ones((1, 32, 32), bool), 4))
-    before = pooled_iou(pool[8:])
-    assert before < 0.7
-    fit(m, pool[:8], pool[:8], steps=300, batch=8, patch=16, log=lambda s: None, branch=br)
-    assert pooled_iou(pool[8:], br) > 0.9
+    def fitted(mode, wrong: int, missed: int):
+        """A branch fitted where the frozen logit calls the top ``wrong`` rows that are not the class and misses
+        the bottom ``missed`` rows that are; the rows between are right."""
+        rng = np.random.default_rng(5)
+        m = _with_class_branch(calibrated_model(tiny_config(mask_stride=2)), ("hair",), stride=4, seed=None, mode=mode)
+        br = m.decoder.class_branches[0]
+        for p in m.parameters():
+            p.requires_grad_(False)
+        for p in br.body.parameters():
+            p.requires_grad_(True)
+        entries = []
+        for _ in range(12):
+            y = np.zeros((1, 32, 32), np.float32)
+            y[0, wrong:] = 1.0
+            f = rng.normal(0, 1, (br.in_mean.numel(), 32, 32)).astype(np.float32)
+            f[0] = np.where(y[0] > 0, 2.0, -2.0) + 0.3 * rng.normal(0, 1, (32, 32))
+            f[-1] = np.where(np.arange(32)[:, None] < 32 - missed, 3.0, -3.0)
+            entries.append(cached_entry(f, y, np.ones((1, 32, 32), bool), 4))
+        fit(m, entries[:8], entries[:8], steps=300, batch=8, patch=16, log=lambda s: None, branch=br)
+        return br, entries[8:]
+
+    br, held = fitted("lower", 8, 16)  # more to add than to remove: the first step pushes the residual up
+    assert abs(pooled_iou(held, br) - pooled_iou(held)) < 1e-3       # died: the clamp passes no gradient
+    assert float(br.last.weight.detach().abs().max()) < 0.05
+    br, held = fitted(None, 10, 12)
+    before, both = pooled_iou(held), pooled_iou(held, br)
+    br.lower_only = True
+    lowered = pooled_iou(held, br)
+    assert both > lowered > before + 0.02                             # its removals alone still gain
 
     data = write_tiny_data(tmp_path / "data")
     src = tmp_path / "base.pt"

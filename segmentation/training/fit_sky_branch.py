@@ -10,7 +10,9 @@ sky not needed) on a model that may already have its sky branch, which stays as 
 ``--lower-only`` makes that further branch one of mode "lower" (residual ``min(r, 0)``): it can take its classes off
 pixels and never put them on new ones (why: hair branches that could add hair painted dark clothes, helmets and steel
 lattices as hair, while most of what they gained came from the hair they removed; MODEL_CARD.md, fifteenth
-session).
+session). The branch is *fitted* both ways and switched to "lower" afterwards: fitted with the clamp it died after
+its first step (the pixels asking for more hair pushed the residual above zero everywhere, where the clamp passes no
+gradient; rule 22); the held-out figures are printed for both.
 
 Everything but the branch is frozen, and the branch writes the logits of ``--classes`` only (``model.
 sky_head_classes``, sky first), so every other output of ``OUT.pt`` equals ``FLOAT.pt``'s bit for bit. The frozen
@@ -441,7 +443,7 @@ def main(argv=None) -> int:
     base, meta = load_checkpoint(a.float_ckpt)
     if base.cfg.sky_head_hidden and not (a.extra or a.refit):
         raise SystemExit(f"{a.float_ckpt} already has a sky branch (--extra fits a further one, --refit replaces it)")
-    entry = [list(classes), a.hidden, a.stride] + (["lower"] if a.lower_only else [])
+    entry = [list(classes), a.hidden, a.stride]  # --lower-only: fitted both ways, switched after the fit
     update = ({"class_branches": [*base.cfg.to_dict()["class_branches"], entry]}
               if a.extra else {"sky_head_hidden": a.hidden, "sky_head_stride": a.stride, "sky_head_classes": classes})
     try:
@@ -509,6 +511,16 @@ def main(argv=None) -> int:
         held_iou[c] = {"frozen": own, "branch": new}
         print(f"held-out training photos of {'/'.join(scored[c])} ({len(samples)}), {c} IoU at the feature "
               f"resolution: frozen model {own:.4f}, with the branch {new:.4f}")
+        if a.lower_only:
+            br.lower_only = True
+            held_iou[c]["branch_lowered"] = low = pooled_iou(samples, br, j)
+            br.lower_only = False
+            print(f"  with the branch switched to 'lower' (its residual min(r, 0)): {low:.4f}")
+    if a.lower_only:
+        br.lower_only = True
+        cfg = HyperDETRConfig.from_dict({**cfg.to_dict(), "class_branches": [*cfg.to_dict()["class_branches"][:-1],
+                                                                             [*entry, "lower"]]})
+        model.cfg = cfg
     if "twilight" in hold:
         own = pooled_iou(hold["twilight"])
         new = pooled_iou(hold["twilight"], br)
