@@ -92,8 +92,8 @@ def save_checkpoint(path: str | Path, model: HyperDETR, cfg: HyperDETRConfig | N
 
 def _load_error(e: Exception) -> str:
     """One short reason for a failed ``torch.load``. Its unpickling errors open with advice to retry with
-    ``weights_only=False`` (running code from the file), which campipe's weight loading never does; their last line says what stopped
-    the unpickler, before a pointer to the documentation."""
+    ``weights_only=False`` (running code from the file), which campipe's weight loading never does; their last line
+    says what stopped the unpickler, before a pointer to the documentation."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     if isinstance(e, pickle.UnpicklingError):
         why = [ln for ln in lines if not ln.startswith(("Check the documentation", "Please file an issue"))

@@ -172,7 +172,8 @@ class SkyBranch(nn.Module):
         inputs runs (:mod:`.training.fit_sky_branch`)."""
         y = self.last(self.hidden([pooled] if torch.is_tensor(pooled) else list(pooled)))
         if self.lower_only:
-            y = y - F.relu(y)  # min(y, 0); at y = 0 (a fresh branch) the gradient still passes
+            y = y - F.relu(y)  # min(y, 0): no gradient where y > 0, so such a branch is fitted both ways first
+            # (fit_sky_branch --lower-only; fitted with the clamp, one step made y > 0 everywhere: MODEL_CARD.md)
         if self.stride == 1:
             return y
         return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
