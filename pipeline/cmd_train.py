@@ -108,9 +108,10 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"campipe eval: data folder not found: {data_dir}", err=True)
             raise typer.Exit(1)
         if not sets:  # every set the folder holds; an explicit --set that is missing stays an error
+            from campipe.segmentation.training.datasets import has_set
             from campipe.segmentation.training.evaluate import EVAL_SPEC
 
-            sets = [s for s in EVAL_SPEC if (data_dir / s / "images").is_dir() and (data_dir / s / "masks").is_dir()]
+            sets = [s for s in EVAL_SPEC if has_set(data_dir, s)]
             missing = [s for s in EVAL_SPEC if s not in sets]
             if not sets:
                 typer.echo(f"campipe eval: no data set under {data_dir}: expected one or more of "

@@ -70,10 +70,16 @@ def is_val(set_name: str, stem: str, percent: int = VAL_PERCENT) -> bool:
     return h % 100 < percent
 
 
+def has_set(data_dir: Path, set_name: str) -> bool:
+    """Whether ``data_dir`` holds ``set_name`` as this module reads it (its ``images/`` and ``masks/`` folders)."""
+    d = Path(data_dir) / set_name
+    return (d / "images").is_dir() and (d / "masks").is_dir()
+
+
 def list_stems(data_dir: Path, set_name: str, split: str = "all") -> list[str]:
     """Sorted stems of ``set_name`` having both image and mask; ``split`` in {'train', 'val', 'all'}."""
     d = Path(data_dir) / set_name
-    if not (d / "images").is_dir() or not (d / "masks").is_dir():
+    if not has_set(data_dir, set_name):
         raise FileNotFoundError(f"data set {set_name!r} not found: expected {d}/images and {d}/masks")
     if split not in ("train", "val", "all"):
         raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
