@@ -504,23 +504,20 @@ def main(argv=None) -> int:
     losses = fit(model, pool, norm_pool, a.steps, a.batch, a.patch, a.seed, log=lambda m: print(m, flush=True),
                  groups=groups, shares=shares or None, branch=br)
     held_iou = {}
+    held_of = {c: [x for s in scored[c] for x in hold.get(s, [])] for c in classes}
     for j, c in enumerate(classes):
-        samples = [x for s in scored[c] for x in hold.get(s, [])]
-        own = pooled_iou(samples, None, j)
-        new = pooled_iou(samples, br, j)
+        own = pooled_iou(held_of[c], None, j)
+        new = pooled_iou(held_of[c], br, j)
         held_iou[c] = {"frozen": own, "branch": new}
-        print(f"held-out training photos of {'/'.join(scored[c])} ({len(samples)}), {c} IoU at the feature "
+        print(f"held-out training photos of {'/'.join(scored[c])} ({len(held_of[c])}), {c} IoU at the feature "
               f"resolution: frozen model {own:.4f}, with the branch {new:.4f}")
-        if a.lower_only:
-            br.lower_only = True
-            held_iou[c]["branch_lowered"] = low = pooled_iou(samples, br, j)
-            br.lower_only = False
-            print(f"  with the branch switched to 'lower' (its residual min(r, 0)): {low:.4f}")
-    if a.lower_only:
+    if a.lower_only:  # fitted both ways; from here on (figures and file) the branch of mode "lower"
         br.lower_only = True
-        cfg = HyperDETRConfig.from_dict({**cfg.to_dict(), "class_branches": [*cfg.to_dict()["class_branches"][:-1],
-                                                                             [*entry, "lower"]]})
-        model.cfg = cfg
+        d = cfg.to_dict()
+        model.cfg = HyperDETRConfig.from_dict({**d, "class_branches": [*d["class_branches"][:-1], [*entry, "lower"]]})
+        for j, c in enumerate(classes):
+            held_iou[c]["branch_lowered"] = low = pooled_iou(held_of[c], br, j)
+            print(f"{c}, the branch switched to 'lower' (its residual min(r, 0)): {low:.4f}")
     if "twilight" in hold:
         own = pooled_iou(hold["twilight"])
         new = pooled_iou(hold["twilight"], br)
