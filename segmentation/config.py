@@ -73,12 +73,13 @@ class HyperDETRConfig:
             cost hardly changes); every class not listed stays exactly the model's without the branch.
         class_branches: further residual branches of the same shape, each ``(classes, hidden, stride)`` with stride
             1, 2 or 4 (e.g. ``((("skin",), 32, 4),)``), each reading the same features and its own classes' logits
-            and writing to those only; classes may not appear in two branches (nor in the sky branch). Fitted on a
-            frozen model by ``fit_sky_branch --extra``. Why a separate branch: sharing the sky branch moved the sky
-            (MODEL_CARD.md, eleventh session). An entry may name a fourth item, its mode (:data:`BRANCH_MODES`):
-            ``"lower"`` makes the branch's residual ``min(r, 0)``, so it can only lower its classes' logits (take a
-            class off pixels, never put it on new ones); ``"both"`` (the default, stored as a 3-item entry) adds
-            ``r`` as it is.
+            and writing to those only. Fitted on a frozen model by ``fit_sky_branch --extra``. Why a separate branch:
+            sharing the sky branch moved the sky (MODEL_CARD.md, eleventh session). An entry may name a fourth item,
+            its mode (:data:`BRANCH_MODES`): ``"lower"`` makes the branch's residual ``min(r, 0)``, so it can only
+            lower its classes' logits (take a class off pixels, never put it on new ones); ``"both"`` (the default,
+            stored as a 3-item entry) adds ``r`` as it is. A class is refined by at most one branch of each mode
+            (the sky branch is of mode "both"): with two, both read the logit before any branch and their residuals
+            add up (a lower-only branch beside a class's fitted branch takes off what that one leaves wrongly on).
     """
 
     width_mult: float = 1.5
@@ -132,13 +133,15 @@ class HyperDETRConfig:
             raise ValueError(f"sky_head_classes must start with 'sky' and list distinct semantic classes, got "
                              f"{self.sky_head_classes}")
         self.class_branches = tuple(_branch_entry(e) for e in self.class_branches)
-        seen = list(self.sky_head_classes) if self.sky_head_hidden else []
-        for c, h, st, *_ in self.class_branches:
-            if not c or any(k not in self.semantic_classes or k in seen for k in c) or len(set(c)) != len(c) \
+        seen = {"both": list(self.sky_head_classes) if self.sky_head_hidden else [], "lower": []}
+        for c, h, st, *mode in self.class_branches:
+            taken = seen[mode[0] if mode else "both"]
+            if not c or any(k not in self.semantic_classes or k in taken for k in c) or len(set(c)) != len(c) \
                     or h <= 0 or st not in (1, 2, 4):
-                raise ValueError(f"class_branches entry {(c, h, st)}: classes must be distinct semantic classes not "
-                                 f"refined by another branch, hidden > 0, stride 1, 2 or 4")
-            seen += list(c)
+                raise ValueError(f"class_branches entry {(c, h, st, *mode)}: classes must be distinct semantic "
+                                 f"classes not refined by another branch of the same mode, hidden > 0, stride 1, 2 "
+                                 f"or 4")
+            taken += list(c)
         if len(self.decoder_dims) != 4:
             raise ValueError("decoder_dims needs 4 values (strides 16, 8, 4, 2)")
 

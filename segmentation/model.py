@@ -236,9 +236,10 @@ class ConvDecoder(nn.Module):
     def add_branch_residuals(self, sem: torch.Tensor, d2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``sem`` with every residual branch's output added to the logits it refines.
 
-        Equal (up to float rounding) to applying the branches one after the other, since no branch reads a logit
-        another one writes (:class:`HyperDETRConfig` refuses such configs); branches with one stride run jointly
-        (:func:`joint_branches`: one read-out conv, one upsampling), and the logits are written in one concatenation.
+        Every branch reads the logits as they are before any branch (``sem``), so the branches are independent of
+        their order; a class refined by two branches (one of each mode, :class:`HyperDETRConfig`) gets the sum of
+        their residuals. Branches with one stride run jointly (:func:`joint_branches`: one read-out conv, one
+        upsampling), and the logits are written in one concatenation.
         """
         brs, idxs = self.residual_branches, self.branch_indices
         res, order = [], []
@@ -309,12 +310,19 @@ def joint_branches(brs: list[SkyBranch], parts: list[list[torch.Tensor]]) -> tor
 
 
 def _add_residual(sem: torch.Tensor, r: torch.Tensor, indices) -> torch.Tensor:
-    """``sem`` with ``r[:, j]`` added to channel ``indices[j]``; the other channels are sliced through untouched."""
+    """``sem`` with ``r[:, j]`` added to channel ``indices[j]`` (every ``j`` naming a channel adds to it, in the order
+    of ``j``); the other channels are sliced through untouched."""
+    by_channel: dict[int, list[int]] = {}
+    for j, k in enumerate(indices):
+        by_channel.setdefault(k, []).append(j)
     out, start = [], 0
-    for k, j in sorted((k, j) for j, k in enumerate(indices)):
+    for k in sorted(by_channel):
         if k > start:
             out.append(sem[:, start:k])  # untouched channels, sliced as one run
-        out.append(sem[:, k:k + 1] + r[:, j:j + 1])
+        c = sem[:, k:k + 1]
+        for j in by_channel[k]:
+            c = c + r[:, j:j + 1]
+        out.append(c)
         start = k + 1
     if start < sem.shape[1]:
         out.append(sem[:, start:])

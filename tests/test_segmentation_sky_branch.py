@@ -731,3 +731,111 @@ def test_a_lower_only_branch_is_fitted_both_ways_and_the_fit_command_builds_one(
     _, meta = load_checkpoint(out)
     assert meta["config_obj"].class_branches == ((("skin",), 8, 4, "lower"),)
     assert read_checkpoint(out)["extra"]["class_branch:skin"]["lower_only"]
+
+
+def test_a_lower_only_branch_beside_a_class_s_branch_adds_to_it_and_is_fitted_on_its_output(tmp_path):
+    """A class may have one branch of each mode (``class_branches``): both read the logits before any branch and
+    their residuals add up, in eager mode, jointly and in the exported graph; a calibration offset goes to the
+    "both" branch and moves the logit exactly; ``fit_sky_branch --extra --lower-only`` on such a class caches the
+    logits before the branches as the new branch's input and the model's output logits (with the other branch's
+    residual) as what its residual is added to, and keeps the other branch's record."""
+    from campipe.segmentation.checkpoint import read_checkpoint
+    from campipe.segmentation.model import _add_residual
+    from campipe.segmentation.training.calibrate import apply_offsets
+    from campipe.segmentation.training.fit_sky_branch import cache_records, main
+    from campipe.segmentation.training.datasets import Record, map_labels
+    from test_segmentation_helpers import write_tiny_data
+
+    with pytest.raises(ValueError, match="same mode"):
+        tiny_config(class_branches=[[["skin"], 8, 4, "lower"], [["skin"], 8, 4, "lower"]])
+    with pytest.raises(ValueError, match="same mode"):
+        tiny_config(sky_head_hidden=4, sky_head_classes=("sky", "skin"), class_branches=[[["skin"], 8, 4]])
+    assert tiny_config(sky_head_hidden=4, sky_head_classes=("sky", "skin"),
+                       class_branches=[[["skin"], 8, 4, "lower"]]).class_branches == ((("skin",), 8, 4, "lower"),)
+
+    plain = calibrated_model(tiny_config(keep_dec_layers=2, mask_stride=2, sem_head_hidden=8))
+    one = _with_class_branch(plain, ("skin",), stride=4)
+    two = _with_class_branch(one, ("skin", "teeth"), stride=4, seed=13, mode="lower")
+    dec = two.decoder
+    with torch.no_grad():
+        dec.class_branches[1].last.bias -= 0.5  # so that it lowers somewhere
+    names = list(two.cfg.semantic_classes)
+    k, t = names.index("skin"), names.index("teeth")
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(9))
+    grab = {}
+
+    def spy(sem, d2, x_, _add=dec.add_branch_residuals):
+        grab["args"] = (sem, d2, x_)
+        return _add(sem, d2, x_)
+
+    with torch.no_grad():
+        base = plain(x)["sem_logits"]
+        first = one(x)["sem_logits"]
+        dec.add_branch_residuals = spy
+        out = two(x)["sem_logits"]
+        del dec.add_branch_residuals
+        sem, d2, mf = grab["args"]
+        r = [br(dec.branch_parts(sem, d2, mf, idx)) for br, idx in zip(dec.residual_branches, dec.branch_indices)]
+    torch.testing.assert_close(sem, base, atol=0, rtol=0)
+    expect = _add_residual(_add_residual(base, r[0], dec.branch_indices[0]), r[1], dec.branch_indices[1])
+    torch.testing.assert_close(out, expect, atol=1e-5, rtol=1e-5)
+    assert float(r[1].max()) <= 0 and float(r[1][:, 0].min()) < -1e-2        # the lower branch acts on skin
+    assert float((out[:, k] - first[:, k]).max()) <= 1e-5                       # and only lowers the first's skin
+    others = [i for i in range(len(names)) if i not in (k, t)]
+    assert torch.equal(out[:, others], base[:, others])
+    assert_onnx_matches_eager(two, tmp_path / "two.onnx")
+    calibrated = apply_offsets(copy.deepcopy(two), {"skin": 0.25})
+    assert torch.equal(calibrated.decoder.class_branches[1].last.bias, dec.class_branches[1].last.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(calibrated(x)["sem_logits"][:, k], out[:, k] + 0.25, atol=1e-5, rtol=0)
+
+    # the fit's cache of a fresh lower branch beside the live one
+    fresh = _with_class_branch(one, ("skin",), stride=4, seed=None, mode="lower")
+    data = write_tiny_data(tmp_path / "data")
+    img = np.asarray(np.random.default_rng(2).integers(0, 255, (64, 96, 3)), np.uint8)
+    lab, inst_known = map_labels("camvid", np.zeros((64, 96), np.uint8), None)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    (e,) = cache_records(fresh, [Record("camvid", "x", img, lab, inst_known)], mean, std, ("skin",), stride=1)
+    (e_plain,) = cache_records(plain, [Record("camvid", "x", img, lab, inst_known)], mean, std, ("skin",), stride=1)
+    (e_one,) = cache_records(one, [Record("camvid", "x", img, lab, inst_known)], mean, std, ("skin",), stride=1)
+    assert torch.equal(e.pooled[-1], e_plain.logits[0])                 # the input: the logit before the branches
+    assert torch.equal(e.logits, e_one.logits)                          # added to: the output with the first branch
+    assert float((e.logits.float() - e.pooled[-1:].float()).abs().mean()) > 1e-3
+    assert "add_branch_residuals" not in vars(fresh.decoder)              # the cache restored the method
+
+    src = tmp_path / "one.pt"
+    save_checkpoint(src, one, one.cfg, mean=mean, std=std, extra={"class_branch:skin": {"first": True}})
+    out_path = tmp_path / "low.pt"
+    assert main(["--float", str(src), "--data", str(data), "--out", str(out_path), "--extra", "--lower-only",
+                 "--classes", "skin", "--hidden", "8", "--stride", "4", "--steps", "3", "--batch", "2",
+                 "--patch", "8"]) == 0
+    _, meta = load_checkpoint(out_path)
+    assert meta["config_obj"].class_branches == ((("skin",), 8, 4), (("skin",), 8, 4, "lower"))
+    extra = read_checkpoint(out_path)["extra"]
+    assert extra["class_branch:skin"] == {"first": True} and extra["class_branch:skin:lower"]["lower_only"]
+    with pytest.raises(SystemExit, match="same mode"):  # a second "both" branch on skin is refused
+        main(["--float", str(src), "--data", str(data), "--out", str(tmp_path / "x.pt"), "--extra",
+              "--classes", "skin", "--hidden", "8", "--stride", "4", "--steps", "3"])
+
+
+def test_the_shipped_int8_weights_quantise_back_to_themselves(tmp_path):
+    """Further branches are fitted on the shipped file itself (it loads dequantised): ``ship.py`` must give its
+    int8 values and scales back bit for bit, so the frozen model under a new branch is the shipped one."""
+    from campipe.segmentation.checkpoint import read_checkpoint
+    from campipe.segmentation.quantize import dequantize_state_dict, quantize_state_dict
+
+    m = _with_class_branch(_live(_with_branch(calibrated_model(tiny_config(keep_dec_layers=2)), stride=4)), ("skin",))
+    q = read_checkpoint(save_checkpoint(tmp_path / "q.pt", m, quantize=True))["state_dict"]
+    back, _ = load_checkpoint(tmp_path / "q.pt")
+    again = read_checkpoint(save_checkpoint(tmp_path / "q2.pt", back, quantize=True))["state_dict"]
+    requant = quantize_state_dict(dequantize_state_dict(q))
+    assert q.keys() == again.keys() == requant.keys()
+    n = 0
+    for key, v in q.items():
+        for other in (again[key], requant[key]):
+            if isinstance(v, dict):
+                assert torch.equal(v["int8"], other["int8"]) and torch.equal(v["scale"], other["scale"]), key
+                n += 1
+            else:
+                assert torch.equal(v, other), key
+    assert n > 50

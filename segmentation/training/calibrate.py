@@ -158,21 +158,25 @@ def fit_offsets(hists: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def apply_offsets(model: torch.nn.Module, offsets: dict[str, float]) -> torch.nn.Module:
     """Add ``offsets[class]`` to that class's bias in ``model.decoder.sem_head`` (in place); returns the model.
     With residual branches (the sky branch, ``model.sky_head_classes``; ``model.class_branches``), which read the
-    logits of the classes they refine, the offset of each of those goes to its branch's last bias instead, so the
-    logit moves by exactly the offset and the branch's input stays as it was fitted."""
+    logits of the classes they refine, the offset of each of those goes to the last bias of its branch of mode
+    "both" instead, so the logit moves by exactly the offset and every branch's input stays as it was fitted."""
     from ..model import branches
 
     classes = list(model.cfg.semantic_classes)
     bias = model.decoder.sem_head.bias
-    refined = {c: (br, j) for br, cs in branches(model) for j, c in enumerate(cs)}
+    refined: dict[str, list] = {}
+    for br, cs in branches(model):
+        for j, c in enumerate(cs):
+            refined.setdefault(c, []).append((br, j))
     for c, off in offsets.items():
         if c not in classes:
             raise KeyError(f"unknown class {c!r} (model classes: {classes})")
         if c in refined:
-            br, j = refined[c]
-            if br.lower_only:
-                raise ValueError(f"{c!r} is refined by a lower-only branch (min(r, 0)), which an offset on its bias "
-                                 "would not move exactly; calibrate before fitting such a branch")
+            both = [(br, j) for br, j in refined[c] if not br.lower_only]
+            if not both:
+                raise ValueError(f"{c!r} is refined by a lower-only branch (min(r, 0)) alone, which an offset on its "
+                                 "bias would not move exactly; calibrate before fitting such a branch")
+            br, j = both[0]
             br.last.bias[j] += float(off)
         else:
             bias[classes.index(c)] += float(off)

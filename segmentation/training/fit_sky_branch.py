@@ -5,8 +5,10 @@
 [--share SET=P ...] [--camvid-share P] [--synth N] [--hair-below FRAC] [--twilight K] [--scored-limit N]
 [--bare-skin-unknown] [--portrait-bg-not-sky] [--refit | --extra [--lower-only]]``
 
-With ``--extra`` it fits a further branch for ``--classes`` (``model.class_branches``, any classes not refined yet,
-sky not needed) on a model that may already have its sky branch, which stays as it is; otherwise the sky branch.
+With ``--extra`` it fits a further branch for ``--classes`` (``model.class_branches``, sky not needed; classes not
+refined yet, or with ``--lower-only`` not by a lower-only branch yet) on a model that may already have its branches,
+which stay as they are; otherwise the sky branch. ``FLOAT.pt`` may be the shipped int8 file: it loads dequantised, and
+``ship.py`` quantises those weights back to the same int8 values bit for bit (checked on v10, sixteenth session).
 ``--lower-only`` makes that further branch one of mode "lower" (residual ``min(r, 0)``): it can take its classes off
 pixels and never put them on new ones (why: hair branches that could add hair painted dark clothes, helmets and steel
 lattices as hair, while most of what they gained came from the hair they removed; MODEL_CARD.md, fifteenth
@@ -86,8 +88,9 @@ class Cached(NamedTuple):
 
     ``pooled``: the branch input (:meth:`~campipe.segmentation.model.ConvDecoder.branch_parts`, cin channels)
     average-pooled ``stride`` x ``stride`` as the branch pools it, float16 (cin, h // stride, w // stride);
-    ``logits``: the frozen logits of the refined classes (the input's last n channels) unpooled, float16 (n, h, w),
-    to which the branch's output is added; ``labels`` float32 (n, h, w) in [0, 1]; ``known`` bool (n, h, w);
+    ``logits``: the frozen model's output logits of the refined classes unpooled, float16 (n, h, w), to which the
+    branch's output is added (the input's last n channels, the logits before any branch, unless another branch
+    refines the class too: then they include that branch's residual); ``labels`` float32 (n, h, w) in [0, 1]; ``known`` bool (n, h, w);
     ``stats``: per-channel mean and standard deviation of the unpooled input, float32 (2, cin), from which the
     branch's fixed normalisation is set. Pooled once here instead of at every step: ~0.6 MB a photo at stride 4
     instead of ~5 MB (a hair fit's cache outgrew the machine's 24 GB, MODEL_CARD.md, thirteenth session)."""
@@ -99,16 +102,19 @@ class Cached(NamedTuple):
     stats: object
 
 
-def cached_entry(f, labels: np.ndarray, known: np.ndarray, stride: int) -> Cached:
+def cached_entry(f, labels: np.ndarray, known: np.ndarray, stride: int, logits=None) -> Cached:
     """A :class:`Cached` entry from the unpooled branch input ``f`` (cin, h, w) (tensor or array; its last n
-    channels are the logits of the n refined classes, one plane each in ``labels`` and ``known``)."""
+    channels are the logits of the n refined classes as the branches read them, one plane each in ``labels`` and
+    ``known``). ``logits`` (n, h, w): the frozen model's output logits of those classes, to which the branch's
+    residual is added (default: ``f``'s last n channels; they differ where another branch refines the class)."""
     import torch
     from torch.nn import functional as F
 
     f = torch.as_tensor(f, dtype=torch.float32)
     pooled = F.avg_pool2d(f[None], stride)[0] if stride > 1 else f
     stats = torch.stack([f.mean((1, 2)), f.std((1, 2))])
-    return Cached(pooled.half(), f[-len(labels):].half(), labels, known, stats)
+    out = f[-len(labels):] if logits is None else torch.as_tensor(logits, dtype=torch.float32)
+    return Cached(pooled.half(), out.half(), labels, known, stats)
 
 
 def _grid(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -155,22 +161,32 @@ def _cache(model, pairs, mean, std, classes=None, stride: int = 1):
     grab: dict = {}
     hooks = [dec.up2.register_forward_hook(lambda m, i, o: grab.__setitem__("d2", o)),
              (dec.out_proj if s == 2 else dec.up1).register_forward_hook(lambda m, i, o: grab.__setitem__("mf", o))]
+
+    def before_branches(sem, d2, x, _add=dec.add_branch_residuals):  # the logits every branch reads
+        grab["sem0"] = sem
+        return _add(sem, d2, x)
+
+    dec.add_branch_residuals = before_branches  # an instance attribute, deleted below
     out = []
     try:
         with torch.inference_mode():
             for img, lab in pairs:
+                grab.pop("sem0", None)
                 canvas, box = letterbox(img.astype(np.float32) / 255.0, tuple(model.cfg.input_size), tuple(mean))
                 o = model(torch.from_numpy(normalize(canvas, mean, std)), scene_only=True)
                 (t, left), (ch, cw) = box.offset, box.content_hw
-                f = torch.cat(dec.branch_parts(o["sem_logits"], grab["d2"], grab["mf"], sem_idx), 1)[0]
-                f = f[:, t // s:(t + ch) // s, left // s:(left + cw) // s]
+                f = torch.cat(dec.branch_parts(grab.get("sem0", o["sem_logits"]), grab["d2"], grab["mf"], sem_idx),
+                              1)[0]
+                crop = (slice(None), slice(t // s, (t + ch) // s), slice(left // s, (left + cw) // s))
                 u = unpack(lab)
-                hw = tuple(f.shape[1:])
-                out.append(cached_entry(f, np.stack([_grid(u["sem"][i], hw) for i in idx]),
-                                        np.stack([_grid(u["known"][i], hw) >= 0.5 for i in idx]), stride))
+                hw = tuple(f[crop].shape[1:])
+                out.append(cached_entry(f[crop], np.stack([_grid(u["sem"][i], hw) for i in idx]),
+                                        np.stack([_grid(u["known"][i], hw) >= 0.5 for i in idx]), stride,
+                                        o["sem_logits"][0][sem_idx][crop]))
     finally:
         for h in hooks:
             h.remove()
+        del dec.add_branch_residuals
     return out
 
 
@@ -443,7 +459,7 @@ def main(argv=None) -> int:
     base, meta = load_checkpoint(a.float_ckpt)
     if base.cfg.sky_head_hidden and not (a.extra or a.refit):
         raise SystemExit(f"{a.float_ckpt} already has a sky branch (--extra fits a further one, --refit replaces it)")
-    entry = [list(classes), a.hidden, a.stride]  # --lower-only: fitted both ways, switched after the fit
+    entry = [list(classes), a.hidden, a.stride, *(["lower"] if a.lower_only else [])]
     update = ({"class_branches": [*base.cfg.to_dict()["class_branches"], entry]}
               if a.extra else {"sky_head_hidden": a.hidden, "sky_head_stride": a.stride, "sky_head_classes": classes})
     try:
@@ -457,6 +473,7 @@ def main(argv=None) -> int:
     if unexpected or any(not k.startswith(prefix) for k in missing):
         raise SystemExit(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
     br = model.decoder.class_branches[-1] if a.extra else model.decoder.sky_branch
+    br.lower_only = False  # --lower-only: fitted both ways (the clamp passes no gradient), switched after the fit
     for p in model.parameters():
         p.requires_grad_(False)
     for p in br.body.parameters():
@@ -511,10 +528,8 @@ def main(argv=None) -> int:
         held_iou[c] = {"frozen": own, "branch": new}
         print(f"held-out training photos of {'/'.join(scored[c])} ({len(held_of[c])}), {c} IoU at the feature "
               f"resolution: frozen model {own:.4f}, with the branch {new:.4f}")
-    if a.lower_only:  # fitted both ways; from here on (figures and file) the branch of mode "lower"
+    if a.lower_only:  # fitted both ways; from here on (figures and file) the branch of mode "lower", as model.cfg
         br.lower_only = True
-        d = cfg.to_dict()
-        model.cfg = HyperDETRConfig.from_dict({**d, "class_branches": [*d["class_branches"][:-1], [*entry, "lower"]]})
         for j, c in enumerate(classes):
             held_iou[c]["branch_lowered"] = low = pooled_iou(held_of[c], br, j)
             print(f"{c}, the branch switched to 'lower' (its residual min(r, 0)): {low:.4f}")
@@ -526,6 +541,8 @@ def main(argv=None) -> int:
               f"resolution: frozen model {own:.4f}, with the branch {new:.4f}")
     extra = dict(meta.get("extra") or {})
     key = "class_branch:" + "+".join(classes) if a.extra else "sky_branch"
+    if a.extra and a.lower_only and key in extra:  # beside a branch of mode "both" on the same classes: keep its record
+        key += ":lower"
     extra[key] = {"from": str(a.float_ckpt), "classes": list(classes), "hidden": a.hidden, "stride": a.stride,
                   "steps": a.steps, "batch": a.batch, "patch": a.patch, "neg_limit": a.neg_limit,
                   "holdout": a.holdout, "seed": a.seed, "shares": shares, "synth": a.synth, "hair_below": a.hair_below,
