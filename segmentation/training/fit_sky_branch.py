@@ -90,10 +90,11 @@ class Cached(NamedTuple):
     average-pooled ``stride`` x ``stride`` as the branch pools it, float16 (cin, h // stride, w // stride);
     ``logits``: the frozen model's output logits of the refined classes unpooled, float16 (n, h, w), to which the
     branch's output is added (the input's last n channels, the logits before any branch, unless another branch
-    refines the class too: then they include that branch's residual); ``labels`` float32 (n, h, w) in [0, 1]; ``known`` bool (n, h, w);
-    ``stats``: per-channel mean and standard deviation of the unpooled input, float32 (2, cin), from which the
-    branch's fixed normalisation is set. Pooled once here instead of at every step: ~0.6 MB a photo at stride 4
-    instead of ~5 MB (a hair fit's cache outgrew the machine's 24 GB, MODEL_CARD.md, thirteenth session)."""
+    refines the class too: then they include that branch's residual); ``labels`` float32 (n, h, w) in [0, 1];
+    ``known`` bool (n, h, w); ``stats``: per-channel mean and standard deviation of the unpooled input, float32
+    (2, cin), from which the branch's fixed normalisation is set. Pooled once here instead of at every step: ~0.6 MB
+    a photo at stride 4 instead of ~5 MB (a hair fit's cache outgrew the machine's 24 GB, MODEL_CARD.md, thirteenth
+    session)."""
 
     pooled: object
     logits: object
