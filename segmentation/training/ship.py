@@ -10,6 +10,10 @@ embedded in ``metrics``, provenance in ``extra``.
   variant), as ``"<set>/<metric>"`` keys, plus ``eval_split``; ``extra`` keeps the training config and step count of
   the float checkpoint and the sha256 of the float checkpoint the file was made from;
 * the result must be <= 12 MB (the issue's budget), else nothing is written.
+
+``--float`` may also be a file made from shipped weights (a branch fitted on ``segmentation/weights/hyperdetr.pt``,
+which loads dequantised): their int8 values and scales come back bit for bit
+(``tests/test_segmentation_sky_branch.py::test_the_shipped_int8_weights_quantise_back_to_themselves``).
 """
 from __future__ import annotations
 
