@@ -225,13 +225,19 @@ class ConvDecoder(nn.Module):
         x = self.up4(x, feats["s4"])
         d2 = self.up2(x, feats["s2"])
         x = self.up1(d2, image) if self.mask_stride == 1 else self.out_proj(d2)
+        sem = self.static_logits(d2, x)
+        if self.residual_branches:
+            sem = self.add_branch_residuals(sem, d2, x)
+        return x, sem
+
+    def static_logits(self, d2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The semantic logits before the residual branches (what every branch reads): the 1x1 head of the mask
+        features ``x``, plus the ``sem_head_hidden`` branch over the stride-2 features ``d2`` and ``x``."""
         sem = self.sem_head(x)
         if self.sem_branch is not None:
             h = conv_of_concat(self.sem_branch[0], [x] if self.mask_stride == 1 else [d2, x])
             sem = sem + self.sem_branch[2](self.sem_branch[1](h))
-        if self.residual_branches:
-            sem = self.add_branch_residuals(sem, d2, x)
-        return x, sem
+        return sem
 
     def add_branch_residuals(self, sem: torch.Tensor, d2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``sem`` with every residual branch's output added to the logits it refines.

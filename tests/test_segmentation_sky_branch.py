@@ -545,6 +545,9 @@ def test_merge_class_branches_puts_a_branch_beside_another_sky_branch_exactly(tm
     sky_skin = _live(_with_branch(plain, stride=2, classes=("sky", "skin")), seed=4)
     with pytest.raises(ValueError, match=r"refines \['skin'\]"):
         merge_class_branches(sky_skin, other)
+    beside = _with_class_branch(sky_skin, ("skin",), stride=4, mode="lower")  # fitted on sky_skin's skin output
+    with pytest.raises(ValueError, match=r"other model's sky branch refines \['skin'\]"):
+        merge_class_branches(base, beside)
 
     fa, fb = save_checkpoint(tmp_path / "a.pt", base), save_checkpoint(tmp_path / "b.pt", other)
     assert main(["--base", str(fa), "--from", str(fb), "--class-branches", "--out", str(tmp_path / "c.pt")]) == 0

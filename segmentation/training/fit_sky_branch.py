@@ -162,22 +162,15 @@ def _cache(model, pairs, mean, std, classes=None, stride: int = 1):
     grab: dict = {}
     hooks = [dec.up2.register_forward_hook(lambda m, i, o: grab.__setitem__("d2", o)),
              (dec.out_proj if s == 2 else dec.up1).register_forward_hook(lambda m, i, o: grab.__setitem__("mf", o))]
-
-    def before_branches(sem, d2, x, _add=dec.add_branch_residuals):  # the logits every branch reads
-        grab["sem0"] = sem
-        return _add(sem, d2, x)
-
-    dec.add_branch_residuals = before_branches  # an instance attribute, deleted below
     out = []
     try:
         with torch.inference_mode():
             for img, lab in pairs:
-                grab.pop("sem0", None)
                 canvas, box = letterbox(img.astype(np.float32) / 255.0, tuple(model.cfg.input_size), tuple(mean))
                 o = model(torch.from_numpy(normalize(canvas, mean, std)), scene_only=True)
                 (t, left), (ch, cw) = box.offset, box.content_hw
-                f = torch.cat(dec.branch_parts(grab.get("sem0", o["sem_logits"]), grab["d2"], grab["mf"], sem_idx),
-                              1)[0]
+                d2, mf = grab["d2"], grab["mf"]  # the input: the logits before the branches, as every branch reads
+                f = torch.cat(dec.branch_parts(dec.static_logits(d2, mf), d2, mf, sem_idx), 1)[0]
                 crop = (slice(None), slice(t // s, (t + ch) // s), slice(left // s, (left + cw) // s))
                 u = unpack(lab)
                 hw = tuple(f[crop].shape[1:])
@@ -187,7 +180,6 @@ def _cache(model, pairs, mean, std, classes=None, stride: int = 1):
     finally:
         for h in hooks:
             h.remove()
-        del dec.add_branch_residuals
     return out
 
 

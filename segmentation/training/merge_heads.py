@@ -129,11 +129,13 @@ def merge_class_branches(base: torch.nn.Module, other: torch.nn.Module) -> torch
         raise ValueError("the base has class branches already")
     if not other.cfg.class_branches:
         raise ValueError("the other model has no class branches (model.class_branches)")
-    # (the other model's own config already forbids its sky branch refining a class its class branches read)
+    # a class branch is fitted on its model's output logits, so neither model's sky branch may refine what it reads
+    # (a lower-only class branch may sit beside the sky branch on one class, model.class_branches)
     read = {c for cs, *_ in other.cfg.class_branches for c in cs}
-    hit = sorted(read & set(base.cfg.sky_head_classes)) if base.cfg.sky_head_hidden else []
-    if hit:
-        raise ValueError(f"the base's sky branch refines {hit}, which a class branch reads")
+    for name, m in (("base", base), ("other model", other)):
+        hit = sorted(read & set(m.cfg.sky_head_classes)) if m.cfg.sky_head_hidden else []
+        if hit:
+            raise ValueError(f"the {name}'s sky branch refines {hit}, which a class branch reads")
     sb, so = base.state_dict(), other.state_dict()
     k = _first_difference(sb, so, sorted(set(sb) | set(so)), BRANCH_PREFIXES)
     if k is not None:
