@@ -170,11 +170,11 @@ def _cache(model, pairs, mean, std, classes=None, stride: int = 1):
                 o = model(torch.from_numpy(normalize(canvas, mean, std)), scene_only=True)
                 (t, left), (ch, cw) = box.offset, box.content_hw
                 d2, mf = grab["d2"], grab["mf"]  # the input: the logits before the branches, as every branch reads
-                f = torch.cat(dec.branch_parts(dec.static_logits(d2, mf), d2, mf, sem_idx), 1)[0]
                 crop = (slice(None), slice(t // s, (t + ch) // s), slice(left // s, (left + cw) // s))
+                f = torch.cat(dec.branch_parts(dec.static_logits(d2, mf), d2, mf, sem_idx), 1)[0][crop]
                 u = unpack(lab)
-                hw = tuple(f[crop].shape[1:])
-                out.append(cached_entry(f[crop], np.stack([_grid(u["sem"][i], hw) for i in idx]),
+                hw = tuple(f.shape[1:])
+                out.append(cached_entry(f, np.stack([_grid(u["sem"][i], hw) for i in idx]),
                                         np.stack([_grid(u["known"][i], hw) >= 0.5 for i in idx]), stride,
                                         o["sem_logits"][0][sem_idx][crop]))
     finally:
