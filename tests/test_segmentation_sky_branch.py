@@ -345,8 +345,9 @@ def test_class_branches_config_validation_and_round_trip():
 def test_a_lower_only_branch_only_lowers_its_logits(tmp_path, stride):
     """Mode "lower": the branch's residual is min(r, 0) of the same branch's "both" residual (exactly, before the
     upsampling: at stride 1 the difference of the logits); its classes' logits never rise, the others are the
-    model's without it; a fresh one is the identity; the exported graph agrees; and a calibration offset, which
-    could not move the clamped logit exactly, is refused for its classes."""
+    model's without it; a fresh one is the identity; the exported graph agrees; and a calibration offset moves its
+    classes' final logits by exactly the offset (on the head's bias, with the branch's input mean moved along),
+    also through the int8 file."""
     from campipe.segmentation.training.calibrate import apply_offsets
 
     plain = calibrated_model(tiny_config(keep_dec_layers=2, mask_stride=2, sem_head_hidden=8))
@@ -368,9 +369,14 @@ def test_a_lower_only_branch_only_lowers_its_logits(tmp_path, stride):
     if stride == 1:
         torch.testing.assert_close(r, (b[:, ks] - a[:, ks]).clamp(max=0), atol=1e-5, rtol=0)
     assert_onnx_matches_eager(low, tmp_path / "low.onnx")
-    with pytest.raises(ValueError, match="lower"):
-        apply_offsets(low, {"hair": 0.5})
-    apply_offsets(low, {"skin": 0.5})  # a class no lower-only branch refines is fine
+    with torch.no_grad():
+        apply_offsets(low, {"hair": 0.5, "teeth": -0.75, "skin": 0.25})
+        moved = low(x)["sem_logits"]
+        q, _ = load_checkpoint(save_checkpoint(tmp_path / "q.pt", low, quantize=True))
+        assert torch.equal(q.decoder.class_branches[0].in_mean, low.decoder.class_branches[0].in_mean)
+    shift = torch.zeros(len(names))
+    shift[ks[0]], shift[ks[1]], shift[names.index("skin")] = 0.5, -0.75, 0.25
+    torch.testing.assert_close(moved, c + shift.view(1, -1, 1, 1), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("sky", [False, True])

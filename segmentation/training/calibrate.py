@@ -159,27 +159,30 @@ def apply_offsets(model: torch.nn.Module, offsets: dict[str, float]) -> torch.nn
     """Add ``offsets[class]`` to that class's bias in ``model.decoder.sem_head`` (in place); returns the model.
     With residual branches (the sky branch, ``model.sky_head_classes``; ``model.class_branches``), which read the
     logits of the classes they refine, the offset of each of those goes to the last bias of its branch of mode
-    "both" instead, so the logit moves by exactly the offset and every branch's input stays as it was fitted."""
+    "both" instead, so the logit moves by exactly the offset and every branch's input stays as it was fitted. A
+    class refined by lower-only branches alone (whose clamped residual ``min(r, 0)`` no bias after it can shift) gets
+    the offset on its ``sem_head`` bias, and the ``in_mean`` of that logit's input channel in each of those branches
+    moves with it (the mean is subtracted before the zero-padded convs, and average pooling passes a constant
+    through), so the branches read what they were fitted on and the final logit moves by exactly the offset too."""
     from ..model import branches
 
     classes = list(model.cfg.semantic_classes)
     bias = model.decoder.sem_head.bias
     refined: dict[str, list] = {}
     for br, cs in branches(model):
-        for j, c in enumerate(cs):
-            refined.setdefault(c, []).append((br, j))
+        for j, c in enumerate(cs):  # j-th logit of the branch: input channel in_mean.numel() - len(cs) + j
+            refined.setdefault(c, []).append((br, j, len(cs)))
     for c, off in offsets.items():
         if c not in classes:
             raise KeyError(f"unknown class {c!r} (model classes: {classes})")
-        if c in refined:
-            both = [(br, j) for br, j in refined[c] if not br.lower_only]
-            if not both:
-                raise ValueError(f"{c!r} is refined by a lower-only branch (min(r, 0)) alone, which an offset on its "
-                                 "bias would not move exactly; calibrate before fitting such a branch")
+        both = [(br, j) for br, j, _ in refined.get(c, []) if not br.lower_only]
+        if both:
             br, j = both[0]
             br.last.bias[j] += float(off)
-        else:
-            bias[classes.index(c)] += float(off)
+            continue
+        bias[classes.index(c)] += float(off)
+        for br, j, n in refined.get(c, []):  # lower-only branches alone
+            br.in_mean[br.in_mean.numel() - n + j] += float(off)
     return model
 
 
