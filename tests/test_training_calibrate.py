@@ -286,3 +286,40 @@ def test_merge_query_path_keeps_the_static_channels_and_takes_the_person_path(tm
     deeper = calibrated_model(tiny_config(mask_stride=2, dec_layers=3), seed=2)
     with pytest.raises(ValueError, match="differ in architecture"):
         merge_query_path(calibrated_model(tiny_config(mask_stride=2)), deeper)
+
+
+def test_recalibration_applies_only_the_named_classes_and_keeps_the_first_report(tmp_path: Path):
+    """``--again`` (a file calibrated before, here the int8 form) and ``--classes hair``: every class is fitted and
+    reported, only hair's offset is applied (exactly that, on the head's bias; every other tensor as dequantised),
+    the first calibration report stays and the new one is appended; without ``--again`` both are refused."""
+    from campipe.segmentation.checkpoint import load_checkpoint, save_checkpoint
+    from campipe.segmentation.training.calibrate import calibrate_checkpoint, main
+    from test_segmentation_helpers import calibrated_model, tiny_config, write_tiny_data
+
+    data = write_tiny_data(tmp_path / "data")
+    m = calibrated_model(tiny_config(keep_dec_layers=2))
+    first = {"split": "train", "classes": {}}
+    f = save_checkpoint(tmp_path / "cal.pt", m, extra={"calibration": first})
+    q = save_checkpoint(tmp_path / "q.pt", m, extra={"calibration": first}, quantize=True)
+    with pytest.raises(ValueError, match="already calibrated"):
+        calibrate_checkpoint(f, data, tmp_path / "x.pt", limit=None)
+    with pytest.raises(ValueError, match="int8"):
+        calibrate_checkpoint(q, data, tmp_path / "x.pt", limit=None)
+    with pytest.raises(SystemExit, match="unknown classes"):
+        main(["--float", str(q), "--data", str(data), "--out", str(tmp_path / "x.pt"), "--again",
+              "--classes", "hair,beard"])
+    rep = calibrate_checkpoint(q, data, tmp_path / "r.pt", limit=None, sets=["celebamask", "camvid", "pennfudan"],
+                               classes=["hair"], again=True)
+    assert rep["applied"] == ["hair"] and {"hair", "skin", "person"} <= set(rep["classes"])
+    deq, _ = load_checkpoint(q)
+    out, meta = load_checkpoint(tmp_path / "r.pt")
+    assert not meta.get("quantized")
+    assert meta["extra"]["calibration"] == first and meta["extra"]["recalibration"] == [rep]
+    k = list(m.cfg.semantic_classes).index("hair")
+    a, b = deq.state_dict(), out.state_dict()
+    for name in a:
+        if name != "decoder.sem_head.bias":
+            assert torch.equal(a[name], b[name]), name
+    d = b["decoder.sem_head.bias"] - a["decoder.sem_head.bias"]
+    assert float(d[k]) == pytest.approx(rep["classes"]["hair"]["offset"], abs=1e-6)
+    assert torch.count_nonzero(d) == 1  # the fitted hair offset is not zero on these photos

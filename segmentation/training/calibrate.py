@@ -17,7 +17,14 @@ Images are an evenly spaced subset of each set's training stems (``limit`` per s
 passes a class's image filter (glasses: the CelebAMask images with glasses, which are rare).
 
 ``python -m campipe.segmentation.training.calibrate --float RUN/ema_float.pt --data ../shared/data
---out RUN/ema_float_cal.pt [--limit 120] [--json RUN/calibration.json]``
+--out RUN/ema_float_cal.pt [--limit 120] [--json RUN/calibration.json] [--classes hair,...] [--again]``
+
+``--classes`` fits every class (the report shows them all) but applies the offsets of the named ones only.
+``--again`` recalibrates a file that already carries a calibration (a residual branch fitted after it moves its
+class's best threshold: v10's lower-only hair branch, fitted both ways and then clamped, lowers the hair logit more
+than its fit intended): the first report stays in ``extra["calibration"]`` and the new one is appended to
+``extra["recalibration"]``; the file may then be the shipped int8 one, read dequantised (its weights re-quantise to
+themselves bit for bit in ``ship.py``), and the output is float.
 
 References: J. Platt, "Probabilistic outputs for support vector machines" (1999) and C. Guo et al., "On Calibration
 of Modern Neural Networks" (ICML 2017) for post-hoc recalibration of a trained model's logits on held-in data.
@@ -187,24 +194,37 @@ def apply_offsets(model: torch.nn.Module, offsets: dict[str, float]) -> torch.nn
 
 
 def calibrate_checkpoint(float_ckpt: Path, data_dir: Path, out: Path, limit: int | None = 120,
-                         sets=None, progress=None) -> dict[str, Any]:
-    """Fit the offsets of a float checkpoint on the training split and write the calibrated float checkpoint."""
+                         sets=None, progress=None, classes=None, again: bool = False) -> dict[str, Any]:
+    """Fit the offsets of a float checkpoint on the training split and write the calibrated float checkpoint.
+    ``classes``: apply only these classes' offsets (default all); ``again``: recalibrate (module docstring)."""
     from ..checkpoint import file_sha256, load_checkpoint, save_checkpoint
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     model, meta = load_checkpoint(float_ckpt)
-    if meta.get("quantized"):
-        raise ValueError(f"{float_ckpt}: calibrate the float checkpoint, not the int8 one")
     extra = dict(meta.get("extra") or {})
-    if "calibration" in extra:
-        raise ValueError(f"{float_ckpt}: already calibrated (extra['calibration'] present)")
+    if not again:
+        if meta.get("quantized"):
+            raise ValueError(f"{float_ckpt}: calibrate the float checkpoint, not the int8 one (or recalibrate the "
+                             "shipped file with --again)")
+        if "calibration" in extra:
+            raise ValueError(f"{float_ckpt}: already calibrated (extra['calibration'] present; --again "
+                             "recalibrates it)")
+    names = list(model.cfg.semantic_classes)
+    unknown = [c for c in classes or () if c not in names]
+    if unknown:
+        raise ValueError(f"unknown classes {unknown} (model classes: {names})")
     norm = meta["normalization"]
     t0 = time.time()
     fit = fit_offsets(collect_histograms(model, data_dir, sets, "train", limit, norm["mean"], norm["std"], progress))
-    apply_offsets(model, {c: r["offset"] for c, r in fit.items()})
-    report = {"split": "train", "limit_per_set": limit, "classes": fit, "seconds": round(time.time() - t0, 1),
+    applied = [c for c in fit if classes is None or c in classes]
+    apply_offsets(model, {c: fit[c]["offset"] for c in applied})
+    report = {"split": "train", "limit_per_set": limit, "classes": fit, "applied": applied,
+              "seconds": round(time.time() - t0, 1),
               "made_from": {"file": Path(float_ckpt).name, "sha256": file_sha256(float_ckpt)}}
-    extra["calibration"] = report
+    if "calibration" in extra:
+        extra["recalibration"] = list(extra.get("recalibration") or []) + [report]
+    else:
+        extra["calibration"] = report
     save_checkpoint(out, model, model.cfg, mean=norm["mean"], std=norm["std"], metrics=meta.get("metrics"),
                     extra=extra)
     return report
@@ -218,7 +238,11 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=120, help="training images per set (0 = all)")
     ap.add_argument("--set", dest="sets", action="append", default=None, help="restrict to these sets")
     ap.add_argument("--json", type=Path, default=None, help="also write the report here")
+    ap.add_argument("--classes", default=None, help="apply only these classes' offsets (comma-separated)")
+    ap.add_argument("--again", action="store_true",
+                    help="recalibrate a calibrated (also the shipped int8) file; the output is float")
     a = ap.parse_args(argv)
+    classes = [c.strip() for c in a.classes.split(",") if c.strip()] if a.classes else None
     last = {}
 
     def progress(s, i, n):
@@ -226,12 +250,15 @@ def main(argv=None) -> int:
             last[s] = i
             print(f"  {s}: {i}/{n}", flush=True)
 
-    rep = calibrate_checkpoint(a.float_ckpt, a.data, a.out, a.limit or None, a.sets, progress)
+    try:
+        rep = calibrate_checkpoint(a.float_ckpt, a.data, a.out, a.limit or None, a.sets, progress, classes, a.again)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"calibrate: {e}") from None
     print(f"{'class':8s} {'threshold':>9s} {'offset':>7s} {'IoU@0.5':>8s} {'IoU@t':>7s}  (training split)")
     for c, r in rep["classes"].items():
         sets = ", ".join(f"{s} {v['iou_at_0.5']:.3f}->{v['iou_at_threshold']:.3f}" for s, v in r["per_set"].items())
         print(f"{c:8s} {r['threshold']:9.3f} {r['offset']:+7.3f} {r['iou_at_0.5']:8.3f} {r['iou_at_threshold']:7.3f}"
-              f"  {sets} ({r['n_images']} images)")
+              f"  {sets} ({r['n_images']} images){'' if c in rep['applied'] else ' (not applied)'}")
     print(f"wrote {a.out} ({rep['seconds']:.0f} s)")
     if a.json:
         a.json.write_text(json.dumps(rep, indent=1))
