@@ -20,11 +20,12 @@ passes a class's image filter (glasses: the CelebAMask images with glasses, whic
 --out RUN/ema_float_cal.pt [--limit 120] [--json RUN/calibration.json] [--classes hair,...] [--again]``
 
 ``--classes`` fits every class (the report shows them all) but applies the offsets of the named ones only.
-``--again`` recalibrates a file that already carries a calibration (a residual branch fitted after it moves its
-class's best threshold: v10's lower-only hair branch, fitted both ways and then clamped, lowers the hair logit more
-than its fit intended): the first report stays in ``extra["calibration"]`` and the new one is appended to
+``--again`` recalibrates a file that already carries a calibration (a residual branch fitted after it can move its
+class's best threshold): the first report stays in ``extra["calibration"]`` and the new one is appended to
 ``extra["recalibration"]``; the file may then be the shipped int8 one, read dequantised (its weights re-quantise to
-themselves bit for bit in ``ship.py``), and the output is float.
+themselves bit for bit in ``ship.py``), and the output is float. Mind which photos decide: most of the calibration's
+photos are among a branch fit's training photos, and for v10's hair branch the threshold they chose (0.383) did not
+help on the photos that fit held out (MODEL_CARD.md, rule 26).
 
 References: J. Platt, "Probabilistic outputs for support vector machines" (1999) and C. Guo et al., "On Calibration
 of Modern Neural Networks" (ICML 2017) for post-hoc recalibration of a trained model's logits on held-in data.
