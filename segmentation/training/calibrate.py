@@ -6,8 +6,10 @@ class weights; all of these move the logit at which a pixel is best called posit
 probability 0.5, so the shipped model should put its best IoU threshold there. This module measures, per class, the
 pooled IoU as a function of the threshold on the **training** split (never the validation split that
 ``campipe eval`` reports), picks the best threshold ``t_c`` and adds ``-logit(t_c)`` to that class's bias in the
-semantic head (``decoder.sem_head``): ``sigmoid(z - logit(t)) >= 0.5  <=>  sigmoid(z) >= t``. Nothing else changes;
-the offsets are stored in the checkpoint's ``extra["calibration"]`` with the training IoUs before and after.
+semantic head (``decoder.sem_head``): ``sigmoid(z - logit(t)) >= 0.5  <=>  sigmoid(z) >= t`` (for a class a
+residual branch refines, where :func:`apply_offsets` puts it so that the final logit moves by exactly that). Nothing
+else changes; the offsets are stored in the checkpoint's ``extra["calibration"]`` with the training IoUs before and
+after.
 
 Protocol: the same inference and class definitions as :mod:`.evaluate` (letterbox -> network -> guided upsampling
 to the label's resolution, as campipe runs it; :data:`.evaluate.EVAL_SPEC`). Per class, the objective is the mean
