@@ -657,6 +657,52 @@ def test_refit_replaces_only_the_sky_branch_with_twilight_frames_and_a_capped_sc
     assert rec["portrait_bg_not_sky"] and rec["photos"]["celebamask"] == 6
 
 
+def test_refit_of_a_further_branch_replaces_that_branch_only_and_its_record(tmp_path):
+    """``--refit --classes skin --lower-only`` on a model with a sky, a hair and a lower-only skin branch fits a
+    fresh skin branch at the same place (mode kept "lower", the new --hidden applied), leaves the trunk and the other
+    branches bit for bit, and overwrites only that branch's record; a refit of a branch the model lacks (or of the
+    other mode) is refused before any photo is read."""
+    from campipe.segmentation.checkpoint import read_checkpoint
+    from campipe.segmentation.training.fit_sky_branch import main
+    from test_segmentation_helpers import write_tiny_data
+
+    data = write_tiny_data(tmp_path / "data")
+    m = _with_branch(calibrated_model(tiny_config(mask_stride=2)), stride=4)
+    m = _with_class_branch(_with_class_branch(_live(m), ("hair",)), ("skin",), mode="lower", seed=12)
+    src = tmp_path / "base.pt"
+    save_checkpoint(src, m, m.cfg, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                    extra={"class_branch:hair": {"lower_only": False, "steps": 1},
+                           "class_branch:skin": {"lower_only": True, "steps": 1}})
+    base = ["--float", str(src), "--data", str(data), "--refit"]
+    for bad, what in [(["--classes", "teeth"], "no branch of mode 'both' on teeth"),
+                      (["--classes", "skin"], "no branch of mode 'both' on skin"),
+                      (["--classes", "glasses", "--lower-only"], "no branch of mode 'lower' on glasses")]:
+        with pytest.raises(SystemExit, match=what):
+            main([*base, "--out", str(tmp_path / "x.pt"), *bad])
+    with pytest.raises(SystemExit, match="--lower-only"):
+        main(["--float", str(src), "--data", str(data), "--out", str(tmp_path / "x.pt"), "--lower-only"])
+    out = tmp_path / "s.pt"
+    assert main([*base, "--out", str(out), "--classes", "skin", "--lower-only", "--hidden", "4", "--stride", "4",
+                 "--steps", "3", "--batch", "2", "--patch", "8", "--holdout", "25"]) == 0
+    ck = read_checkpoint(out)
+    assert ck["config"]["class_branches"] == [[["hair"], 8, 4], [["skin"], 4, 4, "lower"]]
+    old, new = read_checkpoint(src)["state_dict"], ck["state_dict"]
+    skin = "decoder.class_branches.1."
+    assert {k for k in old if not k.startswith(skin)} == {k for k in new if not k.startswith(skin)}
+    assert any(k.startswith(skin + "body.") for k in new)
+    for k in new:
+        if k.startswith(skin + "body.") and k.endswith("weight"):
+            assert new[k].shape != old[k].shape, k  # a fresh branch of hidden 4 (the old one had 8)
+        elif not k.startswith(skin):
+            assert torch.equal(old[k], new[k]), k  # trunk, sky and hair branches untouched
+    assert ck["extra"]["class_branch:hair"] == {"lower_only": False, "steps": 1}
+    rec = ck["extra"]["class_branch:skin"]
+    assert rec["refit"] and rec["lower_only"] and rec["hidden"] == 4 and rec["steps"] == 3
+    assert "class_branch:skin:lower" not in ck["extra"]
+    model, _ = load_checkpoint(out)
+    assert model.decoder.class_branches[1].lower_only and not model.decoder.class_branches[0].lower_only
+
+
 def test_extra_skin_fit_makes_celebamask_bare_skin_unknown_for_skin(tmp_path, monkeypatch):
     """``--extra --classes skin --bare-skin-unknown`` relabels every CelebAMask photo of the fit (not the held-out
     ones) with skin, and only skin, unknown on bare skin, and records the option with the branch."""

@@ -3,7 +3,7 @@
 ``python -m campipe.segmentation.training.fit_sky_branch --float FLOAT.pt --data ../shared/data --out OUT.pt
 [--classes sky[,skin...]] [--hidden 16] [--stride 1|2|4] [--steps 2000] [--neg-limit 250] [--holdout 25]
 [--share SET=P ...] [--camvid-share P] [--synth N] [--hair-below FRAC] [--twilight K] [--scored-limit N]
-[--bare-skin-unknown] [--portrait-bg-not-sky] [--refit | --extra [--lower-only]]``
+[--bare-skin-unknown] [--portrait-bg-not-sky] [--refit | --extra] [--lower-only]``
 
 With ``--extra`` it fits a further branch for ``--classes`` (``model.class_branches``, sky not needed; classes not
 refined yet, or with ``--lower-only`` not by a lower-only branch yet) on a model that may already have its branches,
@@ -51,7 +51,10 @@ street "not skin").
   a further branch; with the sky branch the held-out frames re-lit the same way give a held-out dusk figure;
 * ``--scored-limit N`` keeps N evenly spaced training photos of each scored set (N // 3 of its held-out ones), for
   the memory of the cache (~4-5 MB a photo; LFW has 1,719 training photos);
-* ``--refit`` fits a new sky branch in place of the one ``FLOAT.pt`` has (the old one is dropped, not continued);
+* ``--refit`` fits a new branch in place of the one ``FLOAT.pt`` has on ``--classes`` (the old one is dropped, not
+  continued): the sky branch, or the further branch of that mode (``--lower-only`` for one of mode "lower"), kept at
+  its place in ``model.class_branches``; the other branches stay as they are, and the record of the one replaced is
+  overwritten (why: branches fitted on one trunk are refitted on a retrained one, MODEL_CARD.md, eighteenth session);
 * the branch's fixed input normalisation (``in_mean`` / ``in_std``) is the mean over the scored sets' photos of each
   channel's per-photo mean and standard deviation;
 * ``--steps`` AdamW steps (lr 2e-3 one-cycle, weight decay 1e-4) on ``--batch`` random ``--patch`` x ``--patch``
@@ -341,6 +344,19 @@ def fit(model, pool, norm_pool, steps: int, batch: int, patch: int, seed: int = 
     return losses
 
 
+def _refit_target(cfg, classes: tuple, lower_only: bool, src) -> int | None:
+    """What ``--refit`` replaces: ``None`` for the sky branch (when ``classes`` are the sky branch's and not
+    ``lower_only``), else the index in ``cfg.class_branches`` of the further branch of that mode on exactly
+    ``classes``; a model without such a branch is an error (``--extra`` fits one)."""
+    if not lower_only and cfg.sky_head_hidden and tuple(cfg.sky_head_classes) == classes:
+        return None
+    mode = "lower" if lower_only else "both"
+    for i, e in enumerate(cfg.class_branches):
+        if tuple(e[0]) == classes and (e[3] if len(e) == 4 else "both") == mode:
+            return i
+    raise SystemExit(f"{src} has no branch of mode {mode!r} on {', '.join(classes)} to refit (--extra fits one)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--float", dest="float_ckpt", required=True, type=Path)
@@ -373,7 +389,8 @@ def main(argv=None) -> int:
                     help="at most N evenly spaced training photos of each scored set, and N // 3 of its held-out "
                          "ones (default: all; the cache takes ~4-5 MB a photo, LFW has 1,719 training photos)")
     ap.add_argument("--refit", action="store_true",
-                    help="fit a new sky branch in place of the one FLOAT already has (everything else frozen)")
+                    help="fit a new branch in place of the one FLOAT already has on --classes (the sky branch, or the "
+                         "further branch of that mode; everything else frozen)")
     ap.add_argument("--bare-skin-unknown", action="store_true",
                     help="person and skin (those of --classes) unknown on CelebAMask's bare skin next to the "
                          "labelled person (its labels call bare shoulders and chest background; datasets."
@@ -383,7 +400,7 @@ def main(argv=None) -> int:
                          "sky_absent_on_portraits; their backgrounds are unlabelled, mostly backdrops and rooms); "
                          "needs sky in --classes")
     ap.add_argument("--lower-only", action="store_true",
-                    help="with --extra: a branch that can only lower its classes' logits (mode 'lower' of "
+                    help="with --extra or --refit: a branch that can only lower its classes' logits (mode 'lower' of "
                          "model.class_branches: residual min(r, 0)), so it can take a class off pixels but never put "
                          "it on new ones")
     ap.add_argument("--extra", action="store_true",
@@ -395,9 +412,9 @@ def main(argv=None) -> int:
     if a.patch % a.stride:
         raise SystemExit(f"--patch {a.patch} must be a multiple of --stride {a.stride}")
     if a.refit and a.extra:
-        raise SystemExit("--refit replaces the sky branch; --extra fits a further branch: choose one")
-    if a.lower_only and not a.extra:
-        raise SystemExit("--lower-only is a mode of the further branches (--extra), not of the sky branch")
+        raise SystemExit("--refit replaces a branch the model has; --extra fits a further branch: choose one")
+    if a.lower_only and not (a.extra or a.refit):
+        raise SystemExit("--lower-only is a mode of the further branches (--extra, --refit), not of the sky branch")
     if a.hair_below is not None and not 0.0 < a.hair_below <= 1.0:
         raise SystemExit("--hair-below takes a fraction of the person's height in (0, 1]")
 
@@ -452,20 +469,27 @@ def main(argv=None) -> int:
     base, meta = load_checkpoint(a.float_ckpt)
     if base.cfg.sky_head_hidden and not (a.extra or a.refit):
         raise SystemExit(f"{a.float_ckpt} already has a sky branch (--extra fits a further one, --refit replaces it)")
+    target = _refit_target(base.cfg, classes, a.lower_only, a.float_ckpt) if a.refit else None
     entry = [list(classes), a.hidden, a.stride, *(["lower"] if a.lower_only else [])]
-    update = ({"class_branches": [*base.cfg.to_dict()["class_branches"], entry]}
-              if a.extra else {"sky_head_hidden": a.hidden, "sky_head_stride": a.stride, "sky_head_classes": classes})
+    branches = base.cfg.to_dict()["class_branches"]
+    if a.extra:
+        update = {"class_branches": [*branches, entry]}
+    elif target is not None:  # --refit of a further branch: same place in the list, --hidden/--stride as given
+        update = {"class_branches": [entry if i == target else e for i, e in enumerate(branches)]}
+    else:
+        update = {"sky_head_hidden": a.hidden, "sky_head_stride": a.stride, "sky_head_classes": classes}
     try:
         cfg = HyperDETRConfig.from_dict({**base.cfg.to_dict(), **update})
     except ValueError as e:
         raise SystemExit(str(e)) from None
     model = build_model(cfg).eval()
-    prefix = f"decoder.class_branches.{len(cfg.class_branches) - 1}." if a.extra else "decoder.sky_branch."
+    index = len(cfg.class_branches) - 1 if a.extra else target
+    prefix = "decoder.sky_branch." if index is None else f"decoder.class_branches.{index}."
     state = {k: v for k, v in base.state_dict().items() if a.extra or not k.startswith(prefix)}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith(prefix) for k in missing):
         raise SystemExit(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
-    br = model.decoder.class_branches[-1] if a.extra else model.decoder.sky_branch
+    br = model.decoder.sky_branch if index is None else model.decoder.class_branches[index]
     br.lower_only = False  # --lower-only: fitted both ways (the clamp passes no gradient), switched after the fit
     for p in model.parameters():
         p.requires_grad_(False)
@@ -533,9 +557,13 @@ def main(argv=None) -> int:
         print(f"held-out CamVid training frames re-lit as dusk ({len(hold['twilight'])}), sky IoU at the feature "
               f"resolution: frozen model {own:.4f}, with the branch {new:.4f}")
     extra = dict(meta.get("extra") or {})
-    key = "class_branch:" + "+".join(classes) if a.extra else "sky_branch"
+    key = "sky_branch" if index is None else "class_branch:" + "+".join(classes)
     if a.extra and a.lower_only and key in extra:  # beside a branch of mode "both" on the same classes: keep its record
         key += ":lower"
+    if target is not None:  # the record of the branch replaced: of the keys it may have, the one of its mode
+        mine = [k for k in (key, key + ":lower") if bool(extra.get(k, {}).get("lower_only")) == a.lower_only
+                and k in extra]
+        key = mine[0] if mine else key + (":lower" if a.lower_only and key in extra else "")
     extra[key] = {"from": str(a.float_ckpt), "classes": list(classes), "hidden": a.hidden, "stride": a.stride,
                   "steps": a.steps, "batch": a.batch, "patch": a.patch, "neg_limit": a.neg_limit,
                   "holdout": a.holdout, "seed": a.seed, "shares": shares, "synth": a.synth, "hair_below": a.hair_below,
