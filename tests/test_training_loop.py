@@ -257,3 +257,18 @@ def test_refit_fit_ignores_unknown_pixels():
     assert pooled_ious(w, b, [x], [y])[0] > 0.9  # right on every pixel, the unknown ones included
     w2, b2 = fit_rows(w0, b0, [x], [y_bad], epochs=200, lr=5e-2, batch=1)  # all known: pulled by the wrong half
     assert pooled_ious(w2, b2, [x], [y])[0] < 0.8
+
+
+def test_every_committed_training_config_reads():
+    """Each ``segmentation/configs/*.toml`` (the recipes the model card's rules name) parses into a training config
+    and a model config, so a recipe is not found broken only when its run starts."""
+    from pathlib import Path
+
+    from campipe.segmentation.training import train as T
+
+    files = sorted((Path(__file__).resolve().parents[1] / "segmentation" / "configs").glob("*.toml"))
+    assert len(files) >= 2
+    for f in files:
+        cfg = T.TrainConfig.from_toml(f)
+        assert cfg.phases, f.name
+        assert T.training_model_config(cfg.model).input_size, f.name
