@@ -557,13 +557,11 @@ def main(argv=None) -> int:
         print(f"held-out CamVid training frames re-lit as dusk ({len(hold['twilight'])}), sky IoU at the feature "
               f"resolution: frozen model {own:.4f}, with the branch {new:.4f}")
     extra = dict(meta.get("extra") or {})
-    key = "sky_branch" if index is None else "class_branch:" + "+".join(classes)
-    if a.extra and a.lower_only and key in extra:  # beside a branch of mode "both" on the same classes: keep its record
-        key += ":lower"
-    if target is not None:  # the record of the branch replaced: of the keys it may have, the one of its mode
-        mine = [k for k in (key, key + ":lower") if bool(extra.get(k, {}).get("lower_only")) == a.lower_only
-                and k in extra]
-        key = mine[0] if mine else key + (":lower" if a.lower_only and key in extra else "")
+    if index is None:
+        key = "sky_branch"
+    else:  # a lower-only branch beside one of mode "both" on the same classes has its own record, "...:lower"
+        beside = any(tuple(e[0]) == classes and len(e) == 3 for e in cfg.class_branches)
+        key = "class_branch:" + "+".join(classes) + (":lower" if a.lower_only and beside else "")
     extra[key] = {"from": str(a.float_ckpt), "classes": list(classes), "hidden": a.hidden, "stride": a.stride,
                   "steps": a.steps, "batch": a.batch, "patch": a.patch, "neg_limit": a.neg_limit,
                   "holdout": a.holdout, "seed": a.seed, "shares": shares, "synth": a.synth, "hair_below": a.hair_below,
