@@ -33,6 +33,11 @@ def _branch_entry(e) -> tuple:
     return head if mode == "both" else (*head, mode)
 
 
+def branch_mode(e) -> str:
+    """The mode (:data:`BRANCH_MODES`) of one normalised ``class_branches`` entry: its fourth item, else "both"."""
+    return e[3] if len(e) == 4 else "both"
+
+
 @dataclass
 class HyperDETRConfig:
     """Architecture hyper-parameters of :class:`campipe.segmentation.model.HyperDETR`.
@@ -150,7 +155,7 @@ class HyperDETRConfig:
         """Every residual branch as ``(classes, hidden, stride, mode)``, the sky branch first (mode "both")."""
         sky = ([(tuple(self.sky_head_classes), self.sky_head_hidden, self.sky_head_stride, "both")]
                if self.sky_head_hidden else [])
-        return sky + [(e[0], e[1], e[2], e[3] if len(e) == 4 else "both") for e in self.class_branches]
+        return sky + [(e[0], e[1], e[2], branch_mode(e)) for e in self.class_branches]
 
     @property
     def active_dec_layers(self) -> int:

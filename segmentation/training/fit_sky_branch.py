@@ -83,6 +83,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..config import branch_mode
+
 NEG_SETS = ("celebamask", "figaro1k", "pennfudan")
 
 
@@ -352,7 +354,7 @@ def _refit_target(cfg, classes: tuple, lower_only: bool, src) -> int | None:
         return None
     mode = "lower" if lower_only else "both"
     for i, e in enumerate(cfg.class_branches):
-        if tuple(e[0]) == classes and (e[3] if len(e) == 4 else "both") == mode:
+        if tuple(e[0]) == classes and branch_mode(e) == mode:
             return i
     raise SystemExit(f"{src} has no branch of mode {mode!r} on {', '.join(classes)} to refit (--extra fits one)")
 
@@ -560,7 +562,7 @@ def main(argv=None) -> int:
     if index is None:
         key = "sky_branch"
     else:  # a lower-only branch beside one of mode "both" on the same classes has its own record, "...:lower"
-        beside = any(tuple(e[0]) == classes and len(e) == 3 for e in cfg.class_branches)
+        beside = any(tuple(e[0]) == classes and branch_mode(e) == "both" for e in cfg.class_branches)
         key = "class_branch:" + "+".join(classes) + (":lower" if a.lower_only and beside else "")
     extra[key] = {"from": str(a.float_ckpt), "classes": list(classes), "hidden": a.hidden, "stride": a.stride,
                   "steps": a.steps, "batch": a.batch, "patch": a.patch, "neg_limit": a.neg_limit,
